@@ -1,0 +1,26 @@
+"""Shared test settings.
+
+The real images live outside the repository, in ``../shared/data`` next to the clone (see its PROVENANCE.md).
+``HDHKD_DATA_ROOT`` overrides that location. Tests that need them take the ``shared_data`` fixture, which skips
+with a message naming the missing folder, so a user's clone without the data still runs everything else.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("HDHKD_DATA_ROOT", REPO_ROOT.parent / "shared" / "data"))
+
+# Two cores on CI: more threads than cores only adds contention.
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of the real evaluation images; skips the test when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder not found at {SHARED_DATA} (set HDHKD_DATA_ROOT to point at it)")
+    return SHARED_DATA
