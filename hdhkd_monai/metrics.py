@@ -1,0 +1,117 @@
+"""Image- and pixel-level anomaly detection metrics (paper Tables I, III, IV).
+
+Convention: label 1 = abnormal (the positive class), 0 = normal; a higher score means more anomalous, and an image
+is called abnormal when ``score >= threshold``. AUROC and AUPRC (average precision) come from scikit-learn; the
+thresholded metrics are computed from the confusion counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+__all__ = ["auroc", "auprc", "threshold_metrics", "f1_optimal_threshold", "image_metrics", "per_class_metrics"]
+
+
+def _as_arrays(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    labels = np.asarray(labels).astype(int).ravel()
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels and scores differ in length: {labels.size} vs {scores.size}.")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"labels must be 0 (normal) or 1 (abnormal), got values {np.unique(labels).tolist()}.")
+    return labels, scores
+
+
+def _both_classes(labels: np.ndarray) -> bool:
+    return 0 < labels.sum() < labels.size
+
+
+def auroc(labels, scores) -> float:
+    """Area under the ROC curve; NaN when only one class is present (it is undefined then)."""
+    labels, scores = _as_arrays(labels, scores)
+    return float(roc_auc_score(labels, scores)) if _both_classes(labels) else float("nan")
+
+
+def auprc(labels, scores) -> float:
+    """Area under the precision-recall curve as average precision; NaN when only one class is present."""
+    labels, scores = _as_arrays(labels, scores)
+    return float(average_precision_score(labels, scores)) if _both_classes(labels) else float("nan")
+
+
+def threshold_metrics(labels, scores, threshold: float) -> dict[str, float]:
+    """F1, accuracy, sensitivity (recall of abnormal) and specificity (recall of normal) at ``score >= threshold``.
+
+    A ratio whose denominator is zero (e.g. SEN without abnormal images) is NaN.
+    """
+    labels, scores = _as_arrays(labels, scores)
+    pred = scores >= threshold
+    tp = int(np.sum(pred & (labels == 1)))
+    fp = int(np.sum(pred & (labels == 0)))
+    tn = int(np.sum(~pred & (labels == 0)))
+    fn = int(np.sum(~pred & (labels == 1)))
+
+    def ratio(num: int, den: int) -> float:
+        return num / den if den else float("nan")
+
+    return {
+        "threshold": float(threshold),
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "acc": ratio(tp + tn, labels.size),
+        "sen": ratio(tp, tp + fn),
+        "spe": ratio(tn, tn + fp),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }
+
+
+def f1_optimal_threshold(labels, scores) -> float:
+    """The threshold (one of the scores) that maximises F1 on these labels.
+
+    This looks at the labels it is scored on, so it is an optimistic upper bound, never a deployable threshold.
+    """
+    labels, scores = _as_arrays(labels, scores)
+    if not labels.any():
+        raise ValueError("the F1-optimal threshold needs at least one abnormal image.")
+    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    # the last precision/recall pair has no threshold (recall 0 by construction)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], np.finfo(float).tiny)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def image_metrics(labels, scores, threshold: float) -> dict[str, float]:
+    """AUROC, AUPRC and the thresholded metrics of :func:`threshold_metrics`, with the image counts."""
+    labels, scores = _as_arrays(labels, scores)
+    return {
+        "auroc": auroc(labels, scores),
+        "auprc": auprc(labels, scores),
+        **threshold_metrics(labels, scores, threshold),
+        "n_normal": int(np.sum(labels == 0)),
+        "n_abnormal": int(np.sum(labels == 1)),
+    }
+
+
+def per_class_metrics(
+    labels, scores, classes: Sequence[str], threshold: float
+) -> dict[str, dict[str, float]]:
+    """:func:`image_metrics` of each abnormal class against all normal images.
+
+    Args:
+        labels: 0 normal / 1 abnormal per image.
+        scores: anomaly score per image.
+        classes: class name per image (e.g. "DRUSEN"); the classes of abnormal images define the breakdown.
+        threshold: decision threshold applied to every class.
+    """
+    labels, scores = _as_arrays(labels, scores)
+    classes = np.asarray(classes, dtype=str).ravel()
+    if classes.shape != labels.shape:
+        raise ValueError(f"classes and labels differ in length: {classes.size} vs {labels.size}.")
+    result = {}
+    for name in sorted(set(classes[labels == 1])):
+        keep = (labels == 0) | ((classes == name) & (labels == 1))
+        result[name] = image_metrics(labels[keep], scores[keep], threshold)
+    return result

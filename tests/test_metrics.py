@@ -1,0 +1,62 @@
+"""The metric functions agree with scikit-learn (and a brute-force F1 search) on random inputs."""
+
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, average_precision_score, f1_score, recall_score, roc_auc_score
+
+from hdhkd_monai import metrics
+
+
+@pytest.fixture(params=[0, 1, 2])
+def random_case(request):
+    rng = np.random.default_rng(request.param)
+    n = 200
+    labels = rng.integers(0, 2, n)
+    # informative but overlapping scores, with ties from rounding
+    scores = np.round(rng.normal(size=n) + 1.2 * labels, 1)
+    classes = np.where(labels == 1, rng.choice(["DRUSEN", "FLUID", "LESION"], n), "NORMAL")
+    threshold = float(np.quantile(scores, rng.uniform(0.3, 0.8)))
+    return labels, scores, classes, threshold
+
+
+def test_image_metrics_match_sklearn(random_case):
+    labels, scores, _, threshold = random_case
+    got = metrics.image_metrics(labels, scores, threshold)
+    pred = (scores >= threshold).astype(int)
+    assert got["auroc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert got["auprc"] == pytest.approx(average_precision_score(labels, scores))
+    assert got["f1"] == pytest.approx(f1_score(labels, pred))
+    assert got["acc"] == pytest.approx(accuracy_score(labels, pred))
+    assert got["sen"] == pytest.approx(recall_score(labels, pred, pos_label=1))
+    assert got["spe"] == pytest.approx(recall_score(labels, pred, pos_label=0))
+    assert got["tp"] + got["fp"] + got["tn"] + got["fn"] == labels.size
+    assert (got["n_normal"], got["n_abnormal"]) == (int((labels == 0).sum()), int(labels.sum()))
+
+
+def test_f1_optimal_threshold_is_the_best_of_all_cuts(random_case):
+    labels, scores, _, _ = random_case
+    best = max(f1_score(labels, (scores >= t).astype(int)) for t in np.unique(scores))
+    t = metrics.f1_optimal_threshold(labels, scores)
+    assert f1_score(labels, (scores >= t).astype(int)) == pytest.approx(best)
+
+
+def test_per_class_compares_each_abnormal_class_with_all_normals(random_case):
+    labels, scores, classes, threshold = random_case
+    got = metrics.per_class_metrics(labels, scores, classes, threshold)
+    assert sorted(got) == ["DRUSEN", "FLUID", "LESION"]
+    for name, result in got.items():
+        keep = (labels == 0) | (classes == name)
+        assert result["auroc"] == pytest.approx(roc_auc_score(labels[keep], scores[keep]))
+        assert result["n_abnormal"] == int((classes == name).sum())
+        assert result["n_normal"] == int((labels == 0).sum())
+
+
+def test_undefined_metrics_are_nan_and_bad_labels_raise():
+    assert math.isnan(metrics.auroc([0, 0, 0], [0.1, 0.2, 0.3]))
+    assert math.isnan(metrics.threshold_metrics([0, 0], [0.1, 0.9], 0.5)["sen"])
+    with pytest.raises(ValueError, match="labels must be 0"):
+        metrics.auroc([0, 2], [0.1, 0.2])
+    with pytest.raises(ValueError, match="differ in length"):
+        metrics.auroc([0, 1], [0.1])
