@@ -1,0 +1,192 @@
+"""PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
+
+Locally aware patch features of a frozen pretrained CNN (:class:`hdhkd_monai.distill.PatchCoreTarget`: 3x3
+neighbourhood average of two layers, channel pooling) from all normal training images form a memory bank, thinned by
+greedy k-center coreset selection on randomly projected features. A test patch scores its distance to the nearest
+bank entry; the image score is the largest patch score (optionally reweighted as in the paper's eq. 7); the map is
+the patch scores upsampled to the image and Gaussian-blurred (sigma 4).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+from einops import rearrange
+from torch import nn
+from tqdm.auto import tqdm
+
+from hdhkd_monai.baselines.common import check_images, iterate_batches, smooth_map
+from hdhkd_monai.distill import PatchCoreTarget
+
+__all__ = ["PatchCore", "k_center_greedy", "random_projection"]
+
+
+def random_projection(points: torch.Tensor, dim: int, seed: int = 0) -> torch.Tensor:
+    """Johnson-Lindenstrauss projection [N, C] -> [N, dim] with a seeded Gaussian matrix (identity if C <= dim)."""
+    if points.shape[1] <= dim:
+        return points
+    generator = torch.Generator().manual_seed(seed)
+    matrix = torch.randn(points.shape[1], dim, generator=generator) / math.sqrt(dim)
+    return points @ matrix.to(points)
+
+
+def k_center_greedy(points: torch.Tensor, n: int, start: int = 0, progress: bool = False) -> torch.Tensor:
+    """Greedy k-center selection: repeatedly take the point farthest from everything selected so far.
+
+    Args:
+        points: [N, D] candidates.
+        n: how many to select, 1 <= n <= N.
+        start: index of the first selected point.
+        progress: show a progress bar.
+
+    Returns:
+        [n] indices into ``points``, in selection order.
+    """
+    if not 1 <= n <= len(points):
+        raise ValueError(f"cannot select {n} of {len(points)} points")
+    squared_norms = points.square().sum(dim=1)
+    min_dist = torch.full_like(squared_norms, math.inf)
+    selected = torch.empty(n, dtype=torch.long)
+    index = start
+    for i in tqdm(range(n), desc="PatchCore: coreset", unit="point", disable=not progress):
+        selected[i] = index
+        center = points[index]
+        # |p - c|^2 as one matrix-vector product: the loop is memory-bound, so avoid an [N, D] temporary.
+        dist = squared_norms - 2 * (points @ center) + squared_norms[index]
+        min_dist = torch.minimum(min_dist, dist.clamp_min_(0))
+        min_dist[index] = 0
+        index = int(min_dist.argmax())
+    return selected
+
+
+class PatchCore(nn.Module):
+    """PatchCore anomaly detector: memory bank of normal patch features, nearest-neighbour scoring.
+
+    Args:
+        backbone: timm feature extractor (paper: ``"wide_resnet50_2"``; offline with real weights:
+            ``"tf_efficientnet_lite0"`` with ``weights="efficientnet-lite"``).
+        weights: see :func:`hdhkd_monai.pretrained.create_backbone` (``None`` = random, warns).
+        layers: two timm feature indices, shallowest first (ResNet ``layer2``, ``layer3`` = (2, 3)).
+        out_channels: patch feature dimension after channel pooling (1024 in the paper).
+        coreset_ratio: fraction of the patches kept in the memory bank (1 keeps all).
+        projection_dim: dimension of the random projection used only for coreset selection.
+        reweight: apply the paper's image-score reweighting (eq. 7) with ``num_neighbors`` bank neighbours.
+        num_neighbors: neighbourhood size b of the reweighting.
+        sigma: Gaussian blur of the anomaly map, in image pixels.
+        seed: seed of the projection and of the coreset's first point.
+        chunk_elements: bound on the elements of each query-by-bank distance matrix (memory).
+
+    The memory bank is the buffer ``memory_bank`` [M, out_channels]; it travels with ``state_dict``.
+    """
+
+    def __init__(
+        self,
+        backbone: str = "wide_resnet50_2",
+        weights: str | None = None,
+        layers: Sequence[int] = (2, 3),
+        out_channels: int = 1024,
+        coreset_ratio: float = 0.1,
+        projection_dim: int = 128,
+        reweight: bool = False,
+        num_neighbors: int = 9,
+        sigma: float = 4.0,
+        seed: int = 0,
+        chunk_elements: int = 2**24,
+    ) -> None:
+        super().__init__()
+        if not 0 < coreset_ratio <= 1:
+            raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
+        self.features = PatchCoreTarget(backbone, weights=weights, layers=layers, out_channels=out_channels)
+        self.coreset_ratio = coreset_ratio
+        self.projection_dim = projection_dim
+        self.reweight = reweight
+        self.num_neighbors = num_neighbors
+        self.sigma = sigma
+        self.seed = seed
+        self.chunk_elements = chunk_elements
+        self.register_buffer("memory_bank", torch.empty(0, out_channels))
+        self.register_load_state_dict_pre_hook(_resize_memory_bank)
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor | Iterable) -> PatchCore:
+        """Build the memory bank from normal images.
+
+        Args:
+            images: a batch [B, 3, H, W] in [0, 1], or an iterable of such batches (or of dicts with key "image",
+                e.g. a MONAI DataLoader).
+
+        Returns:
+            self, with ``memory_bank`` [M, out_channels], M = max(1, round(coreset_ratio * patches)).
+        """
+        device = self.memory_bank.device
+        patches = [
+            rearrange(self.features(x.to(device)), "b c h w -> (b h w) c")
+            for x in tqdm(iterate_batches(images), desc="PatchCore: features", unit="batch")
+        ]
+        if not patches:
+            raise ValueError("PatchCore.fit received no images: the image iterable or data loader is empty")
+        bank = torch.cat(patches)
+        n = max(1, round(self.coreset_ratio * len(bank)))
+        if n < len(bank):
+            start = int(torch.randint(len(bank), (1,), generator=torch.Generator().manual_seed(self.seed)))
+            projected = random_projection(bank, self.projection_dim, self.seed)
+            bank = bank[k_center_greedy(projected, n, start=start, progress=True).to(device)]
+        self.memory_bank = bank.contiguous()
+        return self
+
+    def nearest(self, queries: torch.Tensor, bank: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Euclidean nearest bank entry of each query, in chunks: [P, C] -> (distances [P], bank indices [P])."""
+        bank = self.memory_bank if bank is None else bank
+        rows = max(1, self.chunk_elements // max(1, len(bank)))
+        pairs = [torch.cdist(chunk, bank).min(dim=1) for chunk in queries.split(rows)]
+        return torch.cat([p.values for p in pairs]), torch.cat([p.indices for p in pairs])
+
+    @torch.no_grad()
+    def patch_scores(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, 1, h, w]: distance of each patch feature to its nearest memory bank entry."""
+        return self._score(x)[1]
+
+    @torch.no_grad()
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, 1, H, W]: patch scores upsampled and Gaussian-blurred."""
+        return smooth_map(self.patch_scores(x), x.shape[-2:], self.sigma)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, H, W] -> (image scores [B], anomaly maps [B, 1, H, W]).
+
+        The image score is the largest patch score, times the weight ``1 - softmax`` of eq. 7 when ``reweight`` is
+        set: with m* the bank entry nearest to the worst test patch, the weight compares that patch's distance to
+        m* with its distances to m*'s ``num_neighbors`` nearest bank entries (m* first).
+        """
+        features, scores, index = self._score(x)
+        image_scores, worst = scores.flatten(1).max(dim=1)
+        if self.reweight:
+            rows = torch.arange(len(x))
+            worst_patch = features[rows, worst]  # [B, C]
+            nearest_entry = self.memory_bank[index[rows, worst]]  # [B, C]
+            k = min(self.num_neighbors, len(self.memory_bank))
+            support = torch.cdist(nearest_entry, self.memory_bank).topk(k, largest=False).indices  # [B, k]
+            dist = (worst_patch[:, None] - self.memory_bank[support]).norm(dim=-1)  # [B, k]
+            image_scores = (1 - torch.softmax(dist, dim=1)[:, 0]) * image_scores
+        return image_scores, smooth_map(scores, x.shape[-2:], self.sigma)
+
+    def _score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[B, 3, H, W] -> (patch features [B, h*w, C], scores [B, 1, h, w], nearest bank indices [B, h*w])."""
+        check_images(x)
+        if len(self.memory_bank) == 0:
+            raise RuntimeError("PatchCore has an empty memory bank: call fit(normal_images) first")
+        features = self.features(x)
+        b, _, h, w = features.shape
+        features = rearrange(features, "b c h w -> b (h w) c")
+        dist, index = self.nearest(features.flatten(0, 1))
+        return features, dist.view(b, 1, h, w), index.view(b, h * w)
+
+
+def _resize_memory_bank(module: PatchCore, state_dict, prefix, *args) -> None:
+    """Before loading a checkpoint, give ``memory_bank`` the stored size (it is empty until ``fit``)."""
+    stored = state_dict.get(prefix + "memory_bank")
+    if stored is not None:
+        module.memory_bank = torch.empty_like(stored, device=module.memory_bank.device)
