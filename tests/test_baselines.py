@@ -1,0 +1,173 @@
+"""Baselines: EfficientAD-S, PatchCore and RD4AD at 64x64 (shapes, training, frozen parts, coreset, scoring)."""
+
+import pytest
+import torch
+
+from hdhkd_monai.baselines.patchcore import PatchCore, k_center_greedy
+from hdhkd_monai.baselines.rd4ad import RD4AD
+
+SIZE = 64
+LITE = {"backbone": "tf_efficientnet_lite0", "weights": "efficientnet-lite"}  # real ImageNet weights, small
+
+
+def _striped_images(n: int, seed: int) -> torch.Tensor:
+    """OCT-like normal images: horizontal bands plus mild noise, [n, 3, SIZE, SIZE] in [0, 1]."""
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.linspace(0, 6 * torch.pi, SIZE)
+    bands = 0.5 + 0.3 * torch.sin(rows)[:, None].expand(SIZE, SIZE)
+    phase = torch.rand(n, 1, 1, 1, generator=g) * 0.1
+    noise = 0.03 * torch.randn(n, 1, SIZE, SIZE, generator=g)
+    return (bands + phase + noise).clamp(0, 1).expand(n, 3, SIZE, SIZE).contiguous()
+
+
+def _plant(images: torch.Tensor, top: int = 24, left: int = 24, side: int = 16) -> torch.Tensor:
+    """Copy of ``images`` with a checkerboard square (nothing like the bands) at rows/cols [top, top+side)."""
+    out = images.clone()
+    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    out[..., top : top + side, left : left + side] = ((yy // 2 + xx // 2) % 2).float()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------- RD4AD
+
+
+@pytest.fixture(scope="module")
+def rd4ad():
+    torch.manual_seed(0)
+    return RD4AD(**LITE)
+
+
+def test_rd4ad_shapes_follow_encoder_channels(rd4ad):
+    x = _striped_images(2, seed=0)
+    encoded, decoded = rd4ad(x)
+    assert [e.shape for e in encoded] == [d.shape for d in decoded]
+    assert [e.shape[1] for e in encoded] == rd4ad.encoder.feature_info.channels()
+    assert [e.shape[-1] for e in encoded] == [SIZE // 4, SIZE // 8, SIZE // 16]
+    assert rd4ad.anomaly_map(x).shape == (2, 1, SIZE, SIZE)
+    scores, maps = rd4ad.predict(x)
+    assert scores.shape == (2,) and torch.equal(scores, maps.flatten(1).amax(1))
+
+
+def test_rd4ad_frozen_encoder_gets_no_gradient(rd4ad):
+    rd4ad.train()
+    assert not rd4ad.encoder.training and rd4ad.decoder.training
+    rd4ad.zero_grad(set_to_none=True)
+    rd4ad.loss(_striped_images(2, seed=1)).backward()
+    assert all(p.grad is None and not p.requires_grad for p in rd4ad.encoder.parameters())
+    assert all(p.grad is not None for p in rd4ad.bottleneck.parameters())
+    assert all(p.grad is not None for p in rd4ad.decoder.parameters())
+
+
+def test_rd4ad_training_lowers_loss():
+    torch.manual_seed(0)
+    model = RD4AD(**LITE).train()
+    x = _striped_images(4, seed=2)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=5e-3, betas=(0.5, 0.999))  # the paper's optimiser
+    losses = []
+    for _ in range(8):
+        optimizer.zero_grad()
+        loss = model.loss(x)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.85 * losses[0], losses
+
+
+def test_rd4ad_rejects_sizes_off_its_stride(rd4ad):
+    with pytest.raises(ValueError, match="multiple of 32"):
+        rd4ad(torch.rand(1, 3, 48, 48))
+
+
+# ------------------------------------------------------------------------------------------------------ PatchCore
+
+
+def _k_center_reference(points: torch.Tensor, n: int, start: int) -> list[int]:
+    """Textbook greedy k-center: each step takes the point whose nearest selected point is farthest."""
+    selected = [start]
+    while len(selected) < n:
+        best, best_dist = None, -1.0
+        for i in range(len(points)):
+            nearest = min(float(torch.dist(points[i], points[j])) for j in selected)
+            if nearest > best_dist:
+                best, best_dist = i, nearest
+        selected.append(best)
+    return selected
+
+
+def test_k_center_greedy_matches_brute_force():
+    points = torch.randn(60, 5, generator=torch.Generator().manual_seed(0))
+    assert k_center_greedy(points, 12, start=7).tolist() == _k_center_reference(points, 12, start=7)
+
+
+@pytest.fixture(scope="module")
+def normal_images():
+    return _striped_images(6, seed=3)
+
+
+@pytest.fixture(scope="module")
+def patchcore(normal_images):
+    return PatchCore(**LITE, coreset_ratio=0.25).fit([normal_images[:3], normal_images[3:]])
+
+
+def test_patchcore_coreset_keeps_requested_subset(patchcore, normal_images):
+    every_patch = patchcore.features(normal_images).permute(0, 2, 3, 1).reshape(-1, patchcore.memory_bank.shape[1])
+    assert len(patchcore.memory_bank) == round(0.25 * len(every_patch)) == round(0.25 * 6 * (SIZE // 8) ** 2)
+    # Every bank entry is one of the training patches, and no patch is taken twice.
+    matches = torch.cdist(patchcore.memory_bank, every_patch).argmin(dim=1)
+    assert torch.allclose(every_patch[matches], patchcore.memory_bank)
+    assert len(set(matches.tolist())) == len(matches)
+
+
+def test_patchcore_chunked_nearest_matches_full_distance_matrix(patchcore):
+    queries = torch.randn(50, patchcore.memory_bank.shape[1])
+    full = torch.cdist(queries, patchcore.memory_bank).min(dim=1)
+    patchcore.chunk_elements = 3 * len(patchcore.memory_bank)  # 3 queries per chunk
+    try:
+        dist, index = patchcore.nearest(queries)
+    finally:
+        patchcore.chunk_elements = 2**24
+    assert torch.allclose(dist, full.values, atol=1e-4) and torch.equal(index, full.indices)
+
+
+def test_patchcore_planted_patch_scores_higher(patchcore):
+    normal = _striped_images(2, seed=4)
+    abnormal = _plant(normal)
+    scores = patchcore.patch_scores(abnormal)[:, 0]  # [B, 8, 8], stride 8: the square covers cells 3..4
+    inside = scores[:, 3:5, 3:5].flatten(1).amin(1)
+    outside = torch.cat([scores[:, :2].flatten(1), scores[:, 6:].flatten(1)], 1).amax(1)
+    assert (inside > outside).all()
+    normal_scores, normal_maps = patchcore.predict(normal)
+    abnormal_scores, abnormal_maps = patchcore.predict(abnormal)
+    assert normal_maps.shape == abnormal_maps.shape == (2, 1, SIZE, SIZE)
+    assert (abnormal_scores > normal_scores.max()).all()
+
+
+def test_patchcore_reweighting_scales_the_image_score(patchcore):
+    x = _plant(_striped_images(2, seed=5))
+    plain, _ = patchcore.predict(x)
+    patchcore.reweight = True
+    try:
+        reweighted, _ = patchcore.predict(x)
+    finally:
+        patchcore.reweight = False
+    assert (reweighted > 0).all() and (reweighted < plain).all()
+
+
+def test_patchcore_memory_bank_travels_with_state_dict(patchcore):
+    fresh = PatchCore(**LITE)
+    fresh.load_state_dict(patchcore.state_dict())
+    x = _striped_images(1, seed=6)
+    assert torch.equal(fresh.memory_bank, patchcore.memory_bank)
+    assert torch.allclose(fresh.anomaly_map(x), patchcore.anomaly_map(x))
+
+
+def test_patchcore_errors_are_clear():
+    model = PatchCore(**LITE)
+    with pytest.raises(RuntimeError, match="call fit"):
+        model.anomaly_map(torch.rand(1, 3, SIZE, SIZE))
+    with pytest.raises(ValueError, match="no images"):
+        model.fit([])
+    with pytest.raises(ValueError, match=r"\[B>=1, 3, H, W\]"):
+        model.fit([torch.rand(2, 1, SIZE, SIZE)])
+    assert not any(p.requires_grad for p in model.parameters())
