@@ -13,6 +13,11 @@ from pathlib import Path
 logger = logging.getLogger("hdhkd_monai.data")
 
 
+def cli_logging() -> None:
+    """Show the data package's log (skipped files and their count) on the console of a command-line tool."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
 class BadInputError(ValueError):
     """A data file or folder that cannot be used; ``path`` names it and the message says what is wrong."""
 
