@@ -10,16 +10,7 @@ from skimage import data
 from torch import nn
 
 from hdhkd_monai.distill import PatchCoreTarget, TeacherDistillation, channel_pool, teacher_output_stats
-
-
-def _pdn(channels=(128, 256, 256), out_channels=384):
-    """Throwaway stand-in for hdhkd_monai.networks.pdn.PDN(size="small", padding=False) until NET delivers it."""
-    c1, c2, c3 = channels
-    return nn.Sequential(
-        nn.Conv2d(3, c1, 4), nn.ReLU(), nn.AvgPool2d(2, 2),
-        nn.Conv2d(c1, c2, 4), nn.ReLU(), nn.AvgPool2d(2, 2),
-        nn.Conv2d(c2, c3, 3), nn.ReLU(), nn.Conv2d(c3, out_channels, 4),
-    )
+from hdhkd_monai.networks.pdn import PDN
 
 
 def _random_target(**kwargs):
@@ -90,7 +81,7 @@ def test_efficientnet_lite_target_uses_stride_8_and_16_stages():
 def test_target_stats_normalise_the_fitting_images():
     torch.manual_seed(0)
     images = torch.rand(6, 3, 64, 64)
-    distill = TeacherDistillation(_pdn((8, 8, 8)), _random_target())
+    distill = TeacherDistillation(PDN(), _random_target())
     with pytest.raises(RuntimeError, match="fit_target_stats"):
         distill(images)
     mean, std = distill.fit_target_stats([images[:4], images[4:]])
@@ -114,7 +105,7 @@ def test_target_stats_normalise_the_fitting_images():
 
 
 def test_target_is_resized_onto_the_pdn_grid():
-    distill = TeacherDistillation(_pdn((8, 8, 8)), _random_target(), target_input_size=128)
+    distill = TeacherDistillation(PDN(), _random_target(), target_input_size=128)
     images = torch.rand(2, 3, 64, 64)
     distill.fit_target_stats([images])
     target_grid = distill.target_features(images)
@@ -126,7 +117,7 @@ def test_target_is_resized_onto_the_pdn_grid():
 
 
 def test_empty_or_malformed_input_errors_clearly():
-    distill = TeacherDistillation(_pdn((8, 8, 8)), _random_target())
+    distill = TeacherDistillation(PDN(), _random_target())
     with pytest.raises(ValueError, match="no images"):
         distill.fit_target_stats([])
     with pytest.raises(ValueError, match="no images"):
@@ -137,21 +128,23 @@ def test_empty_or_malformed_input_errors_clearly():
         distill.fit_target_stats([{"img": torch.rand(1, 3, 64, 64)}])
 
 
-def test_teacher_output_stats_match_direct_computation():
-    teacher = _pdn((8, 8, 8)).train()
+def test_teacher_output_stats_normalise_the_pdn_outputs():
+    teacher = PDN().train()
     images = torch.rand(5, 3, 64, 64)
     mean, std = teacher_output_stats(teacher, [images[:2], images[2:]])
-    assert teacher.training
+    assert teacher.training and mean.shape == std.shape == (1, 384, 1, 1)
+    teacher.feat_mean.copy_(mean)
+    teacher.feat_std.copy_(std)
     with torch.no_grad():
-        outputs = teacher(images)
-    torch.testing.assert_close(mean.flatten(), outputs.mean(dim=(0, 2, 3)))
-    torch.testing.assert_close(std.flatten(), outputs.std(dim=(0, 2, 3), unbiased=False))
+        normalised = teacher.normalize(teacher(images))
+    torch.testing.assert_close(normalised.mean(dim=(0, 2, 3)), torch.zeros(384), rtol=0, atol=1e-4)
+    torch.testing.assert_close(normalised.std(dim=(0, 2, 3), unbiased=False), torch.ones(384), rtol=0, atol=1e-3)
 
 
 def test_distillation_lowers_the_mse_on_real_photos():
     torch.manual_seed(0)
     images = _photo_crops()
-    distill = TeacherDistillation(_pdn(), PatchCoreTarget("tf_efficientnet_lite0", weights="efficientnet-lite"))
+    distill = TeacherDistillation(PDN(), PatchCoreTarget("tf_efficientnet_lite0", weights="efficientnet-lite"))
     distill.fit_target_stats([images])
     optimizer = torch.optim.Adam(distill.teacher.parameters(), lr=1e-3, weight_decay=1e-5)
     mse = nn.MSELoss()
