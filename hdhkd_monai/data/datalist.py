@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from hdhkd_monai.data.errors import BadFileLog, BadInputError, cli_logging, logger
+from hdhkd_monai.data.volumes import VOLUME_SUFFIXES, is_volume, volume_name
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".dcm")
 SPLITS = ("training", "validation", "test")
@@ -70,13 +71,19 @@ def check_image(path: Path) -> None:
         raise BadInputError(path, f"unreadable image ({type(exc).__name__}: {exc})") from exc
 
 
-def list_images(folder: str | Path, log: BadFileLog | None = None) -> list[Path]:
+def list_images(folder: str | Path, log: BadFileLog | None = None, volumes: bool = False) -> list[Path]:
     """Image files directly inside ``folder`` (suffixes ``IMAGE_SUFFIXES``, hidden files ignored), naturally sorted,
-    each header-checked. Raises :class:`BadInputError` for a missing folder or one without images."""
+    each header-checked; with ``volumes=True`` the volume files and DICOM series folders instead (read later, when
+    sliced). Raises :class:`BadInputError` for a missing folder or one without images."""
     folder = Path(folder)
     log = log or BadFileLog()
     if not folder.is_dir():
         raise BadInputError(folder, "folder not found" if not folder.exists() else "not a folder")
+    if volumes:
+        found = sorted((p for p in folder.iterdir() if is_volume(p)), key=natural_key)
+        if not found:
+            raise BadInputError(folder, f"no volumes (looked for {', '.join(VOLUME_SUFFIXES)} and series folders)")
+        return found
     files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
                    key=natural_key)
     good = []
@@ -146,10 +153,16 @@ def _find_mask(masks_root: Path, cls: str, image: Path) -> Path | None:
     return matches[0] if matches else None
 
 
-def _class_items(folder: Path, cls: str, label: int, log: BadFileLog, masks_root: Path | None = None) -> list[dict]:
+def _class_items(folder: Path, cls: str, label: int, log: BadFileLog, masks_root: Path | None = None,
+                 volumes: bool = False) -> list[dict]:
     masks_root = masks_root if masks_root is not None and masks_root.is_dir() else None
-    return [make_item(p, label, cls, mask=_find_mask(masks_root, cls, p) if masks_root else None)
-            for p in list_images(folder, log)]
+    items = []
+    for path in list_images(folder, log, volumes):
+        item = make_item(path, label, cls, mask=_find_mask(masks_root, cls, path) if masks_root else None)
+        if volumes:
+            item["patient"] = patient_id(volume_name(path), cls)
+        items.append(item)
+    return items
 
 
 def _hold_out_abnormal(test: list[dict], fraction: float, seed: int, where: Path) -> tuple[list[dict], list[dict]]:
@@ -182,7 +195,7 @@ def _normal_folder(folders: list[Path], normal: str, where: Path) -> Path:
 
 def kermany_datalist(root: str | Path, normal: str = "NORMAL", val_fraction: float = 0.1,
                      val_abnormal_fraction: float = 0.0, seed: int = 0, holdout: str = "random",
-                     skip_bad: bool = False) -> dict:
+                     skip_bad: bool = False, volumes: bool = False) -> dict:
     """Datalist of a ``root/train/<normal>/`` + ``root/test/<class>/`` layout (Kermany OCT2017, the phantom, and
     the real sets in ../shared/data). Abnormal folders under ``train/`` are ignored (training is normal-only).
 
@@ -194,6 +207,8 @@ def kermany_datalist(root: str | Path, normal: str = "NORMAL", val_fraction: flo
         seed: seed of the hold-outs.
         holdout: "random" or "last" patients first (see :func:`split_by_patient`).
         skip_bad: skip unreadable image files (logged and counted) instead of raising.
+        volumes: list volume files and DICOM series folders instead of images (for
+            :mod:`hdhkd_monai.data.slices`).
 
     Masks ``root/masks/<class>/<image stem>.*`` are attached as "mask" when that folder exists.
     """
@@ -203,11 +218,11 @@ def kermany_datalist(root: str | Path, normal: str = "NORMAL", val_fraction: flo
     for other in _subfolders(root / "train"):
         if other != train_folder:
             logger.info("ignoring %s: training uses normal images only", other)
-    train = _class_items(train_folder, train_folder.name, 0, log, masks)
+    train = _class_items(train_folder, train_folder.name, 0, log, masks, volumes)
     train, validation = split_by_patient(train, val_fraction, seed, holdout, where=train_folder)
     test = []
     for folder in _subfolders(root / "test"):
-        test += _class_items(folder, folder.name, int(folder.name.lower() != normal.lower()), log, masks)
+        test += _class_items(folder, folder.name, int(folder.name.lower() != normal.lower()), log, masks, volumes)
     test, held = _hold_out_abnormal(test, val_abnormal_fraction, seed, root / "test")
     log.summary("image files")
     return {"training": train, "validation": validation + held, "test": test}
@@ -245,7 +260,8 @@ def _split_normals(normals: list[dict], val_fraction: float, test_fraction: floa
 
 
 def folders_datalist(root: str | Path, normal: str = "normal", val_fraction: float = 0.1, test_fraction: float = 0.2,
-                     val_abnormal_fraction: float = 0.0, seed: int = 0, skip_bad: bool = False) -> dict:
+                     val_abnormal_fraction: float = 0.0, seed: int = 0, skip_bad: bool = False,
+                     volumes: bool = False) -> dict:
     """Datalist of ``root/<class>/`` folders, one of them (``normal``) normal and all others abnormal.
 
     Normal images are split by patient into training, validation (``val_fraction`` of all normals) and test
@@ -254,11 +270,11 @@ def folders_datalist(root: str | Path, normal: str = "normal", val_fraction: flo
     root, log = Path(root), BadFileLog(skip_bad)
     folders = _subfolders(root)
     normal_folder = _normal_folder(folders, normal, root)
-    abnormal = [it for f in folders if f != normal_folder for it in _class_items(f, f.name, 1, log)]
+    abnormal = [it for f in folders if f != normal_folder for it in _class_items(f, f.name, 1, log, None, volumes)]
     if not abnormal:
         logger.warning("%s: no abnormal class folder; the test set holds normal images only", root)
-    train, validation, test = _split_normals(_class_items(normal_folder, normal_folder.name, 0, log), val_fraction,
-                                             test_fraction, seed, normal_folder)
+    normals = _class_items(normal_folder, normal_folder.name, 0, log, None, volumes)
+    train, validation, test = _split_normals(normals, val_fraction, test_fraction, seed, normal_folder)
     test, held = _hold_out_abnormal(test + abnormal, val_abnormal_fraction, seed, root)
     log.summary("image files")
     return {"training": train, "validation": validation + held, "test": test}
@@ -275,7 +291,8 @@ def _csv_rows(csv_path: Path) -> list[tuple[int, dict]]:
 
 
 def csv_datalist(csv_path: str | Path, val_fraction: float = 0.1, test_fraction: float = 0.2,
-                 val_abnormal_fraction: float = 0.0, seed: int = 0, skip_bad: bool = False) -> dict:
+                 val_abnormal_fraction: float = 0.0, seed: int = 0, skip_bad: bool = False,
+                 volumes: bool = False) -> dict:
     """Datalist of a CSV with columns ``path,label`` (label 0 normal, 1 abnormal) and optional ``class``,
     ``patient`` and ``split`` (train / val / test). Relative paths are relative to the CSV's folder.
 
@@ -292,16 +309,18 @@ def csv_datalist(csv_path: str | Path, val_fraction: float = 0.1, test_fraction:
             label = row["label"].strip()
             if label not in ("0", "1"):
                 raise BadInputError(csv_path, f"line {line}: label must be 0 or 1, got {label!r}")
-            if not path.is_file():
-                raise BadInputError(path, f"file not found (listed on line {line} of {csv_path})")
-            check_image(path)
+            if not (is_volume(path) if volumes else path.is_file()):
+                raise BadInputError(path, f"{'volume' if volumes else 'file'} not found (line {line} of {csv_path})")
+            if not volumes:
+                check_image(path)
             split = _SPLIT_ALIASES.get((row.get("split") or "").strip().lower())
             if row.get("split") and split is None:
                 raise BadInputError(csv_path, f"line {line}: split must be train, val or test, got {row['split']!r}")
             if split == "training" and label == "1":
                 raise BadInputError(csv_path, f"line {line}: an abnormal image in the training split")
             cls = (row.get("class") or "").strip() or ("normal" if label == "0" else "abnormal")
-            items.append(make_item(path, int(label), cls, (row.get("patient") or "").strip() or None))
+            patient = (row.get("patient") or "").strip() or patient_id(volume_name(path) if volumes else path, cls)
+            items.append(make_item(path, int(label), cls, patient))
             splits.append(split)
     log.summary("rows")
     if not any(it["label"] == 0 for it in items):

@@ -1,0 +1,173 @@
+"""Volumes -> 2-D slice files + a slice datalist whose items carry "volume", "patient" and "slice".
+
+The volumes are listed and split exactly like images (:mod:`hdhkd_monai.data.datalist`, ``volumes=True``): by
+patient, at volume level, so all slices of a volume land in one split. Each volume is then read
+(:func:`~hdhkd_monai.data.volumes.read_volume`), normalised for its modality, cut along ``axis``, optionally
+filtered for empty slices, and written as ``OUT/<volume id>/<slice index>.npy``.
+
+Slices are float32 ``.npy`` files, not PNGs: they keep the physical values (HU, SUV) exactly, so the CT window or
+the PET SUV range stays a choice of the preprocessing config (``ct_slice(window=...)``, ``pet_slice(suv_max=...)``)
+instead of being baked in when slicing; a 16-bit PNG would need a fixed offset and scale per modality, and an 8-bit
+one would lose precision. The per-modality pipelines read them with the same reader as PNGs.
+
+Per-slice labels (OCT2022, chest CT and PET label slices, not volumes) come from ``slice_labels``: a CSV with
+``volume,slice,label[,class]`` where volume is the volume's file name without suffix (or its folder name). Slices
+not listed take their volume's label; training volumes must have no abnormal slices.
+
+CLI::
+
+    python -m hdhkd_monai.data.slices kermany ROOT --modality oct --out DIR [--axis 0] [--min-foreground 0.05]
+    python -m hdhkd_monai.data.slices folders ROOT --modality ct --normal normal --out DIR
+    python -m hdhkd_monai.data.slices csv volumes.csv --modality pet --out DIR --slice-labels labels.csv
+
+writes the slices and ``DIR/datalist.json``. Per-volume scores: :func:`hdhkd_monai.data.aggregate.volume_scores`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from hdhkd_monai.data import datalist as dl
+from hdhkd_monai.data.errors import BadFileLog, BadInputError, cli_logging, logger
+from hdhkd_monai.data.volumes import FOREGROUND, MODALITIES, normalize, read_volume, slices, suv_from_sidecar
+from hdhkd_monai.data.volumes import volume_name, volume_suffix
+
+# Reorient volumes that have an affine to this axis code before slicing; OCT affines are rarely meaningful.
+DEFAULT_ORIENTATION = {"oct": None, "mri": "LPS", "ct": "LPS", "pet": "LPS"}
+
+
+def read_slice_labels(path: str | Path) -> dict[tuple[str, int], tuple[int, str | None]]:
+    """``{(volume name, slice index): (label, class or None)}`` from a CSV with volume,slice,label[,class]."""
+    path = Path(path)
+    labels = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = {"volume", "slice", "label"} - set(reader.fieldnames or ())
+        if missing:
+            raise BadInputError(path, f"missing column(s) {sorted(missing)}; need volume,slice,label[,class]")
+        for line, row in enumerate(reader, start=2):
+            if row["label"].strip() not in ("0", "1") or not row["slice"].strip().isdigit():
+                raise BadInputError(path, f"line {line}: slice must be an index and label 0 or 1, got {row}")
+            labels[(row["volume"].strip(), int(row["slice"]))] = (int(row["label"]), (row.get("class") or "").strip()
+                                                                  or None)
+    return labels
+
+
+def _volume_ids(items: list[dict]) -> list[str]:
+    """Unique ids: the volume name, prefixed with as many parent folders as it takes to tell repeated names apart."""
+    paths = [Path(it["image"]) for it in items]
+    for depth in range(len(max((p.parts for p in paths), key=len, default=()))):
+        ids = ["/".join(p.parent.parts[len(p.parent.parts) - depth:] + (volume_name(p),)) for p in paths]
+        if len(set(ids)) == len(ids):
+            return ids
+    raise ValueError("the same volume is listed twice")
+
+
+def _slice_class(label: int, volume_item: dict, normal: str) -> str:
+    if label == volume_item["label"]:
+        return volume_item["class"]
+    return normal if label == 0 else "abnormal"
+
+
+def slice_volumes(volume_datalist: dict, out_dir: str | Path, modality: str, axis: int = 0,
+                  orientation: str | None = "default", min_foreground: float = 0.0, threshold: float | None = None,
+                  pet_units: str = "suv", slice_labels: dict | None = None, normal: str = "normal",
+                  skip_bad: bool = False) -> dict:
+    """Write the slices of every volume in ``volume_datalist`` and return the slice datalist.
+
+    Args:
+        volume_datalist: datalist whose "image" entries are volumes (e.g. ``kermany_datalist(..., volumes=True)``).
+        out_dir: folder for the ``.npy`` slices.
+        modality: "oct", "mri", "ct" or "pet" (see :func:`~hdhkd_monai.data.volumes.normalize` for the units).
+        axis: axis of the [k, rows, cols] volume to cut along (0: the stored slices / B-scans / frames).
+        orientation: axis codes to reorient to before cutting, None to keep the stored order, "default" for
+            ``DEFAULT_ORIENTATION[modality]``.
+        min_foreground: drop slices with a smaller share of pixels above ``threshold`` (0 keeps every slice).
+        threshold: foreground threshold in the written units; None for ``FOREGROUND[modality]``.
+        pet_units: NIfTI PET values: "suv" (already SUV) or "bqml" (converted with the JSON sidecar).
+        slice_labels: per-slice labels from :func:`read_slice_labels`.
+        normal: class name given to slices labelled 0 inside abnormal volumes.
+        skip_bad: skip unreadable or invalid volumes (logged, counted) instead of raising.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    orientation = DEFAULT_ORIENTATION[modality] if orientation == "default" else orientation
+    threshold = FOREGROUND[modality] if threshold is None else threshold
+    slice_labels = slice_labels or {}
+    out_dir, log = Path(out_dir), BadFileLog(skip_bad)
+    every = [(split, item) for split in dl.SPLITS for item in volume_datalist.get(split, [])]
+    ids = _volume_ids([item for _, item in every])
+    result: dict[str, list[dict]] = {split: [] for split in dl.SPLITS}
+    for (split, item), vid in tqdm(list(zip(every, ids)), desc="slicing volumes", unit="volume"):
+        source = Path(item["image"])
+        with log.guard(source):
+            volume = read_volume(source, orientation, skip_bad)
+            if modality == "pet" and pet_units == "bqml" and volume_suffix(source) in (".nii", ".nii.gz"):
+                volume = suv_from_sidecar(volume)
+            array = normalize(volume, modality)
+            items = []
+            for index, image in slices(array, axis, min_foreground, threshold):
+                label, cls = slice_labels.get((volume_name(source), index), (item["label"], None))
+                if split == "training" and label == 1:
+                    raise BadInputError(source, f"slice {index} is labelled abnormal in a training volume")
+                target = out_dir / vid / f"{index:04d}.npy"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                np.save(target, image.astype(np.float32))
+                items.append({"image": str(target.resolve()), "label": int(label),
+                              "class": cls or _slice_class(label, item, normal),
+                              "patient": item["patient"], "volume": vid, "slice": index})
+            if not items:
+                logger.warning("%s: no slice passed min_foreground=%s", source, min_foreground)
+            result[split] += items
+    log.summary("volumes")
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Cut volumes into 2-D .npy slices and write a slice datalist.")
+    parser.add_argument("layout", choices=("kermany", "folders", "csv"),
+                        help="kermany: ROOT/train/<normal>/ + ROOT/test/<class>/; folders: ROOT/<class>/; "
+                             "csv: path,label[,class][,patient][,split]")
+    parser.add_argument("source", help="root folder, or the CSV file")
+    parser.add_argument("--modality", required=True, choices=MODALITIES)
+    parser.add_argument("--out", required=True, help="output folder (slices and datalist.json)")
+    parser.add_argument("--normal", default="NORMAL", help="normal class folder name (kermany, folders)")
+    parser.add_argument("--axis", type=int, default=0, help="axis of the [k, rows, cols] volume to cut along")
+    parser.add_argument("--orientation", default="default",
+                        help="axis codes to reorient to (e.g. LPS), 'none', or 'default' (LPS; none for OCT)")
+    parser.add_argument("--min-foreground", type=float, default=0.0, help="drop slices with less foreground")
+    parser.add_argument("--threshold", type=float, default=None, help="foreground threshold (default per modality)")
+    parser.add_argument("--pet-units", choices=("suv", "bqml"), default="suv", help="units of PET NIfTI volumes")
+    parser.add_argument("--slice-labels", help="CSV volume,slice,label[,class] of per-slice labels")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="normal volumes held out for validation")
+    parser.add_argument("--val-abnormal-fraction", type=float, default=0.0)
+    parser.add_argument("--test-fraction", type=float, default=0.2, help="normal volumes kept for test (folders, csv)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-bad", action="store_true", help="skip bad volumes (logged and counted)")
+    args = parser.parse_args(argv)
+
+    cli_logging()
+    shared = dict(val_fraction=args.val_fraction, val_abnormal_fraction=args.val_abnormal_fraction, seed=args.seed,
+                  skip_bad=args.skip_bad, volumes=True)
+    if args.layout == "kermany":
+        volumes = dl.kermany_datalist(args.source, args.normal, **shared)
+    elif args.layout == "folders":
+        volumes = dl.folders_datalist(args.source, args.normal, test_fraction=args.test_fraction, **shared)
+    else:
+        volumes = dl.csv_datalist(args.source, test_fraction=args.test_fraction, **shared)
+    labels = read_slice_labels(args.slice_labels) if args.slice_labels else None
+    orientation = None if args.orientation.lower() == "none" else args.orientation
+    datalist = slice_volumes(volumes, args.out, args.modality, args.axis, orientation, args.min_foreground,
+                             args.threshold, args.pet_units, labels, args.normal, args.skip_bad)
+    out = dl.write_datalist(datalist, Path(args.out) / "datalist.json")
+    n_volumes = len({it["volume"] for items in datalist.values() for it in items})
+    print(f"wrote {out} ({n_volumes} volumes)\n{dl.summary(datalist)}")
+
+
+if __name__ == "__main__":
+    main()
