@@ -3,8 +3,12 @@
 import pytest
 import torch
 
+from hdhkd_monai.anomaly_map import normalize_map, quantile
+from hdhkd_monai.baselines.efficientad import AutoEncoder, EfficientAD
 from hdhkd_monai.baselines.patchcore import PatchCore, k_center_greedy
 from hdhkd_monai.baselines.rd4ad import RD4AD
+from hdhkd_monai.distill import teacher_output_stats
+from hdhkd_monai.networks.pdn import PDN
 
 SIZE = 64
 LITE = {"backbone": "tf_efficientnet_lite0", "weights": "efficientnet-lite"}  # real ImageNet weights, small
@@ -26,6 +30,84 @@ def _plant(images: torch.Tensor, top: int = 24, left: int = 24, side: int = 16) 
     yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     out[..., top : top + side, left : left + side] = ((yy // 2 + xx // 2) % 2).float()
     return out
+
+
+# ---------------------------------------------------------------------------------------------------- EfficientAD
+
+
+def _efficientad(seed: int = 0, **kwargs) -> EfficientAD:
+    """EfficientAD-S on a random PDN teacher whose output statistics are set on the normal images, as in training."""
+    torch.manual_seed(seed)
+    teacher = PDN(size="small", out_channels=384, padding=False)
+    mean, std = teacher_output_stats(teacher, [_striped_images(4, seed=10)])
+    teacher.feat_mean.copy_(mean)
+    teacher.feat_std.copy_(std)
+    return EfficientAD(teacher, image_size=SIZE, **kwargs)
+
+
+def test_efficientad_shapes():
+    model = _efficientad().eval()
+    x = _striped_images(2, seed=0)
+    grid = model.teacher.output_size((SIZE, SIZE))
+    assert model.student(x).shape == (2, 768, *grid)
+    assert [f.shape for f in model(x)] == [(2, 384, *grid)] * 4
+    assert model.anomaly_map(x).shape == (2, 1, SIZE, SIZE)
+
+
+def test_efficientad_autoencoder_follows_the_paper_at_256():
+    autoencoder = AutoEncoder(256, 384)
+    assert [s[0] for s in autoencoder.decoder_sizes] == [3, 8, 15, 32, 63, 127]
+    assert autoencoder.encoder(torch.rand(1, 3, 256, 256)).shape == (1, 64, 1, 1)
+    assert autoencoder(torch.rand(1, 3, 256, 256), (56, 56)).shape == (1, 384, 56, 56)
+    with pytest.raises(ValueError, match="built for"):
+        autoencoder(torch.rand(1, 3, SIZE, SIZE), (8, 8))
+
+
+def test_efficientad_teacher_is_frozen():
+    model = _efficientad().train()
+    assert not model.teacher.training and model.student.training and model.autoencoder.training
+    model.loss(_striped_images(2, seed=1)).backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.teacher.parameters())
+    assert all(p.grad is not None for p in model.student.parameters())
+    assert all(p.grad is not None for p in model.autoencoder.parameters())
+
+
+def test_efficientad_training_lowers_loss():
+    model = _efficientad(augment=False)
+    x = _striped_images(2, seed=2)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    with torch.no_grad():
+        before = model.eval().loss(x).item()  # eval: no dropout, so before/after compare the same function
+    model.train()
+    for _ in range(6):
+        optimizer.zero_grad()
+        model.loss(x).backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = model.eval().loss(x).item()
+    assert after < 0.9 * before, (before, after)
+
+
+def test_efficientad_penalty_adds_student_output_energy():
+    model = _efficientad(penalty_weight=1000.0).eval()  # a large weight keeps the term well above float rounding
+    x, penalty = _striped_images(2, seed=3), torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expected = 1000.0 * model.student(penalty)[:, :384].square().mean()
+        assert torch.allclose(model.loss(x, penalty_images=penalty) - model.loss(x), expected, rtol=1e-3)
+
+
+def test_efficientad_map_normalisation_sends_quantiles_to_0_and_0p1():
+    model = _efficientad()
+    validation = _striped_images(4, seed=4)
+    assert not model.calibrated
+    model.fit_map_normalisation([validation[:2], validation[2:]])
+    assert model.calibrated and model.training  # the mode is restored
+    local, global_ = model.eval().local_global_maps(validation)  # eval: no dropout, as during the fit
+    for maps, quantiles in ((local, model.quantiles_st), (global_, model.quantiles_ae)):
+        normalised = normalize_map(maps, quantiles)
+        assert abs(quantile(normalised, 0.9)) < 1e-5 and abs(quantile(normalised, 0.995) - 0.1) < 1e-5
+    with pytest.raises(ValueError, match="no images"):
+        model.fit_map_normalisation([])
 
 
 # ---------------------------------------------------------------------------------------------------------- RD4AD

@@ -1,0 +1,216 @@
+"""EfficientAD-S (Batzner, Heckler and König, "EfficientAD: Accurate Visual Anomaly Detection at Millisecond-Level
+Latencies", WACV 2024).
+
+A frozen, normalised PDN teacher (the same distilled :class:`~hdhkd_monai.networks.pdn.PDN` HDHKD uses); a student
+PDN with twice the teacher's channels, the first half imitating the teacher on normal images (hard-feature loss), the
+second half imitating an autoencoder; the autoencoder reconstructs the teacher features through a 64-value code.
+Local anomalies show as teacher-student discrepancy, logical/global ones as autoencoder-student discrepancy; both
+maps are quantile-normalised on normal validation images and averaged.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms import functional as TF
+
+from hdhkd_monai.anomaly_map import discrepancy_map, map_quantiles, normalize_map
+from hdhkd_monai.baselines.common import check_images, freeze, iterate_batches
+from hdhkd_monai.losses import DistillationLoss
+from hdhkd_monai.networks.pdn import PDN
+
+__all__ = ["AutoEncoder", "EfficientAD"]
+
+class AutoEncoder(nn.Module):
+    """EfficientAD's autoencoder: strided convolutions down to a 64-value code, then bilinear upsampling + convolutions.
+
+    Args:
+        image_size: input size (H, W) or side; each a multiple of 32. The last encoder convolution spans the whole
+            H/32 x W/32 grid (8x8 at 256, as in the paper), so the code is 1x1.
+        out_channels: channels of the reconstructed teacher features (384).
+        dropout: dropout after the first six decoder convolutions (0.2 in the paper).
+
+    The decoder upsamples to H/64-1, H/32, H/16-1, H/8, H/4-1, H/2-1 (3, 8, 15, 32, 63, 127 at 256), each followed
+    by a 4x4 convolution with padding 2, then to the teacher's grid for two 3x3 convolutions.
+    """
+
+    def __init__(self, image_size: int | Sequence[int] = 256, out_channels: int = 384, dropout: float = 0.2) -> None:
+        super().__init__()
+        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        if any(s % 32 for s in self.image_size):
+            raise ValueError(f"AutoEncoder image_size must be a multiple of 32, got {self.image_size}")
+        widths = (3, 32, 32, 64, 64, 64)
+        strided = []
+        for c_in, c_out in zip(widths, widths[1:]):
+            strided += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.ReLU(inplace=True)]
+        code_kernel = tuple(s // 32 for s in self.image_size)
+        self.encoder = nn.Sequential(*strided, nn.Conv2d(64, 64, code_kernel))
+        self.decoder_sizes = [
+            tuple(max(1, round(s * f) + shift) for s in self.image_size)
+            for f, shift in ((1 / 64, -1), (1 / 32, 0), (1 / 16, -1), (1 / 8, 0), (1 / 4, -1), (1 / 2, -1))
+        ]
+        self.decoder_blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(64, 64, 4, padding=2), nn.ReLU(inplace=True), nn.Dropout(dropout))
+            for _ in self.decoder_sizes
+        )
+        self.head = nn.Sequential(
+            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(64, out_channels, 3, padding=1)
+        )
+
+    def forward(self, x: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
+        """[B, 3, H, W] (the teacher's input) -> [B, out_channels, *out_size]."""
+        if tuple(x.shape[-2:]) != self.image_size:
+            raise ValueError(f"AutoEncoder was built for {self.image_size} inputs, got {tuple(x.shape[-2:])}")
+        z = self.encoder(x)
+        for size, block in zip(self.decoder_sizes, self.decoder_blocks):
+            z = block(F.interpolate(z, size=size, mode="bilinear", align_corners=False))
+        return self.head(F.interpolate(z, size=tuple(out_size), mode="bilinear", align_corners=False))
+
+
+class EfficientAD(nn.Module):
+    """EfficientAD with a PDN student and the autoencoder; the teacher is frozen (eval mode, no gradients).
+
+    Args:
+        teacher: the distilled PDN teacher; its ``normalize`` (``feat_mean``/``feat_std`` buffers) standardises the
+            targets, so set those statistics (:func:`hdhkd_monai.distill.teacher_output_stats`) before training.
+        image_size: input side or (H, W), a multiple of 32; fixes the autoencoder's code convolution.
+        student_size: ``"small"`` (EfficientAD-S) or ``"medium"`` (EfficientAD-M) PDN student.
+        hard_quantile: the hard-feature loss keeps student-teacher squared errors at or above this quantile.
+        penalty_weight: weight of the ImageNet penalty ``mean(student(penalty_images)[:, :C]^2)``; applied only
+            when :meth:`loss` receives ``penalty_images`` (none are available offline, so off by default).
+        augment: colour-jitter the autoencoder branch's input during training (brightness, contrast or saturation
+            factor in [0.8, 1.2], one chosen at random per batch), as the paper does.
+        quantiles: (low, high) quantiles of the map normalisation, (0.9, 0.995) in the paper.
+
+    Buffers ``quantiles_st`` and ``quantiles_ae`` [2] are NaN until :meth:`fit_map_normalisation`.
+    """
+
+    def __init__(
+        self,
+        teacher: PDN,
+        image_size: int | Sequence[int] = 256,
+        student_size: str = "small",
+        hard_quantile: float = 0.999,
+        penalty_weight: float = 1.0,
+        augment: bool = True,
+        quantiles: tuple[float, float] = (0.9, 0.995),
+    ) -> None:
+        super().__init__()
+        self.teacher = freeze(teacher)
+        self.channels = teacher.out_channels
+        self.student = PDN(size=student_size, out_channels=2 * self.channels, padding=teacher.padding)
+        self.autoencoder = AutoEncoder(image_size, self.channels)
+        self.hard_loss = DistillationLoss(hard_quantile=hard_quantile)
+        self.penalty_weight = penalty_weight
+        self.augment = augment
+        self.quantiles = quantiles
+        self.register_buffer("quantiles_st", torch.full((2,), math.nan))
+        self.register_buffer("quantiles_ae", torch.full((2,), math.nan))
+
+    def train(self, mode: bool = True) -> EfficientAD:
+        """Switch student and autoencoder; the teacher stays in eval mode."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the map normalisation quantiles have been fitted."""
+        return not bool(torch.isnan(self.quantiles_st).any() or torch.isnan(self.quantiles_ae).any())
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[B, 3, H, W] in [0, 1] -> (teacher, student-vs-teacher, student-vs-AE, autoencoder) features.
+
+        All four are [B, C, h, w] on the teacher grid (h = H/4 - 8 without padding); the teacher's is normalised and
+        computed without gradients.
+        """
+        check_images(x)
+        with torch.no_grad():
+            target = self.teacher.normalize(self.teacher(x))
+        student = self.student(x)
+        reconstruction = self.autoencoder(x, target.shape[-2:])
+        return target, student[:, : self.channels], student[:, self.channels :], reconstruction
+
+    def loss(self, x: torch.Tensor, penalty_images: torch.Tensor | None = None) -> torch.Tensor:
+        """Scalar training loss: hard student-teacher loss (+ penalty) + autoencoder loss + student-AE loss.
+
+        Args:
+            x: normal training images [B, 3, H, W] in [0, 1].
+            penalty_images: optional [B', 3, H', W'] images unlike the training data (ImageNet in the paper) on
+                which the student's teacher half is pushed towards zero output.
+        """
+        check_images(x)
+        with torch.no_grad():
+            target = self.teacher.normalize(self.teacher(x))
+        loss = self.hard_loss(target, self.student(x)[:, : self.channels])
+        if penalty_images is not None:
+            check_images(penalty_images, "penalty_images")
+            loss = loss + self.penalty_weight * self.student(penalty_images)[:, : self.channels].square().mean()
+        x_ae = self._jitter(x) if self.training and self.augment else x
+        with torch.no_grad():
+            target_ae = self.teacher.normalize(self.teacher(x_ae))
+        reconstruction = self.autoencoder(x_ae, target_ae.shape[-2:])
+        student_ae = self.student(x_ae)[:, self.channels :]
+        return loss + F.mse_loss(reconstruction, target_ae) + F.mse_loss(student_ae, reconstruction)
+
+    @torch.no_grad()
+    def local_global_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, H, W] -> raw (student-teacher, student-autoencoder) maps, each [B, 1, h, w] on the teacher grid."""
+        target, student_st, student_ae, reconstruction = self(x)
+        grid = list(target.shape[-2:])
+        return discrepancy_map(target, student_st, grid), discrepancy_map(reconstruction, student_ae, grid)
+
+    @torch.no_grad()
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, 1, H, W]: mean of the local and global maps, each resized to the input.
+
+        Once :meth:`fit_map_normalisation` ran, each map is normalised as ``0.1 (m - q_a) / (q_b - q_a)`` (an affine
+        map, so it commutes with the resize); before that the raw maps are averaged. An unpadded teacher's grid
+        misses ``teacher.border`` cells on each side; the maps are edge-padded by that much before the bilinear
+        resize (HDHKD does the same; the paper's code zero-pads).
+        """
+        target, student_st, student_ae, reconstruction = self(x)
+        size, border = list(x.shape[-2:]), self.teacher.border
+        local = discrepancy_map(target, student_st, size, border)
+        global_ = discrepancy_map(reconstruction, student_ae, size, border)
+        if self.calibrated:
+            local, global_ = normalize_map(local, self.quantiles_st), normalize_map(global_, self.quantiles_ae)
+        return 0.5 * (local + global_)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, H, W] -> (image scores [B] = map maximum, anomaly maps [B, 1, H, W])."""
+        maps = self.anomaly_map(x)
+        return maps.flatten(1).amax(dim=1), maps
+
+    @torch.no_grad()
+    def fit_map_normalisation(self, images: torch.Tensor | Iterable) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fit ``quantiles_st``/``quantiles_ae`` on normal validation images (eval mode; the mode is restored).
+
+        Args:
+            images: a batch [B, 3, H, W] in [0, 1] or an iterable of batches (or dicts with key "image").
+
+        Returns:
+            (quantiles_st, quantiles_ae), each [2].
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            maps = [self.local_global_maps(x.to(self.quantiles_st.device)) for x in iterate_batches(images)]
+        finally:
+            self.train(was_training)
+        if not maps:
+            raise ValueError("fit_map_normalisation received no images: the iterable or data loader is empty")
+        low, high = self.quantiles
+        for index, buffer in enumerate((self.quantiles_st, self.quantiles_ae)):
+            buffer.copy_(map_quantiles(torch.cat([m[index] for m in maps]), low=low, high=high))
+        return self.quantiles_st.clone(), self.quantiles_ae.clone()
+
+    def _jitter(self, x: torch.Tensor) -> torch.Tensor:
+        """One of brightness, contrast or saturation changed by a factor in [0.8, 1.2], for the whole batch."""
+        adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)[int(torch.randint(3, ()))]
+        return adjust(x, float(torch.empty(()).uniform_(0.8, 1.2)))
