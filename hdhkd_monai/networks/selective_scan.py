@@ -102,8 +102,10 @@ def _resolve_backend(backend: str, u: Tensor) -> str:
         raise ValueError(f"selective_scan: backend must be one of {BACKENDS}, got {backend!r}.")
     if backend == "auto":
         return "mamba_ssm" if u.is_cuda and _mamba_available() else "torch"
-    if backend == "mamba_ssm" and not u.is_cuda:
-        raise ValueError(f"selective_scan: backend='mamba_ssm' needs CUDA tensors, got device {u.device}.")
+    if backend == "mamba_ssm":
+        _mamba_selective_scan_fn()  # a clear error when mamba-ssm is missing
+        if not u.is_cuda:
+            raise ValueError(f"selective_scan: backend='mamba_ssm' needs CUDA tensors, got device {u.device}.")
     return backend
 
 
