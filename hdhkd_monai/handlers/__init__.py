@@ -1,0 +1,31 @@
+"""Ignite handlers of the bundle workflows: checkpoints, validation schedule, calibration, reports."""
+
+from hdhkd_monai.handlers.calibration import CalibrationHandler
+from hdhkd_monai.handlers.checkpoint import (
+    AtomicCheckpointSaver,
+    CheckpointMismatchError,
+    ResumeFromCheckpoint,
+    load_checkpoint,
+    load_network,
+    save_checkpoint,
+)
+from hdhkd_monai.handlers.report import EvaluationReport
+from hdhkd_monai.handlers.sampler import ReshuffleOnRestart
+from hdhkd_monai.handlers.scores import ScoreWriter
+from hdhkd_monai.handlers.teacher import TeacherStatsHandler
+from hdhkd_monai.handlers.validation import IterationValidationHandler
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "CalibrationHandler",
+    "CheckpointMismatchError",
+    "EvaluationReport",
+    "IterationValidationHandler",
+    "ResumeFromCheckpoint",
+    "ReshuffleOnRestart",
+    "ScoreWriter",
+    "TeacherStatsHandler",
+    "load_checkpoint",
+    "load_network",
+    "save_checkpoint",
+]

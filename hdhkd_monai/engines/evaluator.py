@@ -1,0 +1,56 @@
+"""Evaluator that turns anomaly maps into image scores, for validation, evaluation and inference."""
+
+from __future__ import annotations
+
+import torch
+from monai.data import MetaTensor
+from monai.engines import SupervisedEvaluator
+from monai.engines.utils import IterationEvents
+
+from hdhkd_monai.anomaly_map import image_score
+
+__all__ = ["AnomalyEvaluator", "plain_tensor"]
+
+
+def plain_tensor(x: torch.Tensor) -> torch.Tensor:
+    """``x`` without MONAI metadata: networks get plain tensors (MetaTensor tracking slows every op)."""
+    return x.as_tensor() if isinstance(x, MetaTensor) else x
+
+
+class AnomalyEvaluator(SupervisedEvaluator):
+    """A :class:`monai.engines.SupervisedEvaluator` whose network gives anomaly maps, plus an image score per map.
+
+    The network (``hdhkd_monai.networks.AnomalyMapNet`` or any module [B, 3, H, W] -> [B, 1, H, W]) runs in eval
+    mode without gradients on the batch's ``"image"``. Each iteration's output holds ``"image"`` (as loaded, with
+    its metadata), ``"pred"`` (the map, carrying the image's metadata so ``SaveImaged`` can name its file),
+    ``"score"`` (``anomaly_map.image_score`` of the map) and ``"label"`` when the batch has one; MONAI decollates
+    it into one entry per image.
+
+    Args:
+        top_k: the image score is the map's maximum (``None``) or the mean of its ``top_k`` largest pixels.
+        args, kwargs: the arguments of ``SupervisedEvaluator`` (``device``, ``val_data_loader``, ``network``, ...);
+            ``prepare_batch`` and ``postprocessing`` keep their meaning only for ``postprocessing``.
+    """
+
+    def __init__(self, *args, top_k: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.top_k = top_k
+
+    def _iteration(self, engine: AnomalyEvaluator, batchdata: dict) -> dict:
+        if batchdata is None or "image" not in batchdata:
+            raise ValueError("each batch must be a dict with key 'image' ([B, 3, H, W] images).")
+        image = batchdata["image"]
+        inputs = plain_tensor(image).to(engine.state.device, non_blocking=engine.non_blocking)
+        with engine.mode(engine.network), torch.autocast(
+            engine.state.device.type, enabled=engine.amp, **engine.amp_kwargs
+        ):
+            maps = engine.inferer(inputs, engine.network).float()
+        pred = MetaTensor(maps)
+        if isinstance(image, MetaTensor):
+            pred.copy_meta_from(image)
+        engine.state.output = {"image": image, "pred": pred, "score": image_score(maps, top_k=self.top_k)}
+        if "label" in batchdata:
+            engine.state.output["label"] = batchdata["label"]
+        engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

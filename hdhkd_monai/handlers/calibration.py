@@ -1,0 +1,71 @@
+"""Calibration on the normal validation images: map-normalisation quantiles and the decision threshold."""
+
+from __future__ import annotations
+
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from hdhkd_monai.anomaly_map import map_quantiles, normalize_map
+
+__all__ = ["CalibrationHandler"]
+
+
+class CalibrationHandler:
+    """On the validation evaluator, calibrate the model from the normal (label 0) validation images.
+
+    After each validation run:
+
+    - ``model.map_quantiles`` <- the ``low``/``high`` quantiles of all normal-image map pixels (EfficientAD's map
+      normalisation, 0.9 and 0.995): normalised maps are ``0.1 * (m - q_low) / (q_high - q_low)``;
+    - ``model.threshold`` <- the ``threshold_quantile`` quantile of the normal images' scores in normalised units,
+      so about ``1 - threshold_quantile`` of normal images are called abnormal (the specificity it aims at).
+
+    The evaluator must produce raw maps (``AnomalyMapNet(model, normalize=False)``) under ``"pred"``, with ``"score"``
+    and ``"label"``. The image score (the map's maximum or top-k mean) commutes with the increasing affine
+    normalisation, so normalising the raw scores equals scoring the normalised maps. Both values also appear in
+    the evaluator's metrics (``map_q_low``, ``map_q_high``, ``threshold``) for the logs.
+
+    Args:
+        model: the module owning the ``map_quantiles`` [2] and ``threshold`` [] buffers (``HDHKD``).
+        low, high: map-normalisation quantiles.
+        threshold_quantile: quantile of normal validation scores used as the decision threshold.
+    """
+
+    def __init__(self, model: nn.Module, low: float = 0.9, high: float = 0.995, threshold_quantile: float = 0.95):
+        if not 0.0 < threshold_quantile < 1.0:
+            raise ValueError(f"threshold_quantile must lie in (0, 1), got {threshold_quantile}")
+        self.model = model
+        self.low, self.high = low, high
+        self.threshold_quantile = threshold_quantile
+        self._maps: list[torch.Tensor] = []
+        self._scores: list[float] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._calibrate)
+
+    def _reset(self, engine: Engine) -> None:
+        self._maps, self._scores = [], []
+
+    def _collect(self, engine: Engine) -> None:
+        for item in engine.state.output:
+            if item.get("label") is None:
+                raise ValueError("calibration needs a label (0 normal / 1 abnormal) for every validation image.")
+            if int(item["label"]) == 0:
+                self._maps.append(item["pred"].detach().float().cpu().as_subclass(torch.Tensor))
+                self._scores.append(float(item["score"]))
+
+    def _calibrate(self, engine: Engine) -> None:
+        if not self._maps:
+            raise ValueError("the validation split has no normal images (label 0): cannot calibrate the anomaly maps.")
+        quantiles = map_quantiles(torch.stack(self._maps), low=self.low, high=self.high)
+        scores = normalize_map(torch.tensor(self._scores).view(-1, 1, 1, 1), quantiles).flatten()
+        threshold = torch.quantile(scores, self.threshold_quantile)
+        self.model.map_quantiles.copy_(quantiles.to(self.model.map_quantiles))
+        self.model.threshold.copy_(threshold.to(self.model.threshold))
+        engine.state.metrics.update(
+            map_q_low=float(quantiles[0]), map_q_high=float(quantiles[1]), threshold=float(threshold)
+        )
+        self._reset(engine)

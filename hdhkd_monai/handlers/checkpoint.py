@@ -1,0 +1,241 @@
+"""Checkpoints: atomic writes, loading with errors that name the file, and resuming an iteration-based trainer.
+
+A checkpoint file is a dict ``{name: obj.state_dict()}`` (``torch.save``), plus ``{"iteration": n}`` under the
+trainer's name when it is saved for resuming. The bundle writes three (in ``ckpt_dir``):
+
+- ``teacher.pt``: ``{"teacher": PDN}``, the distilled teacher with its output statistics;
+- ``model.pt``: ``{"model": AnomalyMapNet}``, the best student by validation AUROC, calibrated
+  (``map_quantiles``/``threshold`` buffers); ``network_def`` of ``inference.json`` loads it as is;
+- ``last.pt``: ``{"model", "optimizer", "lr_scheduler", "best_checkpoint", "trainer"}``, for resuming.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+__all__ = [
+    "AtomicCheckpointSaver",
+    "CheckpointMismatchError",
+    "ResumeFromCheckpoint",
+    "load_checkpoint",
+    "load_network",
+    "save_checkpoint",
+]
+
+logger = logging.getLogger(__name__)
+_SHOWN_KEYS = 5  # how many offending parameter names an error lists
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint file that is unreadable or does not fit the configured objects; the message names the file."""
+
+
+def save_checkpoint(objects: Mapping[str, Any], path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write ``{name: obj.state_dict()}`` (and ``extra`` entries as they are) to ``path`` atomically.
+
+    The data goes to a temporary file in the same folder first and then replaces ``path`` with ``os.replace``, so an
+    interrupted write never leaves a truncated checkpoint behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {name: obj.state_dict() for name, obj in objects.items()}
+    checkpoint.update(extra or {})
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(checkpoint, f)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it the permissions of a normal file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _module_mismatch(module: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
+    """A description of the keys and shapes where ``state`` does not fit ``module``, or None when it fits."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape
+    ]
+    problems = [
+        f"{len(keys)} {what} (e.g. {', '.join(keys[:_SHOWN_KEYS])})"
+        for what, keys in (
+            ("parameters missing from the file", missing),
+            ("unexpected parameters", unexpected),
+            ("parameters of another shape (file vs model)", reshaped),
+        )
+        if keys
+    ]
+    return "; ".join(problems) or None
+
+
+def load_checkpoint(path: str | Path, objects: Mapping[str, Any], map_location: str | torch.device = "cpu") -> dict:
+    """Load the entries of the checkpoint at ``path`` into ``objects`` (``{name: obj with load_state_dict}``).
+
+    Returns the whole checkpoint dict. Raises ``FileNotFoundError`` for a missing file and
+    :class:`CheckpointMismatchError` (naming the file) for an unreadable file, a missing entry, or a network entry
+    whose parameter names or shapes differ from the configured network (a checkpoint of another architecture).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointMismatchError(f"{path}: cannot be read as a PyTorch checkpoint ({e})") from e
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointMismatchError(f"{path}: expected a dict of state dicts, found a {type(checkpoint).__name__}")
+    absent = [name for name in objects if name not in checkpoint]
+    if absent:
+        raise CheckpointMismatchError(
+            f"{path}: has no entry {absent} (it holds {sorted(checkpoint)}); is it a checkpoint of another workflow?"
+        )
+    for name, obj in objects.items():
+        if isinstance(obj, nn.Module):
+            problem = _module_mismatch(obj, checkpoint[name])
+            if problem:
+                raise CheckpointMismatchError(
+                    f"{path}: entry {name!r} does not fit the configured {type(obj).__name__} "
+                    f"(a checkpoint of another architecture or configuration?): {problem}"
+                )
+        try:
+            obj.load_state_dict(checkpoint[name])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointMismatchError(f"{path}: entry {name!r} cannot be loaded: {e}") from e
+    return checkpoint
+
+
+def load_network(network: nn.Module, path: str | Path, key: str) -> nn.Module:
+    """``network`` with the weights and buffers of entry ``key`` of the checkpoint at ``path`` (for configs)."""
+    load_checkpoint(path, {key: network})
+    return network
+
+
+class AtomicCheckpointSaver:
+    """Ignite handler saving ``save_dict`` into one file, atomically (:func:`save_checkpoint`).
+
+    It saves every ``save_interval`` iterations and/or when the engine completes (``save_final``), and/or, on an
+    evaluator, whenever the key metric improves (``key_metric_name``). A NaN key metric (validation without abnormal
+    images) cannot rank models; then every validation is saved, so the file always holds the latest one.
+
+    Args:
+        save_dir: folder of the checkpoint.
+        save_dict: ``{name: object with state_dict()}``.
+        filename: file name inside ``save_dir``.
+        save_interval: save every N iterations; 0 disables.
+        save_final: save when the engine completes.
+        key_metric_name: save at the end of an evaluator epoch when ``engine.state.metrics[key_metric_name]`` is
+            the highest so far.
+        engine_key: also save ``{"iteration": n}`` of the engine this handler is attached to under this name,
+            so that :class:`ResumeFromCheckpoint` can continue from there.
+
+    ``state_dict()``/``load_state_dict()`` carry the best metric so far, so a resumed run keeps ranking correctly.
+    """
+
+    def __init__(
+        self,
+        save_dir: str | Path,
+        save_dict: Mapping[str, Any],
+        filename: str,
+        save_interval: int = 0,
+        save_final: bool = False,
+        key_metric_name: str | None = None,
+        engine_key: str | None = None,
+    ) -> None:
+        self.path = Path(save_dir) / filename
+        self.save_dict = dict(save_dict)
+        self.save_interval = save_interval
+        self.save_final = save_final
+        self.key_metric_name = key_metric_name
+        self.engine_key = engine_key
+        self.best = -math.inf
+
+    def attach(self, engine: Engine) -> None:
+        if self.save_interval > 0:
+            engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), self.save)
+        if self.save_final:
+            engine.add_event_handler(Events.COMPLETED, self.save)
+        if self.key_metric_name is not None:
+            engine.add_event_handler(Events.EPOCH_COMPLETED, self._save_if_best)
+
+    def save(self, engine: Engine) -> None:
+        extra = {self.engine_key: {"iteration": engine.state.iteration}} if self.engine_key else None
+        save_checkpoint(self.save_dict, self.path, extra)
+        engine.logger.info(f"saved checkpoint {self.path}")
+
+    def _save_if_best(self, engine: Engine) -> None:
+        value = float(engine.state.metrics[self.key_metric_name])
+        if math.isnan(value):
+            engine.logger.warning(f"{self.key_metric_name} is NaN (no abnormal validation images?): saving anyway")
+        elif value <= self.best:
+            return
+        else:
+            self.best = value
+        self.save(engine)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: Mapping[str, float]) -> None:
+        self.best = float(state["best"])
+
+
+class ResumeFromCheckpoint:
+    """Ignite handler that, when training starts, continues from a checkpoint written by
+    :class:`AtomicCheckpointSaver` with ``engine_key``: it loads ``load_dict`` (network, optimizer, scheduler, ...)
+    and sets the trainer's iteration, so an iteration-based run (``max_epochs=1``, ``epoch_length`` iterations)
+    goes on where it stopped. Without a file at ``load_path`` (or with ``enabled=False``) training starts afresh.
+
+    Args:
+        load_path: checkpoint file (e.g. ``last.pt``).
+        load_dict: ``{name: object with load_state_dict()}``, the same names as the saver's ``save_dict``.
+        engine_key: name under which the trainer's iteration was saved.
+        enabled: ``False`` ignores an existing file (start over).
+    """
+
+    def __init__(
+        self, load_path: str | Path, load_dict: Mapping[str, Any], engine_key: str = "trainer", enabled: bool = True
+    ) -> None:
+        self.load_path = Path(load_path)
+        self.load_dict = dict(load_dict)
+        self.engine_key = engine_key
+        self.enabled = enabled
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if not self.enabled or not self.load_path.is_file():
+            engine.logger.info(f"no checkpoint to resume from at {self.load_path}: training from the start")
+            return
+        checkpoint = load_checkpoint(self.load_path, self.load_dict, map_location=engine.state.device)
+        if self.engine_key not in checkpoint:
+            raise CheckpointMismatchError(f"{self.load_path}: has no {self.engine_key!r} entry to resume from")
+        iteration = int(checkpoint[self.engine_key]["iteration"])
+        engine.state.iteration = iteration
+        engine.state.epoch = iteration // engine.state.epoch_length
+        engine.logger.warning(
+            f"resumed from {self.load_path} at iteration {iteration} of {engine.state.epoch_length * engine.state.max_epochs}"
+            " (set resume=false to start over)"
+        )

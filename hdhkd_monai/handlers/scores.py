@@ -1,0 +1,75 @@
+"""Per-image score table of an evaluation or inference run."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from pathlib import Path
+
+from ignite.engine import Engine, Events
+
+__all__ = ["ScoreWriter", "image_path"]
+
+logger = logging.getLogger(__name__)
+
+
+def image_path(item: dict) -> str:
+    """Source file of one decollated output item, from the image's MONAI metadata (``filename_or_obj``)."""
+    meta = getattr(item.get("image"), "meta", {})
+    return str(meta.get("filename_or_obj", ""))
+
+
+class ScoreWriter:
+    """Collects one row per image from an ``AnomalyEvaluator`` and writes them as a CSV when the run completes.
+
+    Columns: ``path, label, class, score, decision``; ``label``/``class`` are empty for unlabelled images (taken from
+    the data items' ``"label"`` and ``"class"`` keys), ``decision`` is 1 (abnormal) when ``score >= threshold``.
+
+    Args:
+        filename: CSV file to write (its folder is created).
+        threshold: decision threshold in the units of the scores (``model.threshold`` of a calibrated model).
+            NaN (an uncalibrated model) leaves the decision column empty, with a warning.
+    """
+
+    columns = ("path", "label", "class", "score", "decision")
+
+    def __init__(self, filename: str | Path, threshold: float) -> None:
+        self.filename = Path(filename)
+        self.threshold = float(threshold)
+        self.rows: list[dict] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
+        engine.add_event_handler(Events.COMPLETED, self._complete)
+
+    def _reset(self, engine: Engine) -> None:
+        self.rows = []
+
+    def _collect(self, engine: Engine) -> None:
+        for data, out in zip(engine.state.batch, engine.state.output):
+            score = float(out["score"])
+            label = data.get("label")
+            self.rows.append(
+                {
+                    "path": image_path(out),
+                    "label": "" if label is None else int(label),
+                    "class": data.get("class", ""),
+                    "score": score,
+                    "decision": "" if math.isnan(self.threshold) else int(score >= self.threshold),
+                }
+            )
+
+    def _complete(self, engine: Engine) -> None:
+        if math.isnan(self.threshold):
+            logger.warning("no decision threshold (the model is not calibrated): the decision column is empty")
+        self.write_csv()
+
+    def write_csv(self) -> None:
+        self.filename.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.filename, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        logger.info("wrote %d image scores to %s", len(self.rows), self.filename)
