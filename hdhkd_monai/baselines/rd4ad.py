@@ -156,7 +156,7 @@ class RD4AD(nn.Module):
     ) -> None:
         super().__init__()
         if len(layers) != 3 or len(decoder_blocks) != 3:
-            raise ValueError(f"RD4AD needs three encoder layers and three decoder stages, got {layers}, {decoder_blocks}")
+            raise ValueError(f"RD4AD needs 3 encoder layers and 3 decoder stages, got {layers} and {decoder_blocks}")
         self.normalize = ImageNormalize(*input_normalization(backbone))
         self.encoder = freeze(create_backbone(backbone, weights, out_indices=layers))
         reductions = self.encoder.feature_info.reduction()
