@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+import torchvision
 from skimage import data
 
 from hdhkd_monai.pretrained import create_backbone, efficientnet_lite_state_dict, input_normalization
@@ -43,8 +44,10 @@ def test_input_normalization():
 
 
 @pytest.mark.parametrize("wrap", [None, "state_dict", "model"])
-def test_local_file_of_the_full_classifier_loads(tmp_path, wrap):
-    state = timm.create_model("resnet18").state_dict()
+@pytest.mark.parametrize("library", ["timm", "torchvision"])
+def test_local_file_of_the_full_classifier_loads(tmp_path, wrap, library):
+    classifier = timm.create_model("resnet18") if library == "timm" else torchvision.models.resnet18()
+    state = classifier.state_dict()
     path = tmp_path / "resnet18.pth"
     torch.save(state if wrap is None else {wrap: state, "epoch": 3}, path)
     backbone = create_backbone("resnet18", weights=path, out_indices=(2, 3))
