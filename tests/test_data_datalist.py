@@ -2,6 +2,7 @@
 masks, the Br35H protocol, CSV input and the errors that name the path."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ REAL_SETS = {"neh-oct": "NORMAL", "oct2017": "NORMAL", "brainmri": "normal", "ch
 
 
 def images_in(folder: Path) -> set[str]:
-    return {str(p.resolve()) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    return {os.path.abspath(p) for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
 
 
 def paths(items) -> set[str]:

@@ -23,7 +23,8 @@ def make_dataset(pixels: np.ndarray, modality: str = "CT", series_uid: str | Non
     """A single-frame (pixels [r, c]) or multi-frame (pixels [n, r, c]) int16 DICOM dataset, axial orientation."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = PositronEmissionTomographyImageStorage if modality == "PT" else CTImageStorage
+    pet = modality == "PT"
+    ds.file_meta.MediaStorageSOPClassUID = PositronEmissionTomographyImageStorage if pet else CTImageStorage
     ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID

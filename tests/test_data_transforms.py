@@ -141,6 +141,8 @@ def test_display_image_rejected_by_hu_window(tmp_path):
     with pytest.raises(RuntimeError) as excinfo:
         pet_slice()({"image": str(tmp_path / "ct.png")})
     assert "expects SUV" in str(bad_input(excinfo))
+    for pipeline in (ct_slice(window=None), ct_slice(window="none"), pet_slice(suv_max="none")):
+        assert pipeline({"image": str(tmp_path / "ct.png")})["image"].shape == (3, 256, 256)
 
 
 @pytest.mark.parametrize("case", ["truncated", "missing", "nan", "volume"])

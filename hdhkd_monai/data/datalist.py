@@ -98,10 +98,10 @@ def list_images(folder: str | Path, log: BadFileLog | None = None, volumes: bool
 
 
 def make_item(path: Path, label: int, cls: str, patient: str | None = None, mask: Path | None = None) -> dict:
-    item = {"image": str(Path(path).resolve()), "label": int(label), "class": cls,
+    item = {"image": os.path.abspath(path), "label": int(label), "class": cls,
             "patient": patient if patient is not None else patient_id(path, cls)}
     if mask is not None:
-        item["mask"] = str(Path(mask).resolve())
+        item["mask"] = os.path.abspath(mask)
     return item
 
 
@@ -347,12 +347,13 @@ def summary(datalist: dict) -> str:
 
 
 def write_datalist(datalist: dict, out: str | Path, relative: bool = False) -> Path:
-    """Write ``datalist`` as JSON. ``relative=True`` stores "image" and "mask" relative to the JSON's folder
-    (MONAI's ``load_decathlon_datalist`` resolves "image" against that folder, but not "mask")."""
+    """Write ``datalist`` as JSON (atomically). ``relative=True`` stores "image" and "mask" relative to the JSON's
+    folder, which is what the bundle's datalist loader resolves them against (MONAI's ``load_decathlon_datalist``
+    resolves "image" that way too, but not "mask")."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if relative:
-        base = out.parent.resolve()
+        base = os.path.abspath(out.parent)
         datalist = {name: [{k: (os.path.relpath(v, base) if k in ("image", "mask") else v) for k, v in it.items()}
                            for it in items] for name, items in datalist.items()}
     tmp = out.with_suffix(out.suffix + ".tmp")

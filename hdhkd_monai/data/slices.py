@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -118,7 +119,7 @@ def slice_volumes(volume_datalist: dict, out_dir: str | Path, modality: str, axi
                 target = out_dir / vid / f"{index:04d}.npy"
                 target.parent.mkdir(parents=True, exist_ok=True)
                 np.save(target, image.astype(np.float32))
-                items.append({"image": str(target.resolve()), "label": int(label),
+                items.append({"image": os.path.abspath(target), "label": int(label),
                               "class": cls or _slice_class(label, item, normal),
                               "patient": item["patient"], "volume": vid, "slice": index})
             if not items:

@@ -118,6 +118,11 @@ class SliceReader(ImageReader):
         return array, meta
 
 
+def _off(value) -> bool:
+    """None, or "none" as typed on a MONAI command line (which drops ``--key None`` overrides)."""
+    return value is None or (isinstance(value, str) and value.lower() == "none")
+
+
 def _unit_range(low: float = 0.0, high: float = 1.0) -> ScaleIntensityRanged:
     """Map [low, high] linearly to [0, 1], clipping outside values."""
     return ScaleIntensityRanged("image", float(low), float(high), 0.0, 1.0, clip=True)
@@ -155,9 +160,10 @@ def mri_slice(image_size: int = 256, percentiles: Sequence[float] | None = (0.5,
     Args:
         image_size: output height and width.
         percentiles: (lower, upper) percentiles mapped to 0 and 1. None keeps values as they are (clipped to
-            [0, 1]): for slices already normalised per volume by ``hdhkd_monai.data.slices``.
+            [0, 1]): for slices already normalised per volume by ``hdhkd_monai.data.slices``. "none" works
+            too (on the command line MONAI ignores ``None`` overrides).
     """
-    if percentiles is None:
+    if _off(percentiles):
         return _pipeline(image_size, [_unit_range()])
     lower, upper = percentiles
     return _pipeline(image_size, [ScaleIntensityRangePercentilesd("image", lower, upper, 0.0, 1.0, clip=True)])
@@ -169,14 +175,15 @@ def ct_slice(image_size: int = 256, window: str | Sequence[float] | None = "lung
     Args:
         image_size: output height and width.
         window: "lung" (W1500/L-600), "mediastinal" (W350/L50), an explicit (lower, upper) HU pair, or None for
-            display images (PNG/JPEG exports that are windowed already). With a window, inputs must carry HU
-            (``.npy`` slices, DICOM); a display image then raises an error naming it.
+            display images (PNG/JPEG exports that are windowed already; "none" on the command line). With a
+            window, inputs must carry HU (``.npy`` slices, DICOM); a display image then raises an error naming it.
     """
-    if window is None:
+    if _off(window):
         return _pipeline(image_size, [_unit_range()])
     if isinstance(window, str):
         if window not in CT_WINDOWS:
-            raise ValueError(f"window must be one of {sorted(CT_WINDOWS)}, a (lower, upper) pair or None; got {window!r}")
+            raise ValueError(f"window must be one of {sorted(CT_WINDOWS)}, a (lower, upper) pair or None; "
+                             f"got {window!r}")
         window = CT_WINDOWS[window]
     return _pipeline(image_size, [_unit_range(*window)],
                      display_images=False, purpose=f"ct_slice(window={window}) expects HU values")
@@ -187,10 +194,10 @@ def pet_slice(image_size: int = 256, suv_max: float | None = 10.0) -> Compose:
 
     Args:
         image_size: output height and width.
-        suv_max: SUV mapped to 1. None for display images (PNG/JPEG exports); with a value, inputs must carry SUV
-            (``.npy`` slices, DICOM with the dose tags).
+        suv_max: SUV mapped to 1. None (or "none") for display images (PNG/JPEG exports); with a value, inputs
+            must carry SUV (``.npy`` slices, DICOM with the dose tags).
     """
-    if suv_max is None:
+    if _off(suv_max):
         return _pipeline(image_size, [_unit_range()])
     return _pipeline(image_size, [_unit_range(0.0, suv_max)],
                      display_images=False, purpose=f"pet_slice(suv_max={suv_max}) expects SUV values")
