@@ -54,6 +54,11 @@ def test_efficientad_shapes():
     assert model.anomaly_map(x).shape == (2, 1, SIZE, SIZE)
 
 
+def test_efficientad_warns_about_an_unnormalised_teacher():
+    with pytest.warns(UserWarning, match="statistics are unset"):
+        EfficientAD(PDN(), image_size=SIZE)
+
+
 def test_efficientad_autoencoder_follows_the_paper_at_256():
     autoencoder = AutoEncoder(256, 384)
     assert [s[0] for s in autoencoder.decoder_sizes] == [3, 8, 15, 32, 63, 127]

@@ -11,6 +11,7 @@ maps are quantile-normalised on normal validation images and averaged.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -100,6 +101,13 @@ class EfficientAD(nn.Module):
         quantiles: tuple[float, float] = (0.9, 0.995),
     ) -> None:
         super().__init__()
+        if not teacher.feat_mean.any() and bool((teacher.feat_std == 1).all()):
+            warnings.warn(
+                "the teacher's feature statistics are unset (feat_mean 0, feat_std 1): EfficientAD will train on raw "
+                "teacher outputs; set them with hdhkd_monai.distill.teacher_output_stats first",
+                UserWarning,
+                stacklevel=2,
+            )
         self.teacher = freeze(teacher)
         self.channels = teacher.out_channels
         self.student = PDN(size=student_size, out_channels=2 * self.channels, padding=teacher.padding)
@@ -146,16 +154,18 @@ class EfficientAD(nn.Module):
         check_images(x)
         with torch.no_grad():
             target = self.teacher.normalize(self.teacher(x))
-        loss = self.hard_loss(target, self.student(x)[:, : self.channels])
+        student = self.student(x)
+        loss = self.hard_loss(target, student[:, : self.channels])
         if penalty_images is not None:
             check_images(penalty_images, "penalty_images")
             loss = loss + self.penalty_weight * self.student(penalty_images)[:, : self.channels].square().mean()
-        x_ae = self._jitter(x) if self.training and self.augment else x
-        with torch.no_grad():
-            target_ae = self.teacher.normalize(self.teacher(x_ae))
-        reconstruction = self.autoencoder(x_ae, target_ae.shape[-2:])
-        student_ae = self.student(x_ae)[:, self.channels :]
-        return loss + F.mse_loss(reconstruction, target_ae) + F.mse_loss(student_ae, reconstruction)
+        if self.training and self.augment:  # the autoencoder branch sees a jittered copy
+            x = self._jitter(x)
+            with torch.no_grad():
+                target = self.teacher.normalize(self.teacher(x))
+            student = self.student(x)
+        reconstruction = self.autoencoder(x, target.shape[-2:])
+        return loss + F.mse_loss(reconstruction, target) + F.mse_loss(student[:, self.channels :], reconstruction)
 
     @torch.no_grad()
     def local_global_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
