@@ -1,0 +1,66 @@
+"""Anomaly maps and scores from teacher/student features.
+
+Maps are ``[B, 1, H, W]`` float tensors. The raw map is the channel mean of the squared teacher-student discrepancy;
+EfficientAD's normalisation maps the ``q_a`` quantile of normal maps to 0 and ``q_b`` to 0.1.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["discrepancy_map", "image_score", "quantile", "map_quantiles", "normalize_map"]
+
+
+def discrepancy_map(f_t: torch.Tensor, f_sd: torch.Tensor, size: List[int], border: int = 0) -> torch.Tensor:
+    """Channel mean of ``(f_t - f_sd)**2``, bilinearly resized to the image ``size``.
+
+    Args:
+        f_t, f_sd: ``[B, C, h, w]`` teacher and student features.
+        size: ``[H, W]`` of the image.
+        border: feature cells missing on each side of the grid (4 for an unpadded PDN, whose first cell is centred
+            4 stride-4 cells into the image); the map is edge-padded by that much first, so that it lines up with the
+            image instead of being stretched over it.
+
+    Returns: ``[B, 1, H, W]``.
+    """
+    m = (f_t - f_sd).pow(2).mean(dim=1, keepdim=True)
+    if border > 0:
+        m = F.pad(m, [border, border, border, border], mode="replicate")
+    return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+
+
+def image_score(maps: torch.Tensor, top_k: Optional[int] = None) -> torch.Tensor:
+    """Image score per map: the maximum, or the mean of the ``top_k`` largest values. ``[B, 1, H, W] -> [B]``."""
+    flat = maps.flatten(1)
+    if top_k is None:
+        return flat.amax(dim=1)
+    return flat.topk(top_k, dim=1).values.mean(dim=1)
+
+
+def quantile(x: torch.Tensor, q: float) -> torch.Tensor:
+    """The ``q`` quantile of all values of ``x`` with linear interpolation (as ``torch.quantile``), without
+    ``torch.quantile``'s limit of 2**24 elements (a few hundred 256x256 maps exceed it)."""
+    flat = x.detach().flatten().float()
+    if flat.numel() == 0:
+        raise ValueError("quantile of an empty tensor")
+    pos = q * (flat.numel() - 1)
+    lo = int(pos)
+    hi = min(lo + 1, flat.numel() - 1)
+    v_lo = flat.kthvalue(lo + 1).values
+    v_hi = flat.kthvalue(hi + 1).values
+    return v_lo + (v_hi - v_lo) * (pos - lo)
+
+
+def map_quantiles(maps: torch.Tensor, low: float = 0.9, high: float = 0.995) -> torch.Tensor:
+    """``(q_a, q_b)`` over all pixels of the (normal validation) ``maps``, as a tensor ``[2]``."""
+    if not 0.0 <= low < high <= 1.0:
+        raise ValueError(f"need 0 <= low < high <= 1, got low={low}, high={high}")
+    return torch.stack([quantile(maps, low), quantile(maps, high)])
+
+
+def normalize_map(maps: torch.Tensor, quantiles: torch.Tensor) -> torch.Tensor:
+    """EfficientAD map normalisation ``0.1 * (m - q_a) / (q_b - q_a)``."""
+    return 0.1 * (maps - quantiles[0]) / (quantiles[1] - quantiles[0])

@@ -1,0 +1,27 @@
+"""HDHKD networks: the PDN teacher, the student (encoder, decoders, fusion) and the model wrappers."""
+
+from .decoders import MIXERS, ConvUpsample, MambaUpNet, UpNetModule, UpsampleStem
+from .hdhkd import GLOBAL_DECODERS, HDHKD, AnomalyMapNet, HDHKDStudent
+from .mfm import ConcatFusion, MultiFeatureModel
+from .pdn import PDN
+from .ss2d import SS2D
+from .student import STUDENT_BACKBONES, StudentEncoder, load_backbone_weights
+
+__all__ = [
+    "PDN",
+    "SS2D",
+    "StudentEncoder",
+    "load_backbone_weights",
+    "STUDENT_BACKBONES",
+    "UpsampleStem",
+    "ConvUpsample",
+    "UpNetModule",
+    "MambaUpNet",
+    "MIXERS",
+    "MultiFeatureModel",
+    "ConcatFusion",
+    "HDHKDStudent",
+    "HDHKD",
+    "AnomalyMapNet",
+    "GLOBAL_DECODERS",
+]

@@ -1,0 +1,195 @@
+"""HDHKD: the frozen PDN teacher with the dual-decoder student, and the inference wrapper that returns only the map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from ..anomaly_map import discrepancy_map, normalize_map
+from .decoders import ConvUpsample, MambaUpNet, UpsampleStem
+from .mfm import ConcatFusion, MultiFeatureModel
+from .pdn import PDN
+from .student import ENCODER_STRIDE, StudentEncoder
+
+__all__ = ["GLOBAL_DECODERS", "HDHKDStudent", "HDHKD", "AnomalyMapNet"]
+
+#: Choices of ``global_decoder`` (Table VII) and the UpNet token mixer each one uses.
+GLOBAL_DECODERS = {"mamba": "ss2d", "transformer": "attention", "fcn": "dense", "conv": "conv"}
+
+
+class HDHKDStudent(nn.Module):
+    """The student: encoder (eq. 2), Conv Upsample and global decoder branches (eq. 3, Algorithm 1), fusion (eq. 4).
+
+    See :class:`HDHKD` for the arguments. forward: ``(x [B, 3, H, W], out_size [h, w]) -> f_sd [B, C, h, w]``.
+    """
+
+    def __init__(
+        self,
+        out_channels: int,
+        backbone: str = "resnet18",
+        backbone_weights: str | Path | None = None,
+        conv_upsample: bool = True,
+        global_decoder: Optional[str] = "mamba",
+        ss2d: bool = True,
+        mfm: bool = True,
+        num_modules: int = 4,
+        fusion_channels: int = 256,
+        encoder_channels: int = 512,
+        decoder_channels: int = 192,
+        d_state: int = 16,
+        dropout: float = 0.2,
+        image_size: Optional[Sequence[int] | int] = None,
+        scan_backend: str = "auto",
+        act: str | tuple = "relu",
+        norm: str | tuple = "batch",
+    ):
+        super().__init__()
+        if global_decoder is not None and global_decoder not in GLOBAL_DECODERS:
+            raise ValueError(f"global_decoder must be one of {tuple(GLOBAL_DECODERS)} or None, got {global_decoder!r}")
+        if not conv_upsample and global_decoder is None:
+            raise ValueError("at least one decoder branch is needed: conv_upsample=True or a global_decoder")
+        if not ss2d and global_decoder != "mamba":
+            raise ValueError("ss2d=False ablates the SS2D of the Mamba UpNet; it needs global_decoder='mamba'")
+        self.encoder = StudentEncoder(backbone, backbone_weights, fusion_channels, encoder_channels, act=act, norm=norm)
+        self.stem = UpsampleStem(encoder_channels, decoder_channels, act=act, norm=norm)
+        self.local_branch = ConvUpsample(decoder_channels, out_channels) if conv_upsample else None
+        self.global_branch = None
+        if global_decoder is not None:
+            grid = None
+            if image_size is not None:
+                size = [image_size, image_size] if isinstance(image_size, int) else list(image_size)
+                grid = [s // 4 for s in size]  # the decoders' stride-4 grid
+            mixer = GLOBAL_DECODERS[global_decoder] if ss2d else "dwconv"
+            self.global_branch = MambaUpNet(
+                decoder_channels, out_channels, num_modules, mixer, d_state, dropout, grid, scan_backend, act, norm
+            )
+        n = int(conv_upsample) + int(global_decoder is not None)
+        if mfm:
+            self.fusion = MultiFeatureModel(n, out_channels, out_channels, act=act, norm=norm)
+        else:
+            self.fusion = ConcatFusion(n, out_channels, out_channels) if n > 1 else None
+
+    def forward(self, x: torch.Tensor, out_size: List[int]) -> torch.Tensor:
+        u1 = self.stem(self.encoder(x))
+        feats: List[torch.Tensor] = []
+        if self.local_branch is not None:
+            feats.append(self.local_branch(u1, out_size))
+        if self.global_branch is not None:
+            feats.append(self.global_branch(u1, out_size))
+        if self.fusion is None:
+            return feats[0]
+        return self.fusion(feats)
+
+
+class HDHKD(nn.Module):
+    """Hybrid Dual-Heterogeneous Knowledge Distillation network: a frozen PDN teacher and a trainable student.
+
+    Args:
+        teacher: the PDN, with its feature statistics set; it is frozen here (``requires_grad=False``) and stays in
+            eval mode under ``.train()``.
+        backbone: student encoder, a timm ResNet-family name (Table VI: ``"resnet18"``, ``"resnet34"``,
+            ``"resnet50"``, ``"resnext50_32x4d"``, ``"wide_resnet50_2"``); trained from scratch.
+        backbone_weights: optional local state_dict file to initialise the student backbone from.
+        conv_upsample: keep the Conv Upsample branch output f_local (Table V). Its stem U1 is always built, since the
+            global decoder reads from it.
+        global_decoder: the branch beside Conv Upsample: ``"mamba"`` (Mamba UpNet, the paper), ``"transformer"``,
+            ``"fcn"``, ``"conv"`` (Table VII swaps: the UpNet with self-attention, spatial dense layers or 3x3 convs as
+            token mixer), or ``None`` (Table V, no Mamba UpNet).
+        ss2d: with ``False`` the Mamba UpNet uses a depthwise 3x3 convolution instead of SS2D (Table V).
+        mfm: fuse the branches with the Multi-Feature Model (eq. 4); otherwise a 1x1 conv over their concatenation,
+            or the single branch as is (Table V).
+        num_modules: modules in the global decoder (N_mamba).
+        fusion_channels: channels of each fused encoder block output S~_i.
+        encoder_channels: channels of f_se.
+        decoder_channels: channels of U1; the global decoder runs at half of it (SS2D ``d_model`` 96, ``d_inner`` 192
+            by default).
+        d_state: SS2D state size N.
+        dropout: dropout of the global decoder modules (0.2 in the paper).
+        image_size: ``H`` (or ``(H, W)``) the model runs at; needed only by ``global_decoder="fcn"``.
+        scan_backend: selective-scan backend of SS2D (``"auto"``, ``"torch"``, ``"reference"``).
+        act, norm: activation and norm of the student's convolution blocks (MONAI names).
+
+    forward: ``x [B, 3, H, W]`` in ``[0, 1]`` with ``H``, ``W`` multiples of 16 ->
+    ``(f_t, f_sd)``, both ``[B, C, h, w]`` on the teacher grid; ``f_t`` is the normalised teacher output (no grad).
+
+    Buffers ``map_quantiles`` ``[2]`` and ``threshold`` ``[]`` are NaN until calibrated on normal images.
+    """
+
+    def __init__(
+        self,
+        teacher: PDN,
+        backbone: str = "resnet18",
+        backbone_weights: str | Path | None = None,
+        conv_upsample: bool = True,
+        global_decoder: Optional[str] = "mamba",
+        ss2d: bool = True,
+        mfm: bool = True,
+        num_modules: int = 4,
+        fusion_channels: int = 256,
+        encoder_channels: int = 512,
+        decoder_channels: int = 192,
+        d_state: int = 16,
+        dropout: float = 0.2,
+        image_size: Optional[Sequence[int] | int] = None,
+        scan_backend: str = "auto",
+        act: str | tuple = "relu",
+        norm: str | tuple = "batch",
+    ):
+        super().__init__()
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.student = HDHKDStudent(
+            teacher.out_channels, backbone, backbone_weights, conv_upsample, global_decoder, ss2d, mfm, num_modules,
+            fusion_channels, encoder_channels, decoder_channels, d_state, dropout, image_size, scan_backend, act, norm,
+        )  # fmt: skip
+        self.border = teacher.border
+        self.input_multiple = ENCODER_STRIDE
+        self.register_buffer("map_quantiles", torch.full((2,), float("nan")))
+        self.register_buffer("threshold", torch.tensor(float("nan")))
+
+    def train(self, mode: bool = True) -> "HDHKD":
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised teacher features ``[B, C, h, w]``, computed without grad."""
+        with torch.no_grad():
+            return self.teacher.normalize(self.teacher(x))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        k = self.input_multiple
+        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % k != 0 or x.shape[3] % k != 0:
+            raise ValueError(f"HDHKD expects images [B, 3, H, W] with H and W multiples of {k}, got {list(x.shape)}")
+        f_t = self.teacher_features(x)
+        return f_t, self.student(x, f_t.shape[-2:])
+
+    def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw anomaly map ``[B, 1, H, W]``: channel mean of ``(f_t - f_sd)**2``, bilinear to the input size."""
+        f_t, f_sd = self.forward(x)
+        return discrepancy_map(f_t, f_sd, x.shape[-2:], self.border)
+
+
+class AnomalyMapNet(nn.Module):
+    """Inference wrapper: ``forward(image [B, 3, H, W]) -> [B, 1, H, W]``, the single tensor MONAI's
+    ``verify_net_in_out`` and MONAI Label expect.
+
+    Once ``model.map_quantiles`` is calibrated (finite) and ``normalize`` is on, the map is normalised as in
+    EfficientAD, ``0.1 * (m - q_a) / (q_b - q_a)``; before that the raw map is returned. Put the model in eval mode
+    first (dropout and batch norm).
+    """
+
+    def __init__(self, model: HDHKD, normalize: bool = True):
+        super().__init__()
+        self.model = model
+        self.normalize = normalize
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        m = self.model.anomaly_map(image)
+        if not self.normalize:
+            return m
+        q = self.model.map_quantiles
+        # A tensor condition rather than a Python branch, so tracing keeps both outcomes.
+        return torch.where(torch.isfinite(q).all(), normalize_map(m, q), m)
