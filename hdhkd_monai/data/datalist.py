@@ -214,8 +214,9 @@ def kermany_datalist(root: str | Path, normal: str = "NORMAL", val_fraction: flo
     """
     root, log = Path(root), BadFileLog(skip_bad)
     masks = root / "masks"
-    train_folder = _normal_folder(_subfolders(root / "train"), normal, root / "train")
-    for other in _subfolders(root / "train"):
+    train_folders = _subfolders(root / "train")
+    train_folder = _normal_folder(train_folders, normal, root / "train")
+    for other in train_folders:
         if other != train_folder:
             logger.info("ignoring %s: training uses normal images only", other)
     train = _class_items(train_folder, train_folder.name, 0, log, masks, volumes)

@@ -40,9 +40,9 @@ _BAND_INTENSITY = (0.80, 0.50, 0.60, 0.28, 0.60, 0.22, 0.38, 0.85, 0.40, 1.00)
 _VITREOUS, _DRUSEN_FILL, _BRUCH, _FLUID = 0.04, 0.45, 0.70, 0.03
 
 
-def _boundaries(x: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Depths (rows) of the 11 layer boundaries [11, W] from the inner limiting membrane to Bruch's membrane,
-    and the foveal-pit profile [W] (1 at the pit centre)."""
+def _boundaries(x: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Depths (rows) of the 11 layer boundaries [11, W], from the inner limiting membrane to Bruch's membrane; the
+    retina thins and its inner layers vanish at the foveal pit."""
     fovea = 0.5 + rng.uniform(-0.08, 0.08)
     bruch = (
         size * rng.uniform(0.55, 0.68)
@@ -62,7 +62,7 @@ def _boundaries(x: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.
     rows.append(bruch - outer.sum())  # external limiting membrane: the ONL takes the rest
     for width in outer:
         rows.append(rows[-1] + width)
-    return np.stack(rows), pit
+    return np.stack(rows)
 
 
 def _bump(x: np.ndarray, centre: float, width: float) -> np.ndarray:
@@ -129,7 +129,7 @@ def make_bscan(size: int = 256, anomaly: str | None = None, rng: np.random.Gener
     rng = np.random.default_rng() if rng is None else rng
     x = (np.arange(size) + 0.5) / size
     yy, xx = np.mgrid[0:size, 0:size].astype(float)
-    bounds, _ = _boundaries(x, size, rng)
+    bounds = _boundaries(x, size, rng)
     mask = np.zeros((size, size), bool)
     if anomaly == "DRUSEN":
         bounds, bruch, mask = _drusen(x, yy, bounds, size, rng)
