@@ -29,26 +29,25 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 _GAP_TOLERANCE = 0.1
 
 
-def read_dataset(path: str | Path, pixels: bool = True) -> Dataset:
-    """``pydicom.dcmread`` with errors naming the file; ``pixels=True`` also decodes the pixel data (so a truncated
-    file fails here, not later)."""
+def read_dataset(path: str | Path) -> Dataset:
+    """``pydicom.dcmread`` plus decoding of the pixel data (so a truncated file fails here, not later), with errors
+    naming the file."""
     try:
         ds = pydicom.dcmread(path)
-        if pixels:
-            ds.pixel_array
+        ds.pixel_array
     except Exception as exc:  # pydicom raises many types for a bad file
         raise BadInputError(path, f"unreadable DICOM ({type(exc).__name__}: {exc})") from exc
-    if pixels and int(ds.get("SamplesPerPixel", 1)) != 1:
+    if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise BadInputError(path, f"colour DICOM ({ds.PhotometricInterpretation}); a grey image is expected")
     return ds
 
 
-def _require(ds: Dataset, keyword: str, path, what: str = "SUV"):
+def _require(ds: Dataset, keyword: str, path):
     value = ds.get(keyword)
     if value is None or value == "":
         tag = pydicom.datadict.tag_for_keyword(keyword)
-        raise BadInputError(path, f"{what} needs DICOM tag {keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X}), which "
-                                  "is missing or empty")
+        raise BadInputError(path, f"SUV needs DICOM tag {keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X}), which is "
+                                  "missing or empty")
     return value
 
 
@@ -106,7 +105,11 @@ def suv_bw_factor(ds: Dataset, path: str | Path) -> float:
             end_date, end_tm = ds.get("SeriesDate"), ds.SeriesTime
         else:
             end_date, end_tm = ds.get("AcquisitionDate"), _require(ds, "AcquisitionTime", path)
-        elapsed = _elapsed(start_dt, start_tm, end_date, end_tm)
+        try:
+            elapsed = _elapsed(start_dt, start_tm, end_date, end_tm)
+        except ValueError as exc:
+            raise BadInputError(path, f"unreadable injection or scan date/time ({start_dt or start_tm} -> "
+                                      f"{end_date} {end_tm}): {exc}") from exc
     return weight_kg * 1000.0 / (dose * math.exp(-math.log(2) * elapsed / half_life))
 
 
