@@ -125,9 +125,9 @@ def worker(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_worker(method: str, channels: int, length: int, args, ref_file: str) -> dict:
+def run_worker(method: str, channels: int, length: int, threads: int, args, ref_file: str) -> dict:
     cmd = [sys.executable, __file__, "--worker", "--method", method, "--channels", str(channels),
-           "--length", str(length), "--repeats", str(args.repeats), "--threads", str(args.threads),
+           "--length", str(length), "--repeats", str(args.repeats), "--threads", str(threads),
            "--ref-file", ref_file]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -146,7 +146,7 @@ def main() -> None:
     parser.add_argument("--channels", default="768,1536", help="4 directions x d_inner (default: %(default)s)")
     parser.add_argument("--methods", default=",".join(METHODS), help="subset of %(default)s")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs after the first; the minimum is kept")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads (default: all cores)")
+    parser.add_argument("--threads", default=str(os.cpu_count()), help="torch thread counts (default: all cores)")
     parser.add_argument("--no-doc", action="store_true", help=f"do not rewrite the scan section of {DOC.name}")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", help=argparse.SUPPRESS)
@@ -154,34 +154,31 @@ def main() -> None:
     parser.add_argument("--ref-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        args.channels = int(args.channels)
+        args.channels, args.threads = int(args.channels), int(args.threads)
         return worker(args)
 
     methods = [m for m in METHODS if m in args.methods.split(",")]
-    lengths = [grid_length(s) for s in args.sizes.split(",")]
-    channel_list = [int(c) for c in args.channels.split(",")]
-    load_before = os.getloadavg()
     started = datetime.datetime.now().astimezone()
-    rows = []
+    rows = []  # (threads, channels, L, load average when the size started, {method: result})
     with tempfile.TemporaryDirectory() as tmp:
-        for channels in channel_list:
-            for length in lengths:
-                ref_file = os.path.join(tmp, f"ref_{channels}_{length}.pt")
-                results = {}
-                for method in methods:
-                    results[method] = run_worker(method, channels, length, args, ref_file)
-                    r = results[method]
-                    print(f"channels {channels:5d}  L {length:5d}  {method:9s}  {r['seconds']:8.3f} s  "
-                          f"peak {r['peak_mib']:8.0f} MiB  y err {fmt(r.get('out_err'), '.1e')}  "
-                          f"grad rel err {fmt(r.get('grad_rel_err'), '.1e')}", flush=True)
-                rows.append((channels, length, results))
-    load_after = os.getloadavg()
+        for threads in (int(t) for t in args.threads.split(",")):
+            for channels in (int(c) for c in args.channels.split(",")):
+                for length in (grid_length(s) for s in args.sizes.split(",")):
+                    ref_file = os.path.join(tmp, f"ref_{channels}_{length}.pt")
+                    load, results = os.getloadavg()[0], {}
+                    for method in methods:
+                        r = results[method] = run_worker(method, channels, length, threads, args, ref_file)
+                        print(f"threads {threads}  channels {channels:5d}  L {length:5d}  {method:9s}  "
+                              f"{r['seconds']:8.3f} s  peak {r['peak_mib']:8.0f} MiB  "
+                              f"y err {fmt(r.get('out_err'), '.1e')}  grad rel err {fmt(r.get('grad_rel_err'), '.1e')}",
+                              flush=True)
+                    rows.append((threads, channels, length, load, results))
 
     lines = summary_lines(rows)
     print("\n".join(lines))
     if not args.no_doc:
-        command = "python bench/scan.py " + " ".join(sys.argv[1:])
-        write_doc(rows, lines, command.strip(), started, load_before, load_after, args.threads)
+        command = ("python bench/scan.py " + " ".join(sys.argv[1:])).strip()
+        write_doc(rows, lines, command, started)
         print(f"wrote the scan section of {DOC}")
 
 
@@ -191,37 +188,37 @@ def grid_length(size: str) -> int:
 
 
 def summary_lines(rows) -> list:
-    """Speed and memory ratios of the torch scan, one line per size."""
+    """Speed and memory ratios of the torch scan, one line per configuration."""
     lines = []
-    for channels, length, results in rows:
+    for threads, channels, length, _, results in rows:
         fast = results.get("torch")
         if fast is None:
             continue
-        parts = [f"channels {channels}, L {length}: torch scan"]
+        parts = []
         for other in ("reference", "pscan"):
             if other in results:
-                parts.append(f"{results[other]['seconds'] / fast['seconds']:.1f}x faster than {other}")
+                parts.append(f"{results[other]['seconds'] / fast['seconds']:.1f}x as fast as {other}")
         if "pscan" in results:
-            parts.append(f"{fast['peak_mib'] / results['pscan']['peak_mib']:.2f} of pscan's peak memory")
+            parts.append(f"uses {fast['peak_mib'] / results['pscan']['peak_mib']:.2f} of pscan's peak memory")
         if "out_rel_err" in fast:
-            parts.append(f"relative error y {fast['out_rel_err']:.1e}, gradients {fast['grad_rel_err']:.1e}")
-        lines.append(", ".join(parts))
+            parts.append(f"relative error {fast['out_rel_err']:.1e} (output), {fast['grad_rel_err']:.1e} (gradients)")
+        lines.append(f"{threads} thread(s), {channels} channels, L {length}: the torch scan is " + ", ".join(parts))
     return lines
 
 
-def write_doc(rows, lines, command, started, load_before, load_after, threads) -> None:
+def write_doc(rows, lines, command, started) -> None:
     table = [
-        "| channels | L | method | fwd+bwd (s) | torch scan speed-up | peak memory (MiB) | max abs err y "
-        "| max rel err grads |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| threads | channels | L | load avg | method | fwd+bwd (s) | time / torch scan's | peak memory (MiB) "
+        "| max abs err y | max rel err grads |",
+        "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
-    for channels, length, results in rows:
+    for threads, channels, length, load, results in rows:
         fast = results.get("torch")
         for method, r in results.items():
-            speedup = "" if fast is None or method == "torch" else f"{r['seconds'] / fast['seconds']:.1f}x"
+            ratio = "" if fast is None else f"{r['seconds'] / fast['seconds']:.1f}"
             table.append(
-                f"| {channels} | {length} | {method} | {r['seconds']:.3f} | {speedup} | {r['peak_mib']:.0f} "
-                f"| {fmt(r.get('out_err'), '.1e')} | {fmt(r.get('grad_rel_err'), '.1e')} |"
+                f"| {threads} | {channels} | {length} | {load:.1f} | {method} | {r['seconds']:.3f} | {ratio} "
+                f"| {r['peak_mib']:.0f} | {fmt(r.get('out_err'), '.1e')} | {fmt(r.get('grad_rel_err'), '.1e')} |"
             )
     section = "\n".join([
         BEGIN,
@@ -232,9 +229,9 @@ def write_doc(rows, lines, command, started, load_before, load_after, threads) -
         "### Measured speed and memory (written by `bench/scan.py`)",
         "",
         f"Command: `{command}`, started {started:%Y-%m-%d %H:%M %Z}. Machine: {cpu_name()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, {threads} torch threads. The machine was shared with other people's jobs "
-        f"during the run: load average {load_before[0]:.1f} at the start, {load_after[0]:.1f} at the end, so "
-        "absolute times are inflated and noisy; ratios come from one run.",
+        f"torch {torch.__version__}. The machine was shared with other people's jobs during the run (the load "
+        "average column is the 1-minute load when each size started; above the thread count means contention), "
+        "so absolute times are inflated and noisy; each row's ratios come from one run.",
         "",
         "Forward + backward of batch 2, B and C in 4 groups (scan directions), N 16; time is the minimum over the "
         "timed repeats. Peak memory is the growth of the process's peak RSS during the first forward + backward "
