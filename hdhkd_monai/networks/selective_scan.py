@@ -278,15 +278,16 @@ def _chunk_states(dt: Tensor, dtu: Tensor, A: Tensor, B: Tensor, h0: Tensor, dec
     """Runs the recurrence over one chunk of T steps, in place.
 
     dt, dtu: delta and delta * u, [T, b, G, 1, d/G]; A: [G, N, d/G]; B: [T, b, G, N]; h0: state before the chunk,
-    [b, G, N, d/G]. decay, states: [T, b, G, N, d/G] buffers, left holding exp(delta_t * A) and h_1 .. h_T.
+    [b, G, N, d/G]. Buffers: decay [T, b, G, N, d/G] is left holding exp(delta_t * A), states [T + 1, b, G, N, d/G]
+    holds h_0 .. h_T of the chunk (h_0 = h0).
     """
     torch.mul(dt, A, out=decay)
     decay.exp_()
-    torch.mul(dtu, B.unsqueeze(-1), out=states)
-    prev = h0
-    for a_t, h_t in zip(decay.unbind(0), states.unbind(0)):
-        h_t.addcmul_(a_t, prev)  # h_t = delta_t B_t u_t + exp(delta_t A) h_{t-1}
-        prev = h_t
+    states[0].copy_(h0)
+    torch.mul(dtu, B.unsqueeze(-1), out=states[1:])
+    h = states.unbind(0)
+    for t, a_t in enumerate(decay.unbind(0)):
+        h[t + 1].addcmul_(a_t, h[t])  # h_t = delta_t B_t u_t + exp(delta_t A) h_{t-1}
 
 
 def _chunked_forward(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tuple[Tensor, Tensor]:
@@ -301,13 +302,13 @@ def _chunked_forward(u: Tensor, dt: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
     dtu = dt * u.view(L, b, G, 1, dg)
     boundary = u.new_zeros(n_chunks + 1, b, G, N, dg)
     decay = u.new_empty(min(chunk, L), b, G, N, dg)
-    states = torch.empty_like(decay)
+    states = u.new_empty(min(chunk, L) + 1, b, G, N, dg)
     y = u.new_empty(L, b, G, 1, dg)
     for c in range(n_chunks):
         s, e = c * chunk, min(c * chunk + chunk, L)
-        h = states[: e - s]
+        h = states[: e - s + 1]
         _chunk_states(dt[s:e], dtu[s:e], A, B[s:e], boundary[c], decay[: e - s], h)
-        torch.matmul(C[s:e].unsqueeze(-2), h, out=y[s:e])  # y_t = C_t h_t
+        torch.matmul(C[s:e].unsqueeze(-2), h[1:], out=y[s:e])  # y_t = C_t h_t
         boundary[c + 1].copy_(h[-1])
     return y.view(L, b, G * dg), boundary
 
@@ -344,13 +345,14 @@ class _ChunkedScan(torch.autograd.Function):
         grad_B = torch.empty_like(B)
         grad_C = torch.empty_like(C)
         decay = u.new_empty(min(chunk, L), b, G, N, dg)
-        states = torch.empty_like(decay)
+        states = u.new_empty(min(chunk, L) + 1, b, G, N, dg)
         grad_h = torch.empty_like(decay)
 
         for c in range(boundary.size(0) - 2, -1, -1):
             s, e = c * chunk, min(c * chunk + chunk, L)
-            a, h, g = decay[: e - s], states[: e - s], grad_h[: e - s]
-            _chunk_states(dt[s:e], dtu[s:e], A, B[s:e], boundary[c], a, h)
+            a, g = decay[: e - s], grad_h[: e - s]
+            _chunk_states(dt[s:e], dtu[s:e], A, B[s:e], boundary[c], a, states[: e - s + 1])
+            h_prev, h = states[: e - s], states[1 : e - s + 1]
 
             # Reverse recurrence: g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}.
             torch.mul(grad_y[s:e], C[s:e].unsqueeze(-1), out=g)
@@ -366,9 +368,7 @@ class _ChunkedScan(torch.autograd.Function):
             torch.matmul(B[s:e].unsqueeze(-2), g, out=grad_dtu[s:e])
 
             # Through exp(delta_t A): dL/d(delta_t A) = g_t * h_{t-1} * exp(delta_t A), in the decay buffer.
-            a.mul_(g)
-            a[1:].mul_(h[:-1])
-            a[0].mul_(boundary[c])
+            a.mul_(g).mul_(h_prev)
             torch.sum(torch.mul(a, A, out=h), dim=-2, keepdim=True, out=grad_dt_decay[s:e])
             grad_A.add_(a.mul_(dt[s:e]).sum(dim=(0, 1)))
 
