@@ -15,9 +15,11 @@ Backends:
 - ``"mamba_ssm"``: mamba-ssm's CUDA kernel, imported lazily; CUDA tensors only.
 - ``"auto"``: ``"mamba_ssm"`` for CUDA tensors when mamba-ssm imports, else ``"torch"``.
 
-TorchScript: :func:`selective_scan` compiles inside a scripted module. There it always uses pure-torch code (custom
-autograd Functions and optional imports do not script): the chunked forward when no gradient is needed, which is
-what an exported inference model runs, and the differentiable sequential loop when one is.
+TorchScript: :func:`selective_scan` compiles inside a module passed to ``torch.jit.script`` (MONAI's ``ckpt_export``).
+There it uses pure-torch code only (custom autograd Functions and optional imports do not script): the chunked
+forward when no gradient is needed, which is what an exported inference model runs, and the differentiable
+sequential loop when one is. ``torch.jit.trace`` records the chunked forward with the time loop unrolled, so a
+traced model is inference-only and fixed to the traced sequence length (hence torch's TracerWarnings).
 """
 
 import functools
