@@ -161,7 +161,8 @@ class HDHKD(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         k = self.input_multiple
-        if x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % k != 0 or x.shape[3] % k != 0:
+        bad = x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % k != 0 or x.shape[3] % k != 0
+        if not torch.jit.is_tracing() and bad:  # a trace would freeze the check as a constant (and warn)
             raise ValueError(f"HDHKD expects images [B, 3, H, W] with H and W multiples of {k}, got {list(x.shape)}")
         f_t = self.teacher_features(x)
         return f_t, self.student(x, f_t.shape[-2:])
