@@ -1,5 +1,6 @@
 """Ignite handlers of the bundle workflows: checkpoints, validation schedule, calibration, reports."""
 
+from hdhkd_monai.handlers.auroc import ImageAUROC
 from hdhkd_monai.handlers.calibration import CalibrationHandler
 from hdhkd_monai.handlers.checkpoint import (
     AtomicCheckpointSaver,
@@ -20,6 +21,7 @@ __all__ = [
     "CalibrationHandler",
     "CheckpointMismatchError",
     "EvaluationReport",
+    "ImageAUROC",
     "IterationValidationHandler",
     "ResumeFromCheckpoint",
     "ReshuffleOnRestart",
