@@ -183,7 +183,7 @@ def test_four_directions_make_every_output_depend_on_every_input():
 # --- Table V and Table VII configurations --------------------------------------------------------------------------
 
 TABLE_V = [  # conv_upsample, Mamba UpNet, MFM, SS2D
-    dict(global_decoder=None),
+    dict(global_decoder=None, mfm=False),
     dict(ss2d=False, mfm=False),
     dict(mfm=False),
     dict(conv_upsample=False, ss2d=False),
