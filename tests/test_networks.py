@@ -207,8 +207,9 @@ def test_every_table_configuration_trains(config):
         assert isinstance(student.fusion, ConcatFusion) if branches == 2 else student.fusion is None
     if student.global_branch is not None:
         mixer = student.global_branch.blocks[0].mixer
-        expected = {"mamba": SS2D if config.get("ss2d", True) else DepthwiseConvMixer, "fcn": DenseMixer,
-                    "transformer": AttentionMixer, "conv": ConvMixer}[config.get("global_decoder", "mamba")]  # fmt: skip
+        mixers = {"mamba": SS2D if config.get("ss2d", True) else DepthwiseConvMixer, "fcn": DenseMixer,
+                  "transformer": AttentionMixer, "conv": ConvMixer}  # fmt: skip
+        expected = mixers[config.get("global_decoder", "mamba")]
         assert isinstance(mixer, expected)
     f_t, f_sd = model(torch.rand(2, 3, 64, 64))
     assert f_sd.shape == f_t.shape == (2, 384, 8, 8)

@@ -129,6 +129,8 @@ class MambaUpNet(nn.Module):
         super().__init__()
         if num_modules < 1:
             raise ValueError(f"num_modules must be at least 1, got {num_modules}")
+        if in_channels % 2:
+            raise ValueError(f"the UpNet halves the channels of U1, so they must be even, got {in_channels}")
         channels = in_channels // 2
 
         def make_mixer() -> nn.Module:

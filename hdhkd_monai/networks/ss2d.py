@@ -19,9 +19,9 @@ class SS2D(nn.Module):
     The map is projected to ``2*d_inner`` channels and split into a scan branch ``x`` and a gate ``z``. ``x`` passes a
     depthwise convolution and SiLU, then is read as four sequences of length ``L = H*W``: row-major, column-major and
     both reversed. Each direction has its own input-dependent ``delta`` (a rank-``dt_rank`` projection, softplus inside
-    the scan), ``B`` and ``C`` (``d_state`` each), and its own ``A`` (log-parametrised, S4D-real init) and ``D``. The four
-    outputs are put back in row-major order and summed, layer-normalised, gated by ``SiLU(z)`` and projected back to
-    ``d_model``.
+    the scan), ``B`` and ``C`` (``d_state`` each), and its own ``A`` (log-parametrised, S4D-real init) and ``D``. The
+    four outputs are put back in row-major order and summed, layer-normalised, gated by ``SiLU(z)`` and projected back
+    to ``d_model``.
 
     Args:
         d_model: channels of the input and output tokens.

@@ -98,6 +98,8 @@ class StudentEncoder(nn.Module):
         self.backbone = timm.create_model(backbone, features_only=True, out_indices=(1, 2, 3), pretrained=False)
         if weights is not None:
             load_backbone_weights(self.backbone, weights)
+        if out_channels % Bottleneck.expansion:
+            raise ValueError(f"out_channels of Block4 must be a multiple of {Bottleneck.expansion}, got {out_channels}")
         reductions = self.backbone.feature_info.reduction()
         if reductions[-1] != ENCODER_STRIDE:
             raise ValueError(f"backbone {backbone!r} has block strides {reductions}; the student needs (4, 8, 16)")
@@ -111,7 +113,9 @@ class StudentEncoder(nn.Module):
         for _ in range(block4_depth):
             shortcut = None
             if in_channels != out_channels:
-                shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+                shortcut = nn.Sequential(
+                    nn.Conv2d(in_channels, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels)
+                )
             blocks.append(Bottleneck(in_channels, width, downsample=shortcut))
             in_channels = out_channels
         self.block4 = nn.Sequential(*blocks)
