@@ -75,6 +75,10 @@ def selective_scan(
     Returns:
         out [batch, dim, L] in ``u``'s dtype, or ``(out, last_state)`` with last_state [batch, dim, N] in the compute
         dtype (float32, or float64 for float64 input). Computation is float32 for half/bfloat16/float32 inputs.
+
+    Raises:
+        ValueError: on inconsistent shapes, an unknown backend, or backend="mamba_ssm" with CPU tensors.
+        ImportError: backend="mamba_ssm" without a working mamba-ssm installation.
     """
     if torch.jit.is_scripting():
         if backend not in ["auto", "torch", "reference"]:
@@ -115,7 +119,7 @@ def _resolve_backend(backend: str, u: Tensor) -> str:
 def _mamba_available() -> bool:
     try:
         _mamba_selective_scan_fn()
-    except RuntimeError:
+    except ImportError:
         return False
     return True
 
@@ -124,7 +128,7 @@ def _mamba_selective_scan_fn():
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     except (ImportError, OSError) as err:  # OSError: a mamba-ssm build that cannot load its CUDA library
-        raise RuntimeError(
+        raise ImportError(
             "selective_scan: backend='mamba_ssm' needs the optional mamba-ssm package with its CUDA extension "
             f"(pip install 'hdhkd-monai[mamba]'); importing it failed: {err}. Use backend='torch' instead."
         ) from err
