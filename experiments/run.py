@@ -1,0 +1,174 @@
+"""Regenerate one table of docs/results.md on one data folder, through the bundle workflows.
+
+    python experiments/run.py TABLE --data ../shared/data/neh-oct --preset oct2017 [--normal NORMAL] [budget options]
+
+TABLE is one of:
+
+- ``main``: the full HDHKD beside the baselines EfficientAD-S, PatchCore and RD4AD (paper Tables I, III, IV);
+- ``table5``: the 7 module ablations of Table V (``configs/table5/*.json``);
+- ``table6``: the student backbones of Table VI (``configs/table6/*.json``);
+- ``table7``: the global-decoder swaps of Table VII with their parameters (``configs/table7/*.json``).
+
+The steps, each a ``python -m monai.bundle run`` of the bundle in ``bundle/hdhkd_oct_anomaly``:
+
+1. the datalist of the folder (``train/<normal>``, ``test/<class>``; a held-out part of the normal training images
+   is the validation split that calibrates the threshold);
+2. the teacher, distilled once per data folder from the pip-shipped EfficientNet-Lite0 ImageNet weights on the
+   folder's own normal training images (reused by every table: delete ``OUT/teacher`` to redo it);
+3. for each row: student training, then evaluation on the test split.
+
+Everything lands in ``OUT`` (default ``runs/<data folder name>``): one folder per row with its checkpoints, logs,
+TensorBoard events, ``eval/metrics.json``, scores and heat-maps, and ``<table>.json`` with the table. The markdown
+table replaces its own marked section of docs/results.md. A row whose checkpoint already reached the budget is
+not trained again (the training workflow resumes from its last checkpoint); ``--fresh`` starts the rows over.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `experiments` as a package when run as a script
+
+from experiments import report  # noqa: E402
+from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist  # noqa: E402
+
+CONFIGS = REPO / "bundle" / "hdhkd_oct_anomaly" / "configs"
+TABLES = ("main", "table5", "table6", "table7")
+
+
+def bundle_run(config_files: list[Path], log: Path) -> None:
+    """Run one bundle workflow in a subprocess, exactly as a user would, keeping its console output in ``log``."""
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr([str(p) for p in config_files])]
+    with open(log, "a") as f:
+        f.write(f"$ {' '.join(cmd)}\n")
+        f.flush()
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+    if done.returncode:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
+        raise RuntimeError(f"bundle run failed (exit {done.returncode}); log {log}:\n{tail}")
+
+
+def write_json(path: Path, content: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(content, indent=2))
+    return path
+
+
+def rows_of(table: str) -> list[Path]:
+    if table == "main":
+        return [REPO / "configs" / "table5" / "7_full.json"]
+    return sorted((REPO / "configs" / table).glob("*.json"))
+
+
+def prepare_data(args, out: Path) -> Path:
+    path = out / "datalist.json"
+    if not path.exists():
+        datalist = kermany_datalist(args.data, normal=args.normal, val_fraction=args.val_fraction, holdout="last")
+        write_datalist(datalist, path)
+    print(summary(json.loads(path.read_text())), flush=True)
+    return path
+
+
+def distil_teacher(args, out: Path, datalist: Path, preset: Path) -> Path:
+    root = out / "teacher"
+    ckpt = root / "models" / "teacher.pt"
+    if ckpt.exists():
+        return ckpt
+    budget = write_json(root / "run.json", {
+        "bundle_root": str(root),
+        "datalist": str(datalist),
+        "image_size": args.image_size,
+        "target_backbone": "tf_efficientnet_lite0",
+        "target_weights": "efficientnet-lite",
+        "max_iterations": args.teacher_iterations,
+        "batch_size": args.batch_size,
+        "stats_images": 1000,
+    })  # fmt: skip
+    start = time.time()
+    print(f"distilling the teacher ({args.teacher_iterations} iterations) into {ckpt}", flush=True)
+    bundle_run([CONFIGS / "train_teacher.json", preset, budget], root / "log.txt")
+    print(f"  teacher done in {time.time() - start:.0f} s", flush=True)
+    return ckpt
+
+
+def run_row(args, out: Path, row: Path, datalist: Path, preset: Path, teacher: Path) -> dict:
+    root = out / row.parent.name / row.stem
+    if args.fresh and root.exists():
+        shutil.rmtree(root)
+    budget = write_json(root / "run.json", {
+        "bundle_root": str(root),
+        "datalist": str(datalist),
+        "teacher_ckpt": str(teacher),
+        "image_size": args.image_size,
+        "max_iterations": args.iterations,
+        "batch_size": args.batch_size,
+        "val_interval": args.iterations,
+        "seed": args.seed,
+    })  # fmt: skip
+    configs = [preset, row, budget]
+    start = time.time()
+    print(f"{row.parent.name}/{row.stem}: training {args.iterations} iterations", flush=True)
+    bundle_run([CONFIGS / "train.json", *configs], root / "log.txt")
+    train_s = time.time() - start
+    bundle_run([CONFIGS / "train.json", CONFIGS / "evaluate.json", *configs], root / "log.txt")
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    result = {
+        "name": report.row_name(row), "config": json.loads(row.read_text()), "train_s": train_s,
+        "trainable_params": report.trainable_params([CONFIGS / "train.json", *configs]), **metrics,
+    }  # fmt: skip
+    print(f"  AUROC {metrics['image']['auroc']:.4f}, training {train_s:.0f} s", flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", choices=TABLES)
+    parser.add_argument("--data", type=Path, required=True, help="folder with train/<normal>/ and test/<class>/")
+    parser.add_argument("--normal", default="NORMAL", help="name of the normal class folder")
+    parser.add_argument("--preset", default="oct2017", help="data set override in configs/ (preprocessing)")
+    parser.add_argument("--out", type=Path, help="run folder (default runs/<data folder name>)")
+    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--iterations", type=int, default=500, help="student training iterations")
+    parser.add_argument("--teacher-iterations", type=int, default=300)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--val-fraction", type=float, default=0.15)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fresh", action="store_true", help="retrain the rows even if checkpoints exist")
+    parser.add_argument("--no-doc", action="store_true", help="do not rewrite the section of docs/results.md")
+    args = parser.parse_args(argv)
+
+    out = (args.out or REPO / "runs" / args.data.name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    preset = REPO / "configs" / f"{args.preset}.json"
+    if not preset.is_file():
+        raise FileNotFoundError(f"no data set override {preset}; choose one of {[p.stem for p in preset.parent.glob('*.json')]}")
+    wall = time.time()
+    datalist = prepare_data(args, out)
+    teacher = distil_teacher(args, out, datalist, preset)
+    rows = [run_row(args, out, row, datalist, preset, teacher) for row in rows_of(args.table)]
+    if args.table == "main":
+        from experiments.baselines import run_baselines
+
+        rows += run_baselines(args, out, datalist, preset, teacher)
+    table = {
+        "table": args.table, "data": args.data.name, "wall_s": time.time() - wall,
+        "budget": {"image_size": args.image_size, "iterations": args.iterations, "batch_size": args.batch_size,
+                   "teacher_iterations": args.teacher_iterations, "seed": args.seed},
+        "rows": rows,
+    }  # fmt: skip
+    write_json(out / f"{args.table}.json", table)
+    markdown = report.markdown(table)
+    print(markdown)
+    if not args.no_doc:
+        report.update_results_doc(REPO / "docs" / "results.md", f"{args.table}:{args.data.name}", markdown)
+
+
+if __name__ == "__main__":
+    main()
