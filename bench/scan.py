@@ -131,8 +131,10 @@ def run_worker(method: str, channels: int, length: int, threads: int, args, ref_
            "--ref-file", ref_file]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"{method} at {channels} channels, L={length} failed:\n{proc.stderr[-3000:]}")
+    if proc.returncode != 0 or not lines:  # e.g. killed for memory on a shared machine: report, carry on
+        print(f"{method} at {channels} channels, L={length} failed (exit code {proc.returncode}):\n"
+              f"{proc.stderr[-2000:]}", file=sys.stderr)
+        return dict(failed=f"exit code {proc.returncode}")
     return json.loads(lines[-1][len("RESULT "):])
 
 
@@ -158,6 +160,8 @@ def main() -> None:
         return worker(args)
 
     methods = [m for m in METHODS if m in args.methods.split(",")]
+    if any(int(c) % GROUPS for c in args.channels.split(",")):
+        parser.error(f"--channels must be multiples of the {GROUPS} scan directions, got {args.channels}")
     started = datetime.datetime.now().astimezone()
     rows = []  # (threads, channels, L, load average when the size started, {method: result})
     with tempfile.TemporaryDirectory() as tmp:
@@ -168,9 +172,7 @@ def main() -> None:
                     load, results = os.getloadavg()[0], {}
                     for method in methods:
                         r = results[method] = run_worker(method, channels, length, threads, args, ref_file)
-                        print(f"threads {threads}  channels {channels:5d}  L {length:5d}  {method:9s}  "
-                              f"{r['seconds']:8.3f} s  peak {r['peak_mib']:8.0f} MiB  "
-                              f"y err {fmt(r.get('out_err'), '.1e')}  grad rel err {fmt(r.get('grad_rel_err'), '.1e')}",
+                        print(f"threads {threads}  channels {channels:5d}  L {length:5d}  {method:9s}  {describe(r)}",
                               flush=True)
                     rows.append((threads, channels, length, load, results))
 
@@ -182,6 +184,17 @@ def main() -> None:
         print(f"wrote the scan section of {DOC}")
 
 
+def describe(r: dict) -> str:
+    if "failed" in r:
+        return f"failed ({r['failed']})"
+    return (f"{r['seconds']:8.3f} s  peak {r['peak_mib']:8.0f} MiB  y err {fmt(r.get('out_err'), '.1e')}  "
+            f"grad rel err {fmt(r.get('grad_rel_err'), '.1e')}")
+
+
+def succeeded(results: dict) -> dict:
+    return {m: r for m, r in results.items() if "failed" not in r}
+
+
 def grid_length(size: str) -> int:
     h, w = (int(v) for v in size.lower().split("x"))
     return h * w
@@ -191,6 +204,7 @@ def summary_lines(rows) -> list:
     """Speed and memory ratios of the torch scan, one line per configuration."""
     lines = []
     for threads, channels, length, _, results in rows:
+        results = succeeded(results)
         fast = results.get("torch")
         if fast is None:
             continue
@@ -213,8 +227,12 @@ def write_doc(rows, lines, command, started) -> None:
         "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for threads, channels, length, load, results in rows:
-        fast = results.get("torch")
+        fast = succeeded(results).get("torch")
         for method, r in results.items():
+            if "failed" in r:
+                table.append(f"| {threads} | {channels} | {length} | {load:.1f} | {method} | failed ({r['failed']}) "
+                             "| | | | |")
+                continue
             ratio = "" if fast is None else f"{r['seconds'] / fast['seconds']:.1f}"
             table.append(
                 f"| {threads} | {channels} | {length} | {load:.1f} | {method} | {r['seconds']:.3f} | {ratio} "
