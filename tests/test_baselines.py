@@ -6,7 +6,7 @@ import torch
 from hdhkd_monai.anomaly_map import normalize_map, quantile
 from hdhkd_monai.baselines.efficientad import AutoEncoder, EfficientAD
 from hdhkd_monai.baselines.patchcore import PatchCore, k_center_greedy
-from hdhkd_monai.baselines.rd4ad import RD4AD
+from hdhkd_monai.baselines.rd4ad import RD4AD, OneClassBottleneck, ReverseDecoder
 from hdhkd_monai.distill import teacher_output_stats
 from hdhkd_monai.networks.pdn import PDN
 
@@ -133,6 +133,19 @@ def test_rd4ad_shapes_follow_encoder_channels(rd4ad):
     assert rd4ad.anomaly_map(x).shape == (2, 1, SIZE, SIZE)
     scores, maps = rd4ad.predict(x)
     assert scores.shape == (2,) and torch.equal(scores, maps.flatten(1).amax(1))
+
+
+def test_rd4ad_wide_resnet_plan_matches_the_paper():
+    """WideResNet-50-2 channels: a 2048-channel stride-32 embedding, decoded back to 256/512/1024 (shapes only)."""
+    with torch.device("meta"):
+        channels = (256, 512, 1024)
+        bottleneck, decoder = OneClassBottleneck(channels), ReverseDecoder(channels)
+        features = [torch.empty(1, c, 64 // 2**i, 64 // 2**i) for i, c in enumerate(channels)]
+        embedding = bottleneck(features)
+        decoded = decoder(embedding)
+    assert embedding.shape == (1, 2048, 8, 8)
+    assert [d.shape for d in decoded] == [f.shape for f in features]
+    assert [len(stage) for stage in decoder.stages] == [3, 4, 6]
 
 
 def test_rd4ad_frozen_encoder_gets_no_gradient(rd4ad):
