@@ -31,7 +31,9 @@ BACKBONE = {"backbone": "tf_efficientnet_lite0", "weights": "efficientnet-lite"}
 
 
 def _loader(datalist: Path, split: str, transform, batch_size: int, shuffle: bool = False) -> DataLoader:
-    return DataLoader(Dataset(datalist_split(str(datalist), split), transform), batch_size=batch_size, shuffle=shuffle)
+    # Image-level scores only: lesion masks (present for some test images) are not loaded.
+    items = [{k: v for k, v in item.items() if k != "mask"} for item in datalist_split(str(datalist), split)]
+    return DataLoader(Dataset(items, transform), batch_size=batch_size, shuffle=shuffle)
 
 
 def _images(loader: DataLoader):

@@ -61,10 +61,13 @@ def write_json(path: Path, content: dict) -> Path:
     return path
 
 
-def rows_of(table: str) -> list[Path]:
-    if table == "main":
-        return [REPO / "configs" / "table5" / "7_full.json"]
-    return sorted((REPO / "configs" / table).glob("*.json"))
+def rows_of(table: str, only: list[str] | None) -> list[Path]:
+    rows = [REPO / "configs" / "table5" / "7_full.json"] if table == "main" else sorted((REPO / "configs" / table).glob("*.json"))
+    if only:
+        rows = [r for r in rows if r.stem in only]
+        if not rows:
+            raise ValueError(f"--rows {only} matches none of the rows of {table}")
+    return rows
 
 
 def prepare_data(args, out: Path) -> Path:
@@ -140,6 +143,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--val-fraction", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rows", nargs="+", help="run only these rows (config file stems, e.g. 1_conv 7_full)")
+    parser.add_argument("--no-baselines", action="store_true", help="main table: HDHKD only")
     parser.add_argument("--fresh", action="store_true", help="retrain the rows even if checkpoints exist")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite the section of docs/results.md")
     args = parser.parse_args(argv)
@@ -152,8 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     wall = time.time()
     datalist = prepare_data(args, out)
     teacher = distil_teacher(args, out, datalist, preset)
-    rows = [run_row(args, out, row, datalist, preset, teacher) for row in rows_of(args.table)]
-    if args.table == "main":
+    rows = [run_row(args, out, row, datalist, preset, teacher) for row in rows_of(args.table, args.rows)]
+    if args.table == "main" and not args.no_baselines:
         from experiments.baselines import run_baselines
 
         rows += run_baselines(args, out, datalist, preset, teacher)
