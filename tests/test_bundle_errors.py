@@ -1,0 +1,96 @@
+"""Bad input stops a workflow with an error that names the file: a corrupt image, an empty data folder or split, and
+a checkpoint of another architecture or workflow."""
+
+import json
+import traceback
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from hdhkd_monai.demo import BUNDLE
+from hdhkd_monai.handlers import save_checkpoint
+from test_bundle_workflows import TEACHER, TINY, write_phantom_data
+
+CONFIGS = BUNDLE / "configs"
+
+
+def run_workflow(workflows, root, **overrides) -> None:
+    workflow = ConfigWorkflow(
+        config_file=[str(CONFIGS / f"{name}.json") for name in workflows],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=None,
+        **{"bundle_root": str(root), "dataset_dir": str(root / "data"), **TINY, **overrides},
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+
+
+def error_text(excinfo) -> str:
+    """The whole chained traceback, as the user sees it (MONAI wraps errors raised while parsing configs)."""
+    return "".join(traceback.format_exception(excinfo.value))
+
+
+@pytest.fixture
+def phantom(tmp_path):
+    write_phantom_data(tmp_path, n_train=6, n_test_per_class=4)
+    return tmp_path
+
+
+def _network_def(root, **overrides):
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "inference.json")])
+    parser.update({"bundle_root": str(root), **TINY, **overrides})
+    return parser.get_parsed_content("network_def")
+
+
+def test_a_corrupt_training_image_is_named(phantom):
+    bad = Path(json.loads((phantom / "data" / "datalist.json").read_text())["training"][0]["image"])
+    bad.write_bytes(bad.read_bytes()[:60])  # a truncated PNG
+    with pytest.raises(Exception) as excinfo:
+        run_workflow(("train_teacher",), phantom, **{**TEACHER, "max_iterations": 1})
+    assert f"{bad}: unreadable image" in error_text(excinfo)
+
+
+def test_an_empty_image_folder_is_named(phantom):
+    empty = phantom / "imagenet"
+    empty.mkdir()
+    with pytest.raises(Exception) as excinfo:
+        run_workflow(("train_teacher",), phantom, teacher_data=str(empty), **{**TEACHER, "max_iterations": 1})
+    assert f"{empty}: no image files" in error_text(excinfo)
+
+
+def test_an_empty_datalist_split_is_named(phantom):
+    datalist = phantom / "data" / "datalist.json"
+    content = json.loads(datalist.read_text())
+    datalist.write_text(json.dumps({**content, "training": []}))
+    save_checkpoint({"teacher": _network_def(phantom).model.teacher}, phantom / "models" / "teacher.pt")
+    with pytest.raises(Exception) as excinfo:
+        run_workflow(("train",), phantom, max_iterations=1)
+    assert f"{datalist}: the 'training' split is empty" in error_text(excinfo)
+
+
+def test_a_student_checkpoint_of_another_backbone_is_named(phantom):
+    checkpoint = phantom / "models" / "model.pt"
+    save_checkpoint({"model": _network_def(phantom, backbone="resnet34")}, checkpoint)
+    with pytest.raises(Exception) as excinfo:
+        run_workflow(("train", "evaluate"), phantom)  # configured with the default backbone, resnet18
+    text = error_text(excinfo)
+    assert f"{checkpoint}: entry 'model' does not fit the configured AnomalyMapNet" in text
+    assert "another architecture" in text and "model.student.encoder" in text
+
+
+def test_a_checkpoint_of_another_workflow_is_named(phantom):
+    student = phantom / "models" / "model.pt"
+    save_checkpoint({"model": _network_def(phantom)}, student)
+    with pytest.raises(Exception) as excinfo:
+        run_workflow(("train",), phantom, teacher_ckpt=str(student), max_iterations=1)
+    assert f"{student}: has no entry ['teacher']" in error_text(excinfo)
+
+
+def test_a_missing_teacher_checkpoint_is_named(phantom):
+    missing = phantom / "models" / "teacher.pt"
+    with pytest.raises(Exception) as excinfo:
+        run_workflow(("train",), phantom, max_iterations=1)
+    assert f"checkpoint not found: {missing}" in error_text(excinfo)

@@ -1,0 +1,199 @@
+"""Every bundle workflow end to end through ``python -m monai.bundle run``, on a tiny synthetic OCT set.
+
+One module fixture writes the phantom data and runs teacher distillation and student training (64x64 images, a few
+iterations, one Mamba module); the tests then check what those runs wrote and run evaluation, inference, resuming
+and a 2-process DDP run on top.
+"""
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hdhkd_monai.data.datalist import kermany_datalist, write_datalist
+from hdhkd_monai.data.phantom import write_phantom
+from hdhkd_monai.demo import BUNDLE, bundle_command
+
+TINY = {"image_size": 64, "num_mamba_modules": 1, "decoder_channels": 64, "cache_rate": 1.0, "log_interval": 1}
+TEACHER = {
+    "target_backbone": "tf_efficientnet_lite0",
+    "target_weights": "efficientnet-lite",
+    "max_iterations": 3,
+    "batch_size": 8,
+    "stats_images": 16,
+    "save_interval": 3,
+}
+STUDENT = {"max_iterations": 4, "batch_size": 4, "val_interval": 2}
+N_TEST_PER_CLASS = 4
+
+
+def run_bundle(workflows, root, launcher=(), timeout=600, **overrides) -> str:
+    """Run the workflows on the data under ``root`` into ``root``; return stdout+stderr, failing with its tail."""
+    cmd = bundle_command(workflows, bundle_root=root, dataset_dir=root / "data", **{**TINY, **overrides})
+    if launcher:
+        cmd = [*launcher, *cmd[1:]]  # e.g. torchrun ... -m monai.bundle run ...
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, f"{' '.join(cmd)}\nfailed:\n{log[-4000:]}"
+    return log
+
+
+def write_phantom_data(root, n_train=18, n_test_per_class=N_TEST_PER_CLASS):
+    """64x64 phantom B-scans and their datalist (validation with abnormal images) under ``root/data``."""
+    write_phantom(root / "data", n_train=n_train, n_test_per_class=n_test_per_class, size=64, seed=0)
+    write_datalist(kermany_datalist(root / "data", val_abnormal_fraction=0.34), root / "data" / "datalist.json")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A bundle folder with phantom data, a distilled teacher and a briefly trained student; and the two logs."""
+    root = tmp_path_factory.mktemp("bundle")
+    write_phantom_data(root)
+    teacher_log = run_bundle(("train_teacher",), root, **TEACHER)
+    train_log = run_bundle(("train",), root, **STUDENT)
+    return root, teacher_log, train_log
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _scalar_tags(log_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = {"scalars": set(), "images": set()}
+    for event_file in log_dir.glob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(event_file))
+        acc.Reload()
+        tags["scalars"] |= set(acc.Tags()["scalars"])
+        tags["images"] |= set(acc.Tags()["images"])
+    return tags
+
+
+def test_teacher_workflow_saves_the_distilled_pdn_with_its_output_statistics(trained):
+    root, log, _ = trained
+    teacher = _load(root / "models" / "teacher.pt")["teacher"]
+    assert teacher["feat_mean"].shape == (1, 384, 1, 1)
+    # teacher_output_stats ran: the buffers are no longer the PDN's initial 0 / 1
+    assert teacher["feat_mean"].abs().sum() > 0 and not torch.allclose(teacher["feat_std"], torch.ones(1))
+    assert _load(root / "models" / "teacher_last.pt")["trainer"]["iteration"] == TEACHER["max_iterations"]
+    assert "distillation_loss" in _scalar_tags(root / "eval" / "teacher")["scalars"]
+    assert not list((root / "models").glob(".*.tmp")), "a temporary checkpoint file was left behind"
+
+
+def test_train_workflow_validates_calibrates_and_checkpoints(trained):
+    root, _, log = trained
+    last = _load(root / "models" / "last.pt")
+    assert last["trainer"]["iteration"] == STUDENT["max_iterations"]
+    assert set(last) == {"model", "optimizer", "lr_scheduler", "best_checkpoint", "trainer"}
+    best = _load(root / "models" / "model.pt")["model"]
+    q, threshold = best["model.map_quantiles"], best["model.threshold"]
+    assert torch.isfinite(q).all() and q[0] < q[1] and torch.isfinite(threshold)
+    # the teacher inside the student checkpoint is the distilled one
+    teacher = _load(root / "models" / "teacher.pt")["teacher"]
+    torch.testing.assert_close(best["model.teacher.feat_std"], teacher["feat_std"])
+    # validation every val_interval iterations, logged at the trainer's iteration
+    assert re.search(r"Epoch\[2\] Metrics -- .*val_auroc", log) and re.search(r"Epoch\[4\] Metrics -- .*val_auroc", log)
+    tags = _scalar_tags(root / "eval")
+    assert {"train_loss", "lr", "val_auroc", "threshold"} <= tags["scalars"]
+    assert tags["images"], "no heat-map image in TensorBoard"
+
+
+def test_resume_continues_from_the_saved_iteration(trained, tmp_path):
+    root, _, _ = trained
+    shutil.copytree(root / "models", tmp_path / "models")
+    (tmp_path / "data").symlink_to(root / "data")
+    log = run_bundle(("train",), tmp_path, **{**STUDENT, "max_iterations": 6})
+    assert re.search(rf"resumed from .*last\.pt at iteration {STUDENT['max_iterations']} of 6", log)
+    assert "Iter: 5/6" in log and "Iter: 6/6" in log and "Iter: 1/6" not in log
+    last = _load(tmp_path / "models" / "last.pt")
+    assert last["trainer"]["iteration"] == 6
+    # the scheduler continued (one step per iteration) rather than restarting at 0
+    assert last["lr_scheduler"]["last_epoch"] == 6
+
+
+def test_evaluate_workflow_writes_metrics_scores_curves_and_heatmaps(trained):
+    root, _, _ = trained
+    run_bundle(("train", "evaluate"), root, n_heatmaps=2)
+    out = root / "eval"
+    report = json.loads((out / "metrics.json").read_text())
+    threshold = float(_load(root / "models" / "model.pt")["model"]["model.threshold"])
+    assert report["image"]["threshold"] == pytest.approx(threshold)
+    for key in ("auroc", "auprc", "f1", "acc", "sen", "spe"):
+        assert 0.0 <= report["image"][key] <= 1.0
+    assert "test labels" in report["f1_optimal_on_test"]["note"]
+    assert set(report["per_class"]) == {"DRUSEN", "FLUID", "LESION"}
+    assert 0.0 <= report["pixel_auroc"] <= 1.0  # the phantom ships masks
+    with open(out / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    test_items = json.loads((root / "data" / "datalist.json").read_text())["test"]
+    assert sorted(r["path"] for r in rows) == sorted(it["image"] for it in test_items)
+    assert all(int(r["decision"]) == int(float(r["score"]) >= threshold) for r in rows)
+    assert (out / "roc.png").stat().st_size > 0 and (out / "pr.png").stat().st_size > 0
+    highest = sorted(out.glob("heatmaps/highest_*.png"))
+    assert len(highest) == 2 and len(list(out.glob("heatmaps/lowest_*.png"))) == 2
+    top_score = max(float(r["score"]) for r in rows)
+    top_row = next(r for r in rows if float(r["score"]) == top_score)
+    assert highest[0].name.endswith(f"{os.path.splitext(os.path.basename(top_row['path']))[0]}.png")
+
+
+def _reference_map(root, image):
+    """The inference network's map of one image, computed here from the same configs and checkpoint."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "inference.json")])
+    parser.update({"bundle_root": str(root), "dataset_dir": str(root / "data"), **TINY})
+    net = parser.get_parsed_content("network").eval()
+    x = parser.get_parsed_content("preprocessing")({"image": str(image)})["image"].as_tensor()[None]
+    with torch.no_grad():
+        return net(x)[0, 0].numpy()
+
+
+def test_inference_workflow_from_a_folder_and_a_file_list(trained, tmp_path):
+    import nibabel as nib
+
+    root, _, _ = trained
+    folder = root / "data" / "test" / "FLUID"
+    images = sorted(folder.glob("*.png"))
+    run_bundle(("train", "inference"), root, input=folder, output_dir=tmp_path / "png", map_ext=".png")
+    file_list = tmp_path / "images.txt"
+    file_list.write_text("".join(f"{p}\n" for p in images[:2]))
+    run_bundle(("train", "inference"), root, input=file_list, output_dir=tmp_path / "nii")
+
+    with open(tmp_path / "png" / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted(r["path"] for r in rows) == [str(p) for p in images]
+    with open(tmp_path / "nii" / "scores.csv") as f:
+        assert len(list(csv.DictReader(f))) == 2
+
+    expected = _reference_map(root, images[0])
+    stem = images[0].stem
+    nifti = nib.load(tmp_path / "nii" / "maps" / f"{stem}_anomaly_map.nii.gz").get_fdata().squeeze()
+    np.testing.assert_allclose(nifti, expected, rtol=1e-4, atol=1e-5)
+    png = np.asarray(Image.open(tmp_path / "png" / "maps" / f"{stem}_anomaly_map.png"), dtype=float)
+    # PNG: the map clipped to [0, 1] as 8 bits, in the image's own row/column order
+    np.testing.assert_allclose(png, np.clip(expected, 0, 1) * 255, atol=1.0)
+    assert len(list((tmp_path / "png" / "maps").glob("*.png"))) == len(images)
+
+
+def test_multi_gpu_train_runs_two_processes_on_gloo(trained, tmp_path):
+    root, _, _ = trained
+    (tmp_path / "models").mkdir()
+    shutil.copy(root / "models" / "teacher.pt", tmp_path / "models")
+    (tmp_path / "data").symlink_to(root / "data")
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
+    log = run_bundle(("train", "multi_gpu_train"), tmp_path, launcher=torchrun, **STUDENT)
+    assert _load(tmp_path / "models" / "last.pt")["trainer"]["iteration"] == STUDENT["max_iterations"]
+    assert (tmp_path / "models" / "model.pt").is_file()
+    # validation and its logs run on rank 0 only: one report per validation
+    assert len(re.findall(r"Epoch\[4\] Metrics -- ", log)) == 1
