@@ -154,10 +154,13 @@ def _check_shapes(
         raise ValueError(f"selective_scan: A must be real [dim={dim}, N], got {list(A.shape)} ({A.dtype}).")
     for name, p in (("B", B), ("C", C)):
         if p.dim() not in (3, 4):
-            raise ValueError(f"selective_scan: {name} must be [batch, N, L] or [batch, groups, N, L], got {list(p.shape)}.")
+            raise ValueError(
+                f"selective_scan: {name} must be [batch, N, L] or [batch, groups, N, L], got {list(p.shape)}."
+            )
         if p.size(0) != u.size(0) or p.size(-1) != u.size(2) or p.size(-2) != A.size(1):
             raise ValueError(
-                f"selective_scan: {name} {list(p.shape)} does not match batch {u.size(0)}, N {A.size(1)}, L {u.size(2)}."
+                f"selective_scan: {name} {list(p.shape)} does not match batch {u.size(0)}, N {A.size(1)}, "
+                f"L {u.size(2)}."
             )
         if p.dim() == 4 and dim % p.size(1) != 0:
             raise ValueError(f"selective_scan: dim {dim} is not divisible by the {p.size(1)} groups of {name}.")
@@ -255,7 +258,9 @@ def _from_time_major(x: Tensor) -> Tensor:
     return x.reshape(x.size(0), -1).t().contiguous().view(list(x.shape[1:]) + [x.size(0)])
 
 
-def _chunked_scan_inference(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tuple[Tensor, Tensor]:
+def _chunked_scan_inference(
+    u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int
+) -> Tuple[Tensor, Tensor]:
     # Detached, not under no_grad(): a trace records detach, so the traced graph also runs with grad enabled.
     y, boundary = _chunked_forward(
         _to_time_major(u.detach()),
@@ -328,7 +333,8 @@ class _ChunkedScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, chunk):
         G = B.size(1)
-        ut, dt, As, Bt, Ct = _to_time_major(u), _to_time_major(delta), _state_major(A, G), _to_time_major(B), _to_time_major(C)
+        ut, dt, Bt, Ct = _to_time_major(u), _to_time_major(delta), _to_time_major(B), _to_time_major(C)
+        As = _state_major(A, G)
         y, boundary = _chunked_forward(ut, dt, As, Bt, Ct, chunk)
         ctx.save_for_backward(ut, dt, As, Bt, Ct, boundary)
         ctx.chunk = chunk
