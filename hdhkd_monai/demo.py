@@ -35,23 +35,28 @@ BUNDLE = Path(__file__).resolve().parents[1] / "bundle" / "hdhkd_oct_anomaly"
 
 #: Size of the demo: data, and the config overrides of each workflow (beyond bundle_root/dataset_dir).
 SETTINGS = {
-    "data": {"n_train": 60, "n_test_per_class": 10, "size": 128, "val_fraction": 0.15, "val_abnormal_fraction": 0.3},
-    "common": {"image_size": 128, "cache_rate": 1.0, "num_workers": 0, "log_interval": 20},
+    "data": {"n_train": 60, "n_test_per_class": 20, "size": 96, "val_fraction": 0.15, "val_abnormal_fraction": 0.25},
+    "common": {"image_size": 96, "pdn_padding": True, "cache_rate": 1.0, "num_workers": 0, "log_interval": 25},
     "teacher": {
         "target_backbone": "tf_efficientnet_lite0",
         "target_weights": "efficientnet-lite",
-        "max_iterations": 150,
+        "max_iterations": 60,
         "batch_size": 8,
+        "learning_rate": 0.001,
         "stats_images": 64,
-        "save_interval": 150,
+        "save_interval": 60,
     },
     "student": {
         "backbone": "resnet18",
+        "hdhkd#fusion_channels": 64,
+        "hdhkd#encoder_channels": 128,
+        "decoder_channels": 32,
         "num_mamba_modules": 1,
-        "decoder_channels": 96,
-        "max_iterations": 150,
+        "hdhkd#d_state": 8,
+        "learning_rate": 0.001,
+        "max_iterations": 250,
         "batch_size": 4,
-        "val_interval": 75,
+        "val_interval": 125,
     },
     "evaluate": {"n_heatmaps": 4},
 }

@@ -229,7 +229,8 @@ class ResumeFromCheckpoint:
         if not self.enabled or not self.load_path.is_file():
             engine.logger.info(f"no checkpoint to resume from at {self.load_path}: training from the start")
             return
-        checkpoint = load_checkpoint(self.load_path, self.load_dict, map_location=engine.state.device)
+        device = getattr(engine.state, "device", None) or "cpu"  # MONAI engines carry one, plain Ignite ones not
+        checkpoint = load_checkpoint(self.load_path, self.load_dict, map_location=device)
         if self.engine_key not in checkpoint:
             raise CheckpointMismatchError(f"{self.load_path}: has no {self.engine_key!r} entry to resume from")
         iteration = int(checkpoint[self.engine_key]["iteration"])
