@@ -198,14 +198,8 @@ def make_pet(root):
 MODALITIES = {"oct2017": make_oct2017, "oct2022": make_oct2022, "br35h": make_br35h, "chest_ct": make_chest_ct,
               "pet": make_pet}
 # The phantom's test split is DRUSEN, FLUID, LESION (with mask files), then NORMAL (without): with 2 images per class
-# and val_batch_size 4 one evaluation batch is [LESION, LESION, NORMAL, NORMAL].
-MASK_COLLATE_BUG = (
-    "hdhkd_monai/engines/inputs.py:100 EnsureMaskd gives items without a mask file a plain torch.Tensor mask, while "
-    "loaded masks are MetaTensors; MONAI's collate of a batch whose first item has a mask file and a later one has "
-    "none fails: AttributeError: 'Tensor' object has no attribute 'meta'"
-)
-CASES = [pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=MASK_COLLATE_BUG)) if name == "oct2017"
-         else name for name in sorted(MODALITIES)]
+# and val_batch_size 4 one evaluation batch mixes items with and without a mask file (EnsureMaskd must collate them).
+CASES = sorted(MODALITIES)
 
 
 @pytest.mark.parametrize("name", CASES)

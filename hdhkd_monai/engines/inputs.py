@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import torch
+from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
 from hdhkd_monai.data.datalist import IMAGE_SUFFIXES, natural_key
@@ -97,4 +98,6 @@ class EnsureMaskd(MapTransform):
         label = data.get(self.label_key)
         fill = 0.0 if label is not None and int(label) == 0 else float("nan")
         image = torch.as_tensor(data[self.image_key])
-        return {**data, self.mask_key: torch.full((1, *image.shape[1:]), fill, dtype=torch.float32)}
+        # A MetaTensor like the masks read from files: MONAI's collate needs the same type across a batch.
+        mask = MetaTensor(torch.full((1, *image.shape[1:]), fill, dtype=torch.float32))
+        return {**data, self.mask_key: mask}
