@@ -82,8 +82,9 @@ def _run(workflows: Sequence[str], overrides: dict) -> None:
     subprocess.run(cmd, check=True)
 
 
-def run_demo(out: str | Path, settings: dict = SETTINGS, seed: int = 0) -> dict:
-    """Run the four steps into ``out`` and return the content of ``out/eval/metrics.json``."""
+def run_demo(out: str | Path, settings: dict | None = None, seed: int = 0) -> dict:
+    """Run the four steps into ``out`` with ``settings`` (default :data:`SETTINGS`); return ``eval/metrics.json``."""
+    settings = SETTINGS if settings is None else settings
     if not BUNDLE.is_dir():
         raise FileNotFoundError(f"bundle not found at {BUNDLE}: run the demo from a clone of the repository")
     out = Path(out).resolve()
