@@ -182,6 +182,7 @@ def test_inference_workflow_from_a_folder_and_a_file_list(trained, tmp_path):
     np.testing.assert_allclose(nifti, expected, rtol=1e-4, atol=1e-5)
     png = np.asarray(Image.open(tmp_path / "png" / "maps" / f"{stem}_anomaly_map.png"), dtype=float)
     # PNG: the map clipped to [0, 1] as 8 bits, in the image's own row/column order
+    assert (png > 0).any(), "an all-black map cannot show the orientation"
     np.testing.assert_allclose(png, np.clip(expected, 0, 1) * 255, atol=1.0)
     assert len(list((tmp_path / "png" / "maps").glob("*.png"))) == len(images)
 
