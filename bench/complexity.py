@@ -12,7 +12,6 @@ almost all elementwise work, so its count is replaced by an analytic one (see ``
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -23,10 +22,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import hdhkd_monai.networks.ss2d as ss2d_module
+from hdhkd_monai.markdown import replace_section
 from hdhkd_monai.networks import HDHKD, PDN, STUDENT_BACKBONES
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "complexity.md"
-BEGIN, END = "<!-- models:begin -->", "<!-- models:end -->"
 
 #: FLOPs per (batch, channel, state, time step) of the scan: exp(delta*A) (mul, exp), delta*u*B (mul), state update
 #: h = a*h + b*u (mul, add), readout C.h (mul, add), rounded up to mamba-ssm's own estimate of 9 for the small
@@ -127,7 +126,6 @@ def _g(n: float) -> str:
 def write_doc(size, teachers, table_vii, table_vi, table_v) -> None:
     small_params, small_flops = teachers["small"]
     lines = [
-        BEGIN,
         "## Parameters and FLOPs of the models (written by `bench/complexity.py`)",
         "",
         f"Input {size}x{size}, batch 1, one forward pass in eval mode. FLOPs are counted by "
@@ -185,15 +183,7 @@ def write_doc(size, teachers, table_vii, table_vi, table_v) -> None:
     for r in table_v:
         lines.append(f"| {r['name']} | {_m(r['trainable'])} | {_g(r['student_flops'])} | {_g(r['student_flops'] / 2)} "
                      f"| {_g(r['scan_flops'])} |")  # fmt: skip
-    lines.append(END)
-    section = "\n".join(lines)
-    text = DOC.read_text() if DOC.exists() else ""
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = (text.rstrip() + "\n\n" if text.strip() else "") + section + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
+    replace_section(DOC, "models", "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import platform
-import re
 import resource
 import subprocess
 import sys
@@ -33,8 +32,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hdhkd_monai.markdown import replace_section
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "complexity.md"
-BEGIN, END = "<!-- scan:begin -->", "<!-- scan:end -->"
 METHODS = ("reference", "torch", "pscan")
 GROUPS, STATE = 4, 16  # SS2D: four scan directions, d_state 16
 GRAD_NAMES = ("u", "delta", "A", "B", "C", "D")
@@ -250,7 +250,6 @@ def write_doc(rows, lines, command, started) -> None:
                 f"| {r['peak_mib']:.0f} | {fmt(r.get('out_err'), '.1e')} | {fmt(r.get('grad_rel_err'), '.1e')} |"
             )
     section = "\n".join([
-        BEGIN,
         "## Selective scan",
         "",
         ALGORITHM,
@@ -281,15 +280,8 @@ def write_doc(rows, lines, command, started) -> None:
         "on a shared machine the 2-thread rows mostly measure contention, and the 1-thread rows are the fair "
         "comparison; set `OMP_NUM_THREADS=1` (or `torch.set_num_threads(1)`) when training on a shared machine. "
         "This run did not measure a dedicated multi-core machine.",
-        END,
     ])
-    text = DOC.read_text() if DOC.exists() else ""
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: section, text, flags=re.S)
-    else:
-        text = (text.rstrip() + "\n\n" if text.strip() else "") + section + "\n"
-    DOC.parent.mkdir(parents=True, exist_ok=True)
-    DOC.write_text(text)
+    replace_section(DOC, "scan", section)
 
 
 def cpu_name() -> str:

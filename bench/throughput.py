@@ -32,8 +32,9 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+from hdhkd_monai.markdown import replace_section
+
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "baselines.md"
-BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
 MODELS = ("HDHKD", "EfficientAD-S")
 
 
@@ -189,15 +190,6 @@ def _sharing_note(context: dict) -> str:
     return "The machine was otherwise idle during the run."
 
 
-def write_docs(text: str, path: Path = DOCS) -> None:
-    """Replace the text between the throughput markers of ``path``."""
-    doc = path.read_text()
-    if BEGIN not in doc or END not in doc:
-        raise ValueError(f"{path} lacks the markers {BEGIN} ... {END}")
-    head, rest = doc.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -216,7 +208,7 @@ def main() -> None:
     text = report(rows, context)
     print(text)
     if args.write_docs:
-        write_docs(text)
+        replace_section(DOCS, "throughput", text)
         print(f"wrote the results into {DOCS}")
 
 

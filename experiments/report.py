@@ -1,8 +1,7 @@
-"""Tables of the experiment runner: row names, parameter counts, markdown, and the marked sections of results.md."""
+"""Tables of the experiment runner: row names, parameter counts and markdown."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 # The paper's figures for the rows the runner reproduces (AUROC on OCT2017 unless stated), shown beside ours.
@@ -61,13 +60,3 @@ def markdown(table: dict) -> str:
             f"| {'' if paper is None else paper} | {m['n_normal']} / {m['n_abnormal']} | {row['train_s']:.0f} |"
         )
     return "\n".join(lines)
-
-
-def update_results_doc(doc: Path, key: str, body: str) -> None:
-    """Replace the section between ``<!-- key:begin -->`` and ``<!-- key:end -->`` (appended when absent)."""
-    begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
-    section = f"{begin}\n{body}\n{end}"
-    text = doc.read_text() if doc.exists() else "# Results\n"
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else f"{text.rstrip()}\n\n{section}\n"
-    doc.write_text(text)
