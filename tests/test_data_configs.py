@@ -34,12 +34,16 @@ def sample(name: str, folder) -> str:
         return str(folder / "y0.jpg")
     if name == "chest_ct":
         return get_testdata_file("CT_small.dcm")
+    if name == "chest_ct_png":  # a windowed export, as the Kaggle chest CT slices: RGB, 8 bits
+        ct = make_bscan(64, None, np.random.default_rng(4))[0]
+        Image.fromarray(np.stack([ct] * 3, -1)).save(folder / "ct.png")
+        return str(folder / "ct.png")
     pixels = np.random.default_rng(3).integers(0, 30000, (32, 32)).astype(np.int16)
     make_dataset(pixels, modality="PT", intercept=0.0).save_as(folder / "pet.dcm", enforce_file_format=True)
     return str(folder / "pet.dcm")
 
 
-@pytest.mark.parametrize("name", ["oct2017", "oct2022", "br35h", "chest_ct", "pet"])
+@pytest.mark.parametrize("name", ["oct2017", "oct2022", "br35h", "chest_ct", "chest_ct_png", "pet"])
 def test_config_preprocessing_runs(tmp_path, name):
     override = CONFIGS / f"{name}.json"
     assert set(json.loads(override.read_text())) <= CONTRACT_KEYS
