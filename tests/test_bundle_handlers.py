@@ -1,19 +1,24 @@
-"""The bundle's Ignite handlers on small stand-in engines: checkpoints, calibration, validation schedule, shuffling."""
+"""The bundle's Ignite handlers on small stand-in engines: checkpoints, calibration, validation schedule, shuffling,
+the evaluation report."""
 
+import json
 import math
 
 import pytest
 import torch
 from ignite.engine import Engine, Events
-from monai.data import DistributedSampler
+from monai.data import DistributedSampler, MetaTensor
+from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import DataLoader
 
+from hdhkd_monai import metrics
 from hdhkd_monai.anomaly_map import image_score, normalize_map
 from hdhkd_monai.handlers import (
     AtomicCheckpointSaver,
     CalibrationHandler,
     CheckpointMismatchError,
+    EvaluationReport,
     ImageAUROC,
     ReshuffleOnRestart,
     ResumeFromCheckpoint,
@@ -132,3 +137,42 @@ def test_distributed_sampler_reshuffles_each_time_the_loader_restarts():
     ReshuffleOnRestart(loader).attach(engine)
     engine.run(loader, max_epochs=1, epoch_length=3)
     assert len({tuple(p) for p in passes}) == 3, passes
+
+
+def test_evaluation_report_writes_metrics_and_leaves_undelineated_masks_out_of_pixel_auroc(tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    labels = [0, 0, 0, 0, 1, 1, 1]
+    masks = [torch.zeros(1, 8, 8) for _ in range(4)] + [torch.zeros(1, 8, 8) for _ in range(2)]
+    for m in masks[4:]:
+        m[0, 2:5, 2:5] = 1
+    masks.append(torch.full((1, 8, 8), math.nan))  # an abnormal image without a mask file
+    maps = [torch.rand(1, 8, 8, generator=gen) + 0.5 * m.nan_to_num(0) for m in masks]
+    maps[6] = maps[6] + 3.0  # would ruin the pixel AUROC if its NaN mask counted as "all normal"
+    data = [
+        {"i": i, "label": y, "class": "LESION" if y else "NORMAL", "mask": m}
+        for i, (y, m) in enumerate(zip(labels, masks))
+    ]
+    outputs = [
+        {
+            "image": MetaTensor(torch.rand(3, 8, 8, generator=gen), meta={"filename_or_obj": f"/x/img{i}.png"}),
+            "pred": p,
+            "score": float(p.max()),
+        }
+        for i, p in enumerate(maps)
+    ]
+    engine = Engine(lambda e, batch: [outputs[item["i"]] for item in batch])  # an evaluator's decollated output
+    EvaluationReport(tmp_path, threshold=1.0, n_heatmaps=2).attach(engine)
+    engine.run([data[i : i + 3] for i in range(0, 7, 3)], max_epochs=1)
+
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    scores = [o["score"] for o in outputs]
+    expected = metrics.image_metrics(labels, scores, 1.0)
+    assert report["image"] == pytest.approx(expected)
+    delineated = list(range(6))
+    pixel_labels = torch.cat([masks[i].flatten() for i in delineated]).numpy() > 0
+    pixel_scores = torch.cat([maps[i].flatten() for i in delineated]).numpy()
+    assert report["pixel_auroc"] == pytest.approx(roc_auc_score(pixel_labels, pixel_scores), abs=1e-3)
+    assert set(report["per_class"]) == {"LESION"}
+    assert len((tmp_path / "scores.csv").read_text().splitlines()) == 1 + 7
+    assert len(list((tmp_path / "heatmaps").glob("*.png"))) == 4
+    assert (tmp_path / "roc.png").is_file() and (tmp_path / "pr.png").is_file()

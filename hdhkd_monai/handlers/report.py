@@ -43,7 +43,8 @@ class EvaluationReport(ScoreWriter):
     - ``heatmaps/highest_XX_*.png``, ``heatmaps/lowest_XX_*.png``: image and map overlay of the ``n_heatmaps``
       highest and lowest scoring images, one colour scale for all of them.
 
-    Pixel AUROC keeps every map (and mask) of the split in memory as float16.
+    Pixel AUROC uses the images with a mask (``EnsureMaskd`` gives normal images an all-0 mask and abnormal images
+    without a mask file a NaN one, which is left out); it keeps those maps in memory as float16.
 
     Args:
         output_dir: folder for the files.
@@ -59,7 +60,7 @@ class EvaluationReport(ScoreWriter):
 
     def _reset(self, engine: Engine | None) -> None:
         super()._reset(engine)
-        self._highest: list = []  # min-heaps of (±score, tie-breaker, path, image, map)
+        self._highest: list = []  # min-heaps of (±score, tie-breaker, path, class, image, map)
         self._lowest: list = []
         self._pixel_maps: list[np.ndarray] = []
         self._pixel_masks: list[np.ndarray] = []
@@ -71,16 +72,17 @@ class EvaluationReport(ScoreWriter):
             score = float(out["score"])
             amap = out["pred"].detach().float().cpu().numpy()[0]
             image = out["image"].detach().float().cpu().numpy()[0]
-            entry = (image_path(out), image, amap)
+            entry = (image_path(out), data.get("class", ""), image, amap)
             for heap, key in ((self._highest, score), (self._lowest, -score)):
                 item = (key, next(self._counter), *entry)
                 if len(heap) < self.n_heatmaps:
                     heapq.heappush(heap, item)
                 else:
                     heapq.heappushpop(heap, item)
-            if data.get("mask") is not None:
+            mask = data.get("mask")
+            if mask is not None and not np.isnan(np.asarray(mask)).any():  # NaN: anomaly not delineated
                 self._pixel_maps.append(amap.astype(np.float16))
-                self._pixel_masks.append(np.asarray(data["mask"])[0] > 0)
+                self._pixel_masks.append(np.asarray(mask)[0] > 0)
 
     def _complete(self, engine: Engine) -> None:
         super()._complete(engine)
@@ -162,7 +164,7 @@ class EvaluationReport(ScoreWriter):
             return
         vmin, vmax = min(float(m.min()) for m in shown), max(float(m.max()) for m in shown)
         for prefix, entries, sign in (("highest", highest, 1), ("lowest", lowest, -1)):
-            for rank, (key, _, path, image, amap) in enumerate(entries, start=1):
+            for rank, (key, _, path, cls, image, amap) in enumerate(entries, start=1):
                 fig = Figure(figsize=(8, 4))
                 left, right = fig.subplots(1, 2)
                 left.imshow(image, cmap="gray", vmin=0, vmax=1)
@@ -170,6 +172,6 @@ class EvaluationReport(ScoreWriter):
                 right.imshow(amap, cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
                 for ax in (left, right):
                     ax.axis("off")
-                fig.suptitle(f"{Path(path).name}  score {sign * key:.4g}", fontsize=9)
+                fig.suptitle(f"{Path(path).name} {f'({cls})' if cls else ''}  score {sign * key:.4g}", fontsize=9)
                 fig.savefig(folder / f"{prefix}_{rank:02d}_{Path(path).stem}.png", dpi=100, bbox_inches="tight")
     
