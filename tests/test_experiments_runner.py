@@ -1,0 +1,118 @@
+"""Smoke run of the experiment runner (experiments/run.py) on a tiny synthetic OCT set.
+
+One module fixture writes 64x64 phantom B-scans and runs the ``main`` table (teacher distillation, the full HDHKD,
+EfficientAD-S, PatchCore, RD4AD) and ``table5`` restricted to ``1_conv`` into the same run folder, at 2 student and
+2 teacher iterations. The tests check the tables it wrote, the markdown, the refusal of unknown rows, and that running
+a table again resumes its rows instead of training them again. The whole file took 77 s and 95 s in two runs on the
+shared 2-core machine (``OMP_NUM_THREADS=1``, load average 5-6); most of it is the start-up of the 7
+``monai.bundle run`` subprocesses. It writes about 330 MB of checkpoints under pytest's tmp_path.
+"""
+
+import json
+
+import pytest
+import torch
+
+from experiments import report, run
+from hdhkd_monai.data.phantom import ANOMALY_CLASSES, write_phantom
+
+pytestmark = pytest.mark.slow
+
+N_TRAIN, N_TEST_PER_CLASS = 9, 3  # 3 patients of 3 B-scans: the last one is the validation split
+BUDGET = {"image_size": 64, "iterations": 2, "batch_size": 4, "teacher_iterations": 2, "seed": 0}
+BASELINES = ("EfficientAD-S", "PatchCore", "RD4AD")
+IMAGE_METRICS = ("auroc", "auprc", "f1", "acc", "sen", "spe")
+
+
+def runner_args(table, data, out, *extra):
+    return [
+        table, "--data", str(data), "--out", str(out), "--no-doc",
+        "--image-size", str(BUDGET["image_size"]), "--iterations", str(BUDGET["iterations"]),
+        "--teacher-iterations", str(BUDGET["teacher_iterations"]), "--batch-size", str(BUDGET["batch_size"]),
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The data folder, the run folder, and the ``main`` and ``table5`` tables the runner wrote into it."""
+    root = tmp_path_factory.mktemp("runner")
+    data = write_phantom(root / "phantom", n_train=N_TRAIN, n_test_per_class=N_TEST_PER_CLASS, size=64, seed=0)
+    out = root / "out"
+    with pytest.MonkeyPatch.context() as patch:  # --no-doc: docs/results.md must stay untouched
+        patch.setattr(run, "replace_section", lambda *a: pytest.fail(f"--no-doc still rewrote {a[0]}"))
+        run.main(runner_args("main", data, out))
+        run.main(runner_args("table5", data, out, "--rows", "1_conv"))
+    tables = {name: json.loads((out / f"{name}.json").read_text()) for name in ("main", "table5")}
+    return data, out, tables
+
+
+def test_tables_have_one_row_per_expected_name_with_metrics_counts_and_budget(runs):
+    _, out, tables = runs
+    expected = {"main": ["table5/7_full", *BASELINES], "table5": ["table5/1_conv"]}
+    for name, table in tables.items():
+        assert table["table"] == name and table["budget"] == BUDGET
+        assert [row["name"] for row in table["rows"]] == expected[name]
+        for row in table["rows"]:
+            image = row["image"]
+            for key in IMAGE_METRICS:
+                assert 0.0 <= image[key] <= 1.0, (row["name"], key, image[key])
+            assert (image["n_normal"], image["n_abnormal"]) == (N_TEST_PER_CLASS, N_TEST_PER_CLASS * len(ANOMALY_CLASSES))
+            assert set(row["per_class"]) == set(ANOMALY_CLASSES)
+            assert row["train_s"] > 0
+    for name in BASELINES:
+        assert json.loads((out / "baselines" / f"{name}.json").read_text())["name"] == name
+
+
+def test_hdhkd_rows_train_their_own_ablation_and_evaluate_from_their_checkpoint(runs):
+    _, out, tables = runs
+    full, conv = tables["main"]["rows"][0], tables["table5"]["rows"][0]
+    for row in (full, conv):
+        folder = out / row["name"]
+        assert row["config"] == json.loads((run.REPO / "configs" / f"{row['name']}.json").read_text())
+        assert json.loads((folder / "run.json").read_text())["max_iterations"] == BUDGET["iterations"]
+        last = torch.load(folder / "models" / "last.pt", map_location="cpu", weights_only=True)
+        assert last["trainer"]["iteration"] == BUDGET["iterations"]
+        assert json.loads((folder / "eval" / "metrics.json").read_text())["image"] == row["image"]
+        assert row["trainable_params"] > 0
+    # 1_conv has no global decoder and no MFM: the row's config really reached the network
+    assert conv["trainable_params"] < full["trainable_params"]
+
+
+def test_markdown_lists_every_row_with_its_counts(runs):
+    _, _, tables = runs
+    for table in tables.values():
+        text = report.markdown(table)
+        for row in table["rows"]:
+            line = next((ln for ln in text.splitlines() if ln.startswith(f"| {row['name']} |")), None)
+            assert line is not None, f"{row['name']} missing from\n{text}"
+            assert f"| {N_TEST_PER_CLASS} / {N_TEST_PER_CLASS * len(ANOMALY_CLASSES)} |" in line
+
+
+def test_unknown_row_is_refused_by_name(runs):
+    data, out, _ = runs
+    with pytest.raises(ValueError, match="no_such_row"):
+        run.main(runner_args("table5", data, out, "--rows", "no_such_row"))
+
+
+def test_running_a_table_again_resumes_its_rows_instead_of_retraining(runs):
+    data, out, tables = runs
+    folder = out / "table5" / "1_conv"
+    record = folder / "train_time.json"
+    record_mtime = record.stat().st_mtime_ns
+    weights = torch.load(folder / "models" / "last.pt", map_location="cpu", weights_only=True)["model"]
+    log_lines = len((folder / "log.txt").read_text().splitlines())
+
+    run.main(runner_args("table5", data, out, "--rows", "1_conv"))
+
+    again = json.loads((out / "table5.json").read_text())["rows"][0]
+    first = tables["table5"]["rows"][0]
+    assert again["train_s"] == first["train_s"] and record.stat().st_mtime_ns == record_mtime
+    new_log = "\n".join((folder / "log.txt").read_text().splitlines()[log_lines:])
+    n = BUDGET["iterations"]
+    assert f"at iteration {n} of {n}" in new_log and "training from the start" not in new_log
+    resumed = torch.load(folder / "models" / "last.pt", map_location="cpu", weights_only=True)
+    assert resumed["trainer"]["iteration"] == n
+    for key, value in weights.items():
+        torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=f"{key} changed on resume")
+    assert again["image"] == first["image"]
