@@ -16,6 +16,7 @@ shared machine's load bursts from favouring either model.
 
     python bench/throughput.py                      # 256x256, batch 1 and 8, 1 thread
     python bench/throughput.py --short              # a quick look: batch 1, 2 steps, 1 round
+    python bench/throughput.py --modes infer        # inference only
     python bench/throughput.py --write-docs         # also replace the results section of docs/baselines.md
 """
 
@@ -36,6 +37,7 @@ from hdhkd_monai.markdown import replace_section
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "baselines.md"
 MODELS = ("HDHKD", "EfficientAD-S")
+MODES = ("train", "infer")
 
 
 def _rss_mib() -> float:
@@ -130,7 +132,7 @@ def run(args) -> tuple[list[dict], dict]:
     }
     rows = []
     for batch in args.batch_sizes:
-        for mode in ("train", "infer"):
+        for mode in args.modes:
             samples = {name: [] for name in MODELS}
             for round_ in range(args.repeats):
                 for name in MODELS if round_ % 2 == 0 else MODELS[::-1]:  # alternate who goes first
@@ -171,7 +173,7 @@ def report(rows: list[dict], context: dict) -> str:
         )
     lines += ["", "| mode | batch | HDHKD time / EfficientAD-S time | within 1.5x |", "|---|---|---|---|"]
     by_key = {(r["model"], r["mode"], r["batch"]): r for r in rows}
-    for mode in ("train", "infer"):
+    for mode in sorted({r["mode"] for r in rows}, key=MODES.index):
         for batch in sorted({r["batch"] for r in rows}):
             ratio = by_key["HDHKD", mode, batch]["seconds"] / by_key["EfficientAD-S", mode, batch]["seconds"]
             lines.append(f"| {mode} | {batch} | {ratio:.2f} | {'yes' if ratio <= 1.5 else 'no'} |")
@@ -195,6 +197,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256, help="input side (default 256, the paper's)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="what to time (default both)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per worker")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
     parser.add_argument("--repeats", type=int, default=2, help="rounds per (model, mode, batch); median reported")
