@@ -3,7 +3,7 @@
 One module fixture writes 64x64 phantom B-scans and runs the ``main`` table (teacher distillation, the full HDHKD,
 EfficientAD-S, PatchCore, RD4AD) and ``table5`` restricted to ``1_conv`` into the same run folder, at 2 student and
 2 teacher iterations. The tests check the tables it wrote, the markdown, the refusal of unknown rows, and that running
-a table again resumes its rows instead of training them again. The whole file took 77 s and 95 s in two runs on the
+a table again resumes its rows instead of training them again. The whole file took 70 s to 95 s in three runs on the
 shared 2-core machine (``OMP_NUM_THREADS=1``, load average 5-6); most of it is the start-up of the 7
 ``monai.bundle run`` subprocesses. It writes about 330 MB of checkpoints under pytest's tmp_path.
 """
@@ -57,7 +57,8 @@ def test_tables_have_one_row_per_expected_name_with_metrics_counts_and_budget(ru
             image = row["image"]
             for key in IMAGE_METRICS:
                 assert 0.0 <= image[key] <= 1.0, (row["name"], key, image[key])
-            assert (image["n_normal"], image["n_abnormal"]) == (N_TEST_PER_CLASS, N_TEST_PER_CLASS * len(ANOMALY_CLASSES))
+            assert image["n_normal"] == N_TEST_PER_CLASS
+            assert image["n_abnormal"] == N_TEST_PER_CLASS * len(ANOMALY_CLASSES)
             assert set(row["per_class"]) == set(ANOMALY_CLASSES)
             assert row["train_s"] > 0
     for name in BASELINES:
