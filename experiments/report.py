@@ -40,7 +40,8 @@ def markdown(table: dict) -> str:
     lines = [
         f"Data `{table['data']}`; image {budget['image_size']}x{budget['image_size']}, {budget['iterations']} student "
         f"iterations at batch {budget['batch_size']}, teacher {budget['teacher_iterations']} iterations; "
-        f"seed {budget['seed']}; wall time {table['wall_s'] / 60:.0f} min on 2 CPU cores.",
+        f"seed {budget['seed']}; wall time {table['wall_s'] / 60:.0f} min on "
+        f"{table.get('cpu_count', 2)} CPU cores.",
         "",
         "| row | AUROC | AUPRC | F1 | ACC | SEN | SPE | F1 at test-optimal threshold | trainable params (M) "
         "| paper AUROC | test normal / abnormal | train s |",

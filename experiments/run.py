@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -65,9 +66,10 @@ def write_json(path: Path, content: dict) -> Path:
 def rows_of(table: str, only: list[str] | None) -> list[Path]:
     rows = [REPO / "configs" / "table5" / "7_full.json"] if table == "main" else sorted((REPO / "configs" / table).glob("*.json"))
     if only:
+        unknown = sorted(set(only) - {r.stem for r in rows})
+        if unknown:
+            raise ValueError(f"--rows {unknown}: not rows of {table}, whose rows are {[r.stem for r in rows]}")
         rows = [r for r in rows if r.stem in only]
-        if not rows:
-            raise ValueError(f"--rows {only} matches none of the rows of {table}")
     return rows
 
 
@@ -167,16 +169,17 @@ def main(argv: list[str] | None = None) -> None:
     preset = REPO / "configs" / f"{args.preset}.json"
     if not preset.is_file():
         raise FileNotFoundError(f"no data set override {preset}; choose one of {[p.stem for p in preset.parent.glob('*.json')]}")
+    row_files = rows_of(args.table, args.rows)
     wall = time.time()
     datalist = prepare_data(args, out)
     teacher = distil_teacher(args, out, datalist, preset)
-    rows = [run_row(args, out, row, datalist, preset, teacher) for row in rows_of(args.table, args.rows)]
+    rows = [run_row(args, out, row, datalist, preset, teacher) for row in row_files]
     if args.table == "main" and not args.no_baselines:
         from experiments.baselines import run_baselines
 
         rows += run_baselines(args, out, datalist, preset, teacher)
     table = {
-        "table": args.table, "data": args.data.name, "wall_s": time.time() - wall,
+        "table": args.table, "data": args.data.name, "wall_s": time.time() - wall, "cpu_count": os.cpu_count(),
         "budget": {"image_size": args.image_size, "iterations": args.iterations, "batch_size": args.batch_size,
                    "teacher_iterations": args.teacher_iterations, "seed": args.seed},
         "rows": rows,

@@ -90,10 +90,12 @@ def test_markdown_lists_every_row_with_its_counts(runs):
             assert f"| {N_TEST_PER_CLASS} / {N_TEST_PER_CLASS * len(ANOMALY_CLASSES)} |" in line
 
 
-def test_unknown_row_is_refused_by_name(runs):
+@pytest.mark.parametrize("rows", [["no_such_row"], ["1_conv", "no_such_row"]])
+def test_unknown_row_is_refused_by_name_before_anything_runs(runs, rows):
     data, out, _ = runs
-    with pytest.raises(ValueError, match="no_such_row"):
-        run.main(runner_args("table5", data, out, "--rows", "no_such_row"))
+    with pytest.raises(ValueError, match=r"\['no_such_row'\]: not rows of table5"):
+        run.main(runner_args("table5", data, out / "refused", "--rows", *rows))
+    assert not (out / "refused" / "datalist.json").exists()
 
 
 def test_running_a_table_again_resumes_its_rows_instead_of_retraining(runs):
