@@ -80,7 +80,7 @@ def _layers(bounds: np.ndarray, yy: np.ndarray, size: int, rng: np.random.Genera
         image = np.where((yy >= top) & (yy < bottom), value * rng.uniform(0.9, 1.1), image)
     below = yy - bounds[-1]
     vessels = gaussian_filter(rng.standard_normal(yy.shape), sigma=(size / 100, size / 40))
-    choroid = (0.55 + 2.0 * vessels) * np.exp(-below / (0.12 * size))
+    choroid = (0.55 + 1.0 * vessels) * np.exp(-below / (0.12 * size))
     return np.where(below >= 0, np.clip(choroid, 0.03, 1.0), image)
 
 
@@ -89,7 +89,7 @@ def _drusen(x, yy, bounds, size, rng) -> tuple[np.ndarray, np.ndarray, np.ndarra
     RPE sat before) and the drusen mask [H, W]."""
     lift = np.zeros_like(x)
     for _ in range(rng.integers(1, 4)):
-        lift += size * rng.uniform(0.025, 0.045) * _bump(x, 0.5 + rng.uniform(-0.3, 0.3), rng.uniform(0.02, 0.05))
+        lift += size * rng.uniform(0.035, 0.06) * _bump(x, 0.5 + rng.uniform(-0.3, 0.3), rng.uniform(0.03, 0.06))
     lift = np.minimum(lift, 0.8 * (bounds[6] - bounds[5]))  # never push through the ONL
     bounds = bounds.copy()
     bounds[6:] -= lift
@@ -138,10 +138,10 @@ def make_bscan(size: int = 256, anomaly: str | None = None, rng: np.random.Gener
         image = np.where((yy >= bounds[-1]) & (yy < bruch), _DRUSEN_FILL, image)
         image = np.where(np.abs(yy - bruch) < 1, _BRUCH, image)
     elif anomaly == "FLUID":
-        mask = _blobs(yy, xx, bounds, size, rng, rng.integers(1, 3), (0.02, 0.045), (0.03, 0.08), 2, 6)
+        mask = _blobs(yy, xx, bounds, size, rng, rng.integers(1, 3), (0.03, 0.06), (0.05, 0.1), 2, 6)
         image = np.where(mask, _FLUID, image)
     elif anomaly == "LESION":
-        mask = _blobs(yy, xx, bounds, size, rng, rng.integers(1, 4), (0.01, 0.022), (0.012, 0.035), 1, 6)
+        mask = _blobs(yy, xx, bounds, size, rng, rng.integers(1, 4), (0.015, 0.03), (0.02, 0.045), 1, 6)
         below = np.cumsum(mask, axis=0) > 0  # hyper-reflective foci shadow the tissue beneath them
         image = np.where(below & ~mask, image * 0.45, image)
         image = np.where(mask, rng.uniform(0.95, 1.1), image)
