@@ -89,8 +89,16 @@ def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: P
         _train(model, train, args.iterations)
         return model
 
+    # A baseline already evaluated under this budget is read back instead of trained again (unless --fresh).
+    budget = {"image_size": args.image_size, "iterations": args.iterations, "batch_size": args.batch_size,
+              "seed": args.seed, "teacher": str(teacher_ckpt)}  # fmt: skip
     rows = []
     for name, build in (("EfficientAD-S", efficientad), ("PatchCore", patchcore), ("RD4AD", rd4ad)):
+        record = out / "baselines" / f"{name}.json"
+        if record.exists() and not args.fresh and json.loads(record.read_text()).get("budget") == budget:
+            print(f"{name}: evaluated before under this budget, read from {record}", flush=True)
+            rows.append(json.loads(record.read_text()))
+            continue
         set_determinism(seed=args.seed)
         start = time.time()
         print(f"{name}: training", flush=True)
@@ -101,6 +109,7 @@ def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: P
         labels, scores, classes = _scores(model, test)
         row = {
             "name": name,
+            "budget": budget,
             "train_s": train_s,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "image": metrics.image_metrics(labels, scores, threshold),
@@ -108,7 +117,7 @@ def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: P
             "per_class": metrics.per_class_metrics(labels, scores, classes, threshold),
         }
         print(f"  AUROC {row['image']['auroc']:.4f}, training {train_s:.0f} s", flush=True)
-        (out / "baselines").mkdir(exist_ok=True)
-        (out / "baselines" / f"{name}.json").write_text(json.dumps(row, indent=2, default=float))
+        record.parent.mkdir(exist_ok=True)
+        record.write_text(json.dumps(row, indent=2, default=float))
         rows.append(row)
     return rows

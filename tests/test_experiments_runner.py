@@ -119,3 +119,26 @@ def test_running_a_table_again_resumes_its_rows_instead_of_retraining(runs):
     for key, value in weights.items():
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=f"{key} changed on resume")
     assert again["image"] == first["image"]
+
+
+
+class Retrained(Exception):
+    pass
+
+
+def test_baselines_evaluated_under_the_same_budget_are_read_back_and_a_new_budget_retrains(runs, monkeypatch):
+    from experiments import baselines
+
+    _, out, tables = runs
+
+    def train(*args):
+        raise Retrained
+
+    monkeypatch.setattr(baselines, "_train", train)
+    monkeypatch.setattr(baselines.PatchCore, "fit", train)
+    args = run.argparse.Namespace(**{k: v for k, v in BUDGET.items() if k != "teacher_iterations"}, fresh=False)
+    inputs = (out, out / "datalist.json", run.REPO / "configs" / "oct2017.json", out / "teacher" / "models" / "teacher.pt")
+    assert baselines.run_baselines(args, *inputs) == tables["main"]["rows"][1:]
+    args.iterations += 1
+    with pytest.raises(Retrained):
+        baselines.run_baselines(args, *inputs)
