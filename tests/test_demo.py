@@ -17,10 +17,11 @@ SHORT["data"].update(n_train=60, n_test_per_class=20, size=96, val_fraction=0.15
 SHORT["common"]["image_size"] = 96
 SHORT["teacher"].update(max_iterations=30, save_interval=30)
 SHORT["student"].update(max_iterations=150, val_interval=75, score_top_k=460)  # top 5 % of a 96x96 map
-# Measured on this recipe (seed 0, 20 test images per class): the trained model 0.78; the same pipeline with the
-# student trained for 1 iteration 0.60 (the distilled teacher alone already reacts to some anomalies); labels or
-# scores flipped would give below 0.5. The bound fails all of these broken cases.
-MIN_AUROC = 0.7
+# Measured on this recipe (seed 0, 20 normal / 42 abnormal test images, 1 thread): the trained model 0.78 and 0.74 in
+# two runs (CPU training is not bit-reproducible across runs here); the same pipeline with the student trained for
+# 1 iteration 0.60 (the distilled teacher alone already reacts to some anomalies); flipped labels or scores would
+# give below 0.5. The bound fails all of these broken cases.
+MIN_AUROC = 0.68
 
 
 def test_demo_trains_a_model_that_detects_the_synthetic_anomalies(tmp_path, monkeypatch, capsys):
