@@ -35,8 +35,8 @@ BUNDLE = Path(__file__).resolve().parents[1] / "bundle" / "hdhkd_oct_anomaly"
 
 #: Size of the demo: data, and the config overrides of each workflow (beyond bundle_root/dataset_dir).
 SETTINGS = {
-    "data": {"n_train": 60, "n_test_per_class": 20, "size": 96, "val_fraction": 0.15, "val_abnormal_fraction": 0.25},
-    "common": {"image_size": 96, "pdn_padding": True, "cache_rate": 1.0, "num_workers": 0, "log_interval": 25},
+    "data": {"n_train": 300, "n_test_per_class": 30, "size": 128, "val_fraction": 0.1, "val_abnormal_fraction": 0.2},
+    "common": {"image_size": 128, "pdn_padding": True, "cache_rate": 1.0, "num_workers": 0, "log_interval": 25},
     "teacher": {
         "target_backbone": "tf_efficientnet_lite0",
         "target_weights": "efficientnet-lite",
@@ -57,6 +57,7 @@ SETTINGS = {
         "max_iterations": 250,
         "batch_size": 4,
         "val_interval": 125,
+        "score_top_k": 800,
     },
     "evaluate": {"n_heatmaps": 4},
 }
