@@ -9,6 +9,7 @@ from torch import nn
 
 from hdhkd_monai.networks import selective_scan as scan_module
 from hdhkd_monai.networks.selective_scan import selective_scan
+from hdhkd_monai.networks.ss2d import SS2D
 
 CHUNK = 8  # small, so that short test sequences span several chunks
 
@@ -138,14 +139,66 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(fn, inputs)
 
 
-def test_inference_path_matches_autograd_path():
-    """Without gradients the scan runs a forward-only path; it must give the same numbers."""
+@pytest.mark.parametrize("L", [1, 2 * CHUNK + 1])
+@pytest.mark.parametrize("extras", [False, True], ids=["core", "D-z-delta_bias"])
+def test_forward_only_path_matches_reference(L, extras):
+    """Without gradients the scan runs a forward-only path (bias, softplus and D applied chunk by chunk)."""
+    inputs = [t.detach() for t in make_inputs(L=L)]
+    u, delta, A, B, C, D, z, delta_bias = inputs
+    kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=True) if extras else {}
+    out, last = selective_scan(u, delta, A, B, C, return_last_state=True, chunk_size=CHUNK, **kwargs)
+    ref_out, ref_last = selective_scan(u, delta, A, B, C, return_last_state=True, backend="reference", **kwargs)
+    assert_close_f32(out, ref_out)
+    assert_close_f32(last, ref_last)
+
+
+@pytest.mark.parametrize("extras", [False, True], ids=["core", "D-z-delta_bias"])
+def test_inference_path_matches_autograd_path(extras):
+    """The forward-only path and the autograd Function's forward run the same recurrence; the core agrees exactly,
+    the fused softplus (computed differently) to float rounding."""
     inputs = make_inputs(L=2 * CHUNK + 1)
-    with_grad = selective_scan(*inputs[:5], return_last_state=True, chunk_size=CHUNK)
+    u, delta, A, B, C, D, z, delta_bias = inputs
+    kwargs = dict(D=D, z=z, delta_bias=delta_bias, delta_softplus=True) if extras else {}
+    with_grad = selective_scan(u, delta, A, B, C, return_last_state=True, chunk_size=CHUNK, **kwargs)
+    assert with_grad[0].grad_fn is not None
     with torch.no_grad():
-        without = selective_scan(*inputs[:5], return_last_state=True, chunk_size=CHUNK)
+        without = selective_scan(u, delta, A, B, C, return_last_state=True, chunk_size=CHUNK, **kwargs)
     for a, b in zip(with_grad, without):
-        torch.testing.assert_close(a.detach(), b, rtol=0, atol=0)
+        if extras:
+            assert_close_f32(b, a.detach())
+        else:
+            torch.testing.assert_close(b, a.detach(), rtol=0, atol=0)
+
+
+def test_fast_softplus_matches_torch():
+    x = torch.cat([torch.linspace(-87, 40, 100_001), torch.tensor([-1e30, -200.0, 19.99, 20.0, 20.01, 88.0, 89.0])])
+    for dtype in (torch.float32, torch.float64):
+        expected = nn.functional.softplus(x.to(dtype))
+        actual = scan_module._softplus_forward(x.to(dtype))
+        torch.testing.assert_close(actual, expected, rtol=4 * torch.finfo(dtype).eps, atol=0)
+    assert scan_module._softplus_forward(torch.tensor([float("inf")])).item() == float("inf")
+
+
+def test_channel_contiguous_views_are_read_in_place_and_agree():
+    """SS2D passes u, delta, B and C as [b, channels, L] views of token-major storage: the scan reads them without a
+    transpose and gives the same values and gradients as for contiguous inputs, on both paths."""
+    inputs = make_inputs(L=2 * CHUNK + 3, groups=2)
+    views = [t.detach().transpose(-1, -2).contiguous().transpose(-1, -2).requires_grad_() for t in inputs[:5]]
+    views += [t.detach().clone().requires_grad_() for t in inputs[5:]]
+    assert views[0].stride(-2) == 1 and not views[0].is_contiguous()
+    assert scan_module._to_time_major(views[0]).data_ptr() == views[0].data_ptr()  # no copy
+
+    ref_out, ref_last, ref_grads = run(inputs, "reference", softplus=True)
+    out, last, grads = run(views, "torch", softplus=True, chunk_size=CHUNK)
+    assert_close_f32(out, ref_out)
+    assert_close_f32(last, ref_last)
+    for grad, ref_grad in zip(grads, ref_grads):
+        assert_close_f32(grad, ref_grad)
+    with torch.no_grad():
+        u, delta, A, B, C, D, z, delta_bias = views
+        out, last = selective_scan(u, delta, A, B, C, D, z, delta_bias, True, True, chunk_size=CHUNK)
+    assert_close_f32(out, ref_out)
+    assert_close_f32(last, ref_last)
 
 
 def test_low_precision_input_computes_in_float32():
@@ -221,3 +274,40 @@ def test_torchscript_script_and_trace():
     expected_grads = torch.autograd.grad(expected.square().sum(), list(module.parameters()))
     for grad, ref in zip(grads, expected_grads):
         assert_close_f32(grad, ref)
+
+
+def _ss2d_direction_by_direction(m: SS2D, x):
+    """SS2D written out one scan order at a time, on contiguous [B, d, L] tensors with the reference scan."""
+    b, h, w, _ = x.shape
+    d, n, r = m.d_inner, m.d_state, m.dt_rank
+    x, z = m.in_proj(x).chunk(2, dim=-1)
+    x = nn.functional.silu(m.conv(x.permute(0, 3, 1, 2).contiguous())).flatten(2)  # [B, d, L] in row-major order
+    rows, cols = torch.arange(h * w).view(h, w).flatten(), torch.arange(h * w).view(h, w).t().flatten()
+    orders = [rows, cols, rows.flip(0), cols.flip(0)][: m.directions]
+    A, D, bias = -torch.exp(m.A_log).view(-1, d, n), m.D.view(-1, d), m.dt_proj_bias
+    y = torch.zeros_like(x)
+    for k, order in enumerate(orders):
+        u = x[:, :, order]
+        dt, B, C = torch.einsum("cd,bdl->bcl", m.x_proj_weight[k], u).split([r, n, n], dim=1)
+        delta = torch.einsum("dr,brl->bdl", m.dt_proj_weight[k], dt)
+        y_k = selective_scan(u, delta, A[k], B, C, D[k], delta_bias=bias[k], delta_softplus=True, backend="reference")
+        y = y.index_add(2, order, y_k)  # back to row-major order
+    y = m.out_norm(y.transpose(1, 2).reshape(b, h, w, d))
+    return m.out_proj(y * nn.functional.silu(z))
+
+
+@pytest.mark.parametrize("directions", [1, 4])
+def test_ss2d_matches_a_direction_by_direction_computation(directions):
+    """SS2D's token-major layout, stacked projections and merge of the four orders, against the plain formulation."""
+    torch.manual_seed(0)
+    m = SS2D(8, d_state=4, directions=directions)
+    x = torch.randn(2, 5, 7, 8, requires_grad=True)
+    expected = _ss2d_direction_by_direction(m, x)
+    params = [x] + list(m.parameters())
+    expected_grads = torch.autograd.grad(expected.square().sum(), params)
+    out = m(x)
+    assert_close_f32(out, expected)
+    for grad, ref_grad in zip(torch.autograd.grad(out.square().sum(), params), expected_grads):
+        assert_close_f32(grad, ref_grad)
+    with torch.no_grad():
+        assert_close_f32(m(x), expected.detach())

@@ -78,43 +78,45 @@ class SS2D(nn.Module):
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
     def _cross_scan(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, d, H, W] -> [B, K, d, L]``: the K scan orders of the map."""
-        rows = x.flatten(2)
+        """``[B, H, W, d] -> [B, L, K, d]``: the K scan orders of the map, token-major (the layout the scan reads
+        without a transpose)."""
+        b, h, w, d = x.shape
+        rows = x.reshape(b, h * w, d)
         if self.directions == 1:
-            return rows.unsqueeze(1)
-        cols = x.transpose(2, 3).flatten(2)
-        xs = torch.stack([rows, cols], dim=1)
-        return torch.cat([xs, xs.flip(-1)], dim=1)
+            return rows.unsqueeze(2)
+        cols = x.transpose(1, 2).reshape(b, h * w, d)
+        xs = torch.stack([rows, cols], dim=2)
+        return torch.cat([xs, xs.flip(1)], dim=2)
 
     def _cross_merge(self, ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """``[B, K, d, L] -> [B, d, L]``: every direction back in row-major order, summed."""
+        """``[L, B, K, d] -> [B, H, W, d]``: every direction back in row-major order, summed."""
+        b, d = ys.shape[1], ys.shape[3]
         if self.directions == 1:
-            return ys[:, 0]
-        rows = ys[:, 0] + ys[:, 2].flip(-1)
-        cols = ys[:, 1] + ys[:, 3].flip(-1)
-        b, d = cols.shape[0], cols.shape[1]
-        return rows + cols.reshape(b, d, w, h).transpose(2, 3).reshape(b, d, h * w)
+            return ys[:, :, 0].reshape(h, w, b, d).permute(2, 0, 1, 3)
+        rows = ys[:, :, 0] + ys[:, :, 2].flip(0)
+        cols = ys[:, :, 1] + ys[:, :, 3].flip(0)
+        return (rows.view(h, w, b, d) + cols.view(w, h, b, d).transpose(0, 1)).permute(2, 0, 1, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, h, w, _ = x.shape
         k, d, n, r = self.directions, self.d_inner, self.d_state, self.dt_rank
         x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = F.silu(self.conv(x.permute(0, 3, 1, 2)))
-        xs = self._cross_scan(x)  # [B, K, d, L]
-        x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, self.x_proj_weight)
-        dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
-        dts = torch.einsum("bkrl,kdr->bkdl", dts, self.dt_proj_weight)
+        x = F.silu(self.conv(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        xs = self._cross_scan(x)  # [B, L, K, d]
+        x_dbl = torch.einsum("blkd,kcd->blkc", xs, self.x_proj_weight)
+        dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=-1)
+        dts = torch.einsum("blkr,kdr->blkd", dts, self.dt_proj_weight)
+        # The scan takes [B, channels, L] tensors; these views keep the token-major storage, which it reads as is.
         ys = selective_scan(
-            xs.reshape(b, k * d, h * w),
-            dts.reshape(b, k * d, h * w),
+            xs.flatten(2).transpose(1, 2),
+            dts.flatten(2).transpose(1, 2),
             -torch.exp(self.A_log),
-            bs.contiguous(),
-            cs.contiguous(),
+            bs.permute(0, 2, 3, 1),
+            cs.permute(0, 2, 3, 1),
             self.D,
             delta_bias=self.dt_proj_bias.reshape(-1),
             delta_softplus=True,
             backend=self.scan_backend,
         )
-        y = self._cross_merge(ys.reshape(b, k, d, h * w), h, w)
-        y = self.out_norm(y.transpose(1, 2).reshape(b, h, w, d))
-        return self.out_proj(y * F.silu(z))
+        y = self._cross_merge(ys.permute(2, 0, 1).unflatten(-1, (k, d)), h, w)
+        return self.out_proj(self.out_norm(y) * F.silu(z))
