@@ -330,8 +330,9 @@ def _chunk_states(dt: Tensor, dtu: Tensor, A: Tensor, B: Tensor, decay: Tensor, 
     [T, b, G, N, d/G] is left holding exp(delta_t * A); states [T + 1, b, G, N, d/G] holds the state before the chunk
     in states[0] on entry and h_1 .. h_T of the chunk after it.
     """
-    torch.mul(dt, A, out=decay)
-    decay.exp_()
+    # exp(delta A) as exp2(delta A log2(e)): on CPU ~3x as fast as exp, and within float rounding of it.
+    torch.mul(dt, A * 1.4426950408889634, out=decay)
+    decay.exp2_()
     torch.mul(dtu, B.unsqueeze(-1), out=states[1:])
     h = states.unbind(0)
     for t, a_t in enumerate(decay.unbind(0)):

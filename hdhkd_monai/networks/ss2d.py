@@ -85,8 +85,7 @@ class SS2D(nn.Module):
         if self.directions == 1:
             return rows.unsqueeze(2)
         cols = x.transpose(1, 2).reshape(b, h * w, d)
-        xs = torch.stack([rows, cols], dim=2)
-        return torch.cat([xs, xs.flip(1)], dim=2)
+        return torch.stack([rows, cols, rows.flip(1), cols.flip(1)], dim=2)
 
     def _cross_merge(self, ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """``[L, B, K, d] -> [B, H, W, d]``: every direction back in row-major order, summed."""
@@ -105,7 +104,8 @@ class SS2D(nn.Module):
         xs = self._cross_scan(x)  # [B, L, K, d]
         x_dbl = torch.einsum("blkd,kcd->blkc", xs, self.x_proj_weight)
         dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=-1)
-        dts = torch.einsum("blkr,kdr->blkd", dts, self.dt_proj_weight)
+        # One projection per direction, stacked: einsum would give [K, B, L, d] storage and need a transpose.
+        dts = torch.stack([F.linear(dts[:, :, i], self.dt_proj_weight[i]) for i in range(k)], dim=2)
         # The scan takes [B, channels, L] tensors; these views keep the token-major storage, which it reads as is.
         ys = selective_scan(
             xs.flatten(2).transpose(1, 2),
