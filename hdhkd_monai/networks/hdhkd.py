@@ -23,7 +23,31 @@ GLOBAL_DECODERS = {"mamba": "ss2d", "transformer": "attention", "fcn": "dense", 
 class HDHKDStudent(nn.Module):
     """The student: encoder (eq. 2), Conv Upsample and global decoder branches (eq. 3, Algorithm 1), fusion (eq. 4).
 
-    See :class:`HDHKD` for the arguments. forward: ``(x [B, 3, H, W], out_size [h, w]) -> f_sd [B, C, h, w]``.
+    Args:
+        out_channels: channels ``C`` of ``f_sd``, the teacher's output channels.
+        backbone: student encoder, a timm ResNet-family name (Table VI: ``"resnet18"``, ``"resnet34"``,
+            ``"resnet50"``, ``"resnext50_32x4d"``, ``"wide_resnet50_2"``); trained from scratch.
+        backbone_weights: optional local state_dict file to initialise the student backbone from.
+        conv_upsample: keep the Conv Upsample branch output f_local (Table V). Its stem U1 is always built, since the
+            global decoder reads from it.
+        global_decoder: the branch beside Conv Upsample: ``"mamba"`` (Mamba UpNet, the paper), ``"transformer"``,
+            ``"fcn"``, ``"conv"`` (Table VII swaps: the UpNet with self-attention, spatial dense layers or 3x3 convs as
+            token mixer), or ``None`` (Table V, no Mamba UpNet).
+        ss2d: with ``False`` the Mamba UpNet uses a depthwise 3x3 convolution instead of SS2D (Table V).
+        mfm: fuse the branches with the Multi-Feature Model (eq. 4); otherwise a 1x1 conv over their concatenation,
+            or the single branch as is (Table V).
+        num_modules: modules in the global decoder (N_mamba).
+        fusion_channels: channels of each fused encoder block output S~_i.
+        encoder_channels: channels of f_se.
+        decoder_channels: channels of U1; the global decoder runs at half of it (SS2D ``d_model`` 96, ``d_inner`` 192
+            by default).
+        d_state: SS2D state size N.
+        dropout: dropout of the global decoder modules (0.2 in the paper).
+        image_size: ``H`` (or ``(H, W)``) the model runs at; needed only by ``global_decoder="fcn"``.
+        scan_backend: selective-scan backend of SS2D (``"auto"``, ``"torch"``, ``"reference"``).
+        act, norm: activation and norm of the student's convolution blocks (MONAI names).
+
+    forward: ``(x [B, 3, H, W], out_size [h, w]) -> f_sd [B, C, h, w]``.
     """
 
     def __init__(
@@ -90,27 +114,8 @@ class HDHKD(nn.Module):
     Args:
         teacher: the PDN, with its feature statistics set; it is frozen here (``requires_grad=False``) and stays in
             eval mode under ``.train()``.
-        backbone: student encoder, a timm ResNet-family name (Table VI: ``"resnet18"``, ``"resnet34"``,
-            ``"resnet50"``, ``"resnext50_32x4d"``, ``"wide_resnet50_2"``); trained from scratch.
-        backbone_weights: optional local state_dict file to initialise the student backbone from.
-        conv_upsample: keep the Conv Upsample branch output f_local (Table V). Its stem U1 is always built, since the
-            global decoder reads from it.
-        global_decoder: the branch beside Conv Upsample: ``"mamba"`` (Mamba UpNet, the paper), ``"transformer"``,
-            ``"fcn"``, ``"conv"`` (Table VII swaps: the UpNet with self-attention, spatial dense layers or 3x3 convs as
-            token mixer), or ``None`` (Table V, no Mamba UpNet).
-        ss2d: with ``False`` the Mamba UpNet uses a depthwise 3x3 convolution instead of SS2D (Table V).
-        mfm: fuse the branches with the Multi-Feature Model (eq. 4); otherwise a 1x1 conv over their concatenation,
-            or the single branch as is (Table V).
-        num_modules: modules in the global decoder (N_mamba).
-        fusion_channels: channels of each fused encoder block output S~_i.
-        encoder_channels: channels of f_se.
-        decoder_channels: channels of U1; the global decoder runs at half of it (SS2D ``d_model`` 96, ``d_inner`` 192
-            by default).
-        d_state: SS2D state size N.
-        dropout: dropout of the global decoder modules (0.2 in the paper).
-        image_size: ``H`` (or ``(H, W)``) the model runs at; needed only by ``global_decoder="fcn"``.
-        scan_backend: selective-scan backend of SS2D (``"auto"``, ``"torch"``, ``"reference"``).
-        act, norm: activation and norm of the student's convolution blocks (MONAI names).
+        student_args: the arguments of :class:`HDHKDStudent` after ``out_channels`` (``backbone``, ``conv_upsample``,
+            ``global_decoder``, ... as keywords), documented there; the student's output channels are the teacher's.
 
     forward: ``x [B, 3, H, W]`` in ``[0, 1]`` with ``H``, ``W`` multiples of 16 ->
     ``(f_t, f_sd)``, both ``[B, C, h, w]`` on the teacher grid; ``f_t`` is the normalised teacher output (no grad).
@@ -118,32 +123,10 @@ class HDHKD(nn.Module):
     Buffers ``map_quantiles`` ``[2]`` and ``threshold`` ``[]`` are NaN until calibrated on normal images.
     """
 
-    def __init__(
-        self,
-        teacher: PDN,
-        backbone: str = "resnet18",
-        backbone_weights: str | Path | None = None,
-        conv_upsample: bool = True,
-        global_decoder: Optional[str] = "mamba",
-        ss2d: bool = True,
-        mfm: bool = True,
-        num_modules: int = 4,
-        fusion_channels: int = 256,
-        encoder_channels: int = 512,
-        decoder_channels: int = 192,
-        d_state: int = 16,
-        dropout: float = 0.2,
-        image_size: Optional[Sequence[int] | int] = None,
-        scan_backend: str = "auto",
-        act: str | tuple = "relu",
-        norm: str | tuple = "batch",
-    ):
+    def __init__(self, teacher: PDN, **student_args):
         super().__init__()
         self.teacher = teacher.requires_grad_(False).eval()
-        self.student = HDHKDStudent(
-            teacher.out_channels, backbone, backbone_weights, conv_upsample, global_decoder, ss2d, mfm, num_modules,
-            fusion_channels, encoder_channels, decoder_channels, d_state, dropout, image_size, scan_backend, act, norm,
-        )  # fmt: skip
+        self.student = HDHKDStudent(teacher.out_channels, **student_args)
         self.border = teacher.border
         self.input_multiple = ENCODER_STRIDE
         self.register_buffer("map_quantiles", torch.full((2,), float("nan")))
