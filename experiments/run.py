@@ -162,9 +162,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-baselines", action="store_true", help="main table: HDHKD only")
     parser.add_argument("--fresh", action="store_true", help="retrain the rows even if checkpoints exist")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite the section of docs/results.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rewrite the section of docs/results.md from OUT/TABLE.json")
     args = parser.parse_args(argv)
 
     out = (args.out or REPO / "runs" / args.data.name).resolve()
+    if args.report_only:
+        write_doc(args, json.loads((out / f"{args.table}.json").read_text()))
+        return
     out.mkdir(parents=True, exist_ok=True)
     preset = REPO / "configs" / f"{args.preset}.json"
     if not preset.is_file():
@@ -185,6 +190,10 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
     }  # fmt: skip
     write_json(out / f"{args.table}.json", table)
+    write_doc(args, table)
+
+
+def write_doc(args, table: dict) -> None:
     markdown = report.markdown(table)
     print(markdown)
     if not args.no_doc:

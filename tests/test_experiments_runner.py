@@ -142,3 +142,12 @@ def test_baselines_evaluated_under_the_same_budget_are_read_back_and_a_new_budge
     args.iterations += 1
     with pytest.raises(Retrained):
         baselines.run_baselines(args, *inputs)
+
+
+def test_report_only_rewrites_the_doc_section_from_the_table_json_without_running(runs, monkeypatch):
+    data, out, tables = runs
+    written = []
+    monkeypatch.setattr(run, "replace_section", lambda doc, key, body: written.append((doc.name, key, body)))
+    monkeypatch.setattr(run, "bundle_run", lambda *a: pytest.fail("--report-only ran a workflow"))
+    run.main(["main", "--data", str(data), "--out", str(out), "--report-only"])
+    assert written == [("results.md", f"main:{data.name}", report.markdown(tables["main"]))]
