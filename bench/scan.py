@@ -45,12 +45,14 @@ ALGORITHM = """\
 `selective_scan` (in `hdhkd_monai/networks/selective_scan.py`) has mamba-ssm's `selective_scan_fn` signature;
 on CPU it runs the `"torch"` backend, an exact chunked recurrence. The sequence is cut into chunks of T steps
 (T about 400k / (batch x channels x N), a power of two: 16 at 768 channels, 8 at 1536). For each chunk,
-exp(delta*A) and delta*B*u are computed in batched ops into preallocated [T, batch, groups, N, channels/group]
-buffers, then T in-place multiply-adds h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t walk the chunk, and the
+exp(delta*A) (as exp2 of delta*A*log2(e), about 3x faster than exp on this CPU) and delta*B*u are computed in
+batched ops into preallocated [T, batch, groups, N, channels/group] buffers, then T in-place multiply-adds h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t walk the chunk, and the
 output contraction with C is one batched row-vector x matrix product. A custom autograd Function saves only the
 state at each chunk boundary; its backward walks the chunks in reverse, recomputes each chunk's decays and
 states from the saved boundary state, and runs the reverse recurrence g_t = C_t dy_t + exp(delta_{t+1} A)
-g_{t+1}, from which the gradients of u, delta, A, B and C are batched contractions.
+g_{t+1}, from which the gradients of u, delta, A, B and C are batched contractions. When no input needs a
+gradient (inference), a forward-only path runs the same recurrence without keeping boundary states and applies
+delta_bias, softplus and D one chunk at a time; inputs whose channel dimension is contiguous are read as views.
 
 Why: it is exact (the same multiply-adds as the sequential loop, so it agrees to float32 rounding and stays
 finite for any delta; methods dividing cumulative products exp(cumsum(delta*A)) overflow once
