@@ -95,9 +95,10 @@ def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: P
     rows = []
     for name, build in (("EfficientAD-S", efficientad), ("PatchCore", patchcore), ("RD4AD", rd4ad)):
         record = out / "baselines" / f"{name}.json"
-        if record.exists() and not args.fresh and json.loads(record.read_text()).get("budget") == budget:
+        previous = json.loads(record.read_text()) if record.exists() and not args.fresh else {}
+        if previous.get("budget") == budget:
             print(f"{name}: evaluated before under this budget, read from {record}", flush=True)
-            rows.append(json.loads(record.read_text()))
+            rows.append(previous)
             continue
         set_determinism(seed=args.seed)
         start = time.time()
