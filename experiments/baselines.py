@@ -23,7 +23,7 @@ from tqdm import tqdm
 from hdhkd_monai import metrics
 from hdhkd_monai.baselines import RD4AD, EfficientAD, PatchCore
 from hdhkd_monai.engines import datalist_split
-from hdhkd_monai.handlers import load_network
+from hdhkd_monai.handlers import ScoreWriter, load_network
 from hdhkd_monai.networks import PDN
 
 CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "hdhkd_oct_anomaly" / "configs"
@@ -41,15 +41,26 @@ def _images(loader: DataLoader):
 
 
 @torch.no_grad()
-def _scores(model, loader: DataLoader) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _scores(model, loader: DataLoader) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
     model.eval()
-    labels, scores, classes = [], [], []
+    labels, scores, classes, paths = [], [], [], []
     for batch in tqdm(loader, desc="scoring", leave=False):
         score, _ = model.predict(batch["image"])
         scores += score.tolist()
         labels += batch["label"].tolist()
         classes += list(batch["class"])
-    return np.array(labels), np.array(scores), classes
+        paths += list(batch["image"].meta["filename_or_obj"])
+    return np.array(labels), np.array(scores), classes, paths
+
+
+def _write_scores(filename: Path, threshold: float, labels, scores, classes, paths) -> None:
+    """The per-image CSV in the columns of HDHKD's ``eval/scores.csv``, for ``experiments/compare.py``."""
+    writer = ScoreWriter(filename, threshold)
+    writer.rows = [
+        {"path": p, "label": int(y), "class": c, "score": float(s), "decision": int(s >= threshold)}
+        for p, y, c, s in zip(paths, labels, classes, scores)
+    ]
+    writer.write_csv()
 
 
 def _train(model, loader: DataLoader, iterations: int, lr: float = 1e-4, weight_decay: float = 1e-5) -> None:
@@ -105,9 +116,10 @@ def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: P
         print(f"{name}: training", flush=True)
         model = build()
         train_s = time.time() - start
-        val_labels, val_scores, _ = _scores(model, validation)
+        val_labels, val_scores, _, _ = _scores(model, validation)
         threshold = float(np.quantile(val_scores[val_labels == 0], threshold_quantile))
-        labels, scores, classes = _scores(model, test)
+        labels, scores, classes, paths = _scores(model, test)
+        _write_scores(record.with_suffix(".scores.csv"), threshold, labels, scores, classes, paths)
         row = {
             "name": name,
             "budget": budget,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 # The paper's figures for the rows the runner reproduces, shown beside ours: AUROC on OCT2017 (Tables I, V-VII),
@@ -40,13 +41,18 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}"
 
 
+def _overrides(budget: dict) -> str:
+    overrides = budget.get("overrides") or {}
+    return "".join(f"`{k}={json.dumps(v)}`; " for k, v in overrides.items())
+
+
 def markdown(table: dict) -> str:
     """The table in the paper's columns, with counts, budget and wall time."""
     budget = table["budget"]
     lines = [
         f"Data `{table['data']}`; image {budget['image_size']}x{budget['image_size']}, {budget['iterations']} student "
         f"iterations at batch {budget['batch_size']}, teacher {budget['teacher_iterations']} iterations; "
-        f"seed {budget['seed']}; wall time {table['wall_s'] / 60:.0f} min on "
+        f"seed {budget['seed']}; {_overrides(budget)}wall time {table['wall_s'] / 60:.0f} min on "
         f"{table.get('cpu_count', 2)} CPU cores.",
         "",
         "| row | AUROC | AUPRC | F1 | ACC | SEN | SPE | F1 at test-optimal threshold | trainable params (M) "

@@ -21,6 +21,12 @@ Everything lands in ``OUT`` (default ``runs/<data folder name>``): one folder pe
 TensorBoard events, ``eval/metrics.json``, scores and heat-maps, and ``<table>.json`` with the table. The markdown
 table replaces its own marked section of docs/results.md. A row whose checkpoint already reached the budget is
 not trained again (the training workflow resumes from its last checkpoint); ``--fresh`` starts the rows over.
+
+``--set KEY=VALUE ...`` overrides keys of the training config for every HDHKD row (not the baselines), e.g.
+``--set learning_rate=0.001 hdhkd#norm=instance``, for experiments beyond the paper's rows. The overrides are kept in
+each row's ``run.json`` and shown with the budget; a row folder trained under other settings is refused instead of
+resumed (``--fresh`` or another ``--out``). Per-image scores of two rows or baselines are compared, with a bootstrap
+interval, by ``experiments/compare.py``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ from hdhkd_monai.markdown import replace_section  # noqa: E402
 
 CONFIGS = REPO / "bundle" / "hdhkd_oct_anomaly" / "configs"
 TABLES = ("main", "table5", "table6", "table7")
+# run.json keys that may change while a row folder is resumed: paths (a copied run folder) and the training length.
+RESUMABLE_KEYS = {"bundle_root", "datalist", "teacher_ckpt", "max_iterations", "val_interval"}
 
 
 def bundle_run(config_files: list[Path], log: Path) -> None:
@@ -118,11 +126,40 @@ def timed_training(config_files: list[Path], root: Path) -> float:
     return train_s
 
 
+def parse_overrides(pairs: list[str] | None) -> dict:
+    """``KEY=VALUE`` strings as config overrides; a VALUE that is not JSON (``instance``) stays a string."""
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. learning_rate=0.001")
+        if key in RESUMABLE_KEYS | {"image_size", "batch_size", "seed"}:
+            raise ValueError(f"--set {key}: set by the runner itself; use its own option or --out")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
+
+
+def check_resumable(root: Path, settings: dict) -> None:
+    """Refuse to resume a row folder whose checkpoints were trained under other settings: its old model would be
+    reported under the new ones."""
+    previous = root / "run.json"
+    if not (previous.exists() and (root / "models").exists()):
+        return
+    old = json.loads(previous.read_text())
+    changed = sorted(k for k in (old.keys() | settings.keys()) - RESUMABLE_KEYS if old.get(k) != settings.get(k))
+    if changed:
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in changed)
+        raise ValueError(f"{root} was trained under other settings ({diff}); retrain it with --fresh or use another --out")
+
+
 def run_row(args, out: Path, row: Path, datalist: Path, preset: Path, teacher: Path) -> dict:
     root = out / row.parent.name / row.stem
     if args.fresh and root.exists():
         shutil.rmtree(root)
-    budget = write_json(root / "run.json", {
+    settings = {
         "bundle_root": str(root),
         "datalist": str(datalist),
         "teacher_ckpt": str(teacher),
@@ -131,7 +168,10 @@ def run_row(args, out: Path, row: Path, datalist: Path, preset: Path, teacher: P
         "batch_size": args.batch_size,
         "val_interval": args.iterations,
         "seed": args.seed,
-    })  # fmt: skip
+        **args.overrides,
+    }  # fmt: skip
+    check_resumable(root, settings)
+    budget = write_json(root / "run.json", settings)
     configs = [preset, row, budget]
     print(f"{row.parent.name}/{row.stem}: training {args.iterations} iterations", flush=True)
     train_s = timed_training([CONFIGS / "train.json", *configs], root)
@@ -164,7 +204,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite the section of docs/results.md")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rewrite the section of docs/results.md from OUT/TABLE.json")
+    parser.add_argument("--set", nargs="+", metavar="KEY=VALUE", dest="overrides",
+                        help="training config overrides for the HDHKD rows, e.g. learning_rate=0.001")
     args = parser.parse_args(argv)
+    args.overrides = parse_overrides(args.overrides)
 
     out = (args.out or REPO / "runs" / args.data.name).resolve()
     if args.report_only:
@@ -186,7 +229,8 @@ def main(argv: list[str] | None = None) -> None:
     table = {
         "table": args.table, "data": args.data.name, "wall_s": time.time() - wall, "cpu_count": os.cpu_count(),
         "budget": {"image_size": args.image_size, "iterations": args.iterations, "batch_size": args.batch_size,
-                   "teacher_iterations": args.teacher_iterations, "seed": args.seed},
+                   "teacher_iterations": args.teacher_iterations, "seed": args.seed,
+                   **({"overrides": args.overrides} if args.overrides else {})},
         "rows": rows,
     }  # fmt: skip
     write_json(out / f"{args.table}.json", table)

@@ -9,11 +9,12 @@ shared 2-core machine (``OMP_NUM_THREADS=1``, load average 5-6); most of it is t
 """
 
 import json
+import shutil
 
 import pytest
 import torch
 
-from experiments import report, run
+from experiments import compare, report, run
 from hdhkd_monai.data.phantom import ANOMALY_CLASSES, write_phantom
 
 pytestmark = pytest.mark.slow
@@ -61,8 +62,12 @@ def test_tables_have_one_row_per_expected_name_with_metrics_counts_and_budget(ru
             assert image["n_abnormal"] == N_TEST_PER_CLASS * len(ANOMALY_CLASSES)
             assert set(row["per_class"]) == set(ANOMALY_CLASSES)
             assert row["train_s"] > 0
+    hdhkd_scores = compare.read_scores(out / "table5" / "7_full")
     for name in BASELINES:
         assert json.loads((out / "baselines" / f"{name}.json").read_text())["name"] == name
+        # the baselines' per-image scores pair with HDHKD's, image by image, for experiments/compare.py
+        labels, _, _ = compare.paired(hdhkd_scores, compare.read_scores(out / "baselines" / f"{name}.scores.csv"), "a", "b")
+        assert labels.size == N_TEST_PER_CLASS * (1 + len(ANOMALY_CLASSES))
 
 
 def test_hdhkd_rows_train_their_own_ablation_and_evaluate_from_their_checkpoint(runs):
@@ -120,6 +125,32 @@ def test_running_a_table_again_resumes_its_rows_instead_of_retraining(runs):
         torch.testing.assert_close(resumed["model"][key], value, rtol=0, atol=0, msg=f"{key} changed on resume")
     assert again["image"] == first["image"]
 
+
+def test_set_overrides_reach_the_rows_and_a_row_trained_otherwise_is_not_resumed(runs):
+    data, out, tables = runs
+    with pytest.raises(ValueError, match=r"1_conv was trained under other settings \(decoder_channels: None -> 32\)"):
+        run.main(runner_args("table5", data, out, "--rows", "1_conv", "--set", "decoder_channels=32"))
+
+    variant = out.parent / "variant"
+    variant.mkdir()
+    shutil.copy(out / "datalist.json", variant)
+    shutil.copytree(out / "teacher", variant / "teacher")
+    run.main(runner_args("table5", data, variant, "--rows", "1_conv", "--set", "decoder_channels=32"))
+    table = json.loads((variant / "table5.json").read_text())
+    assert table["budget"] == {**BUDGET, "overrides": {"decoder_channels": 32}}
+    assert json.loads((variant / "table5" / "1_conv" / "run.json").read_text())["decoder_channels"] == 32
+    assert table["rows"][0]["trainable_params"] < tables["table5"]["rows"][0]["trainable_params"]
+    assert "`decoder_channels=32`" in report.markdown(table)
+
+
+def test_set_values_are_json_or_strings_and_runner_keys_are_refused():
+    assert run.parse_overrides(["learning_rate=0.001", "hdhkd#norm=instance", "score_top_k=null"]) == {
+        "learning_rate": 0.001, "hdhkd#norm": "instance", "score_top_k": None,
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="expected KEY=VALUE"):
+        run.parse_overrides(["learning_rate"])
+    with pytest.raises(ValueError, match="--set seed: set by the runner itself"):
+        run.parse_overrides(["seed=3"])
 
 
 class Retrained(Exception):

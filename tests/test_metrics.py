@@ -60,3 +60,27 @@ def test_undefined_metrics_are_nan_and_bad_labels_raise():
         metrics.auroc([0, 2], [0.1, 0.2])
     with pytest.raises(ValueError, match="differ in length"):
         metrics.auroc([0, 1], [0.1])
+
+
+def test_paired_bootstrap_separates_a_better_method_from_a_copy():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(40, int), np.ones(120, int)]
+    weak = rng.normal(size=labels.size) + 0.3 * labels
+    strong = weak + 1.5 * labels  # the same noise, more signal: better on every resample
+    result = metrics.paired_auroc_bootstrap(labels, strong, weak, resamples=300)
+    assert result["auroc_a"] == pytest.approx(roc_auc_score(labels, strong))
+    assert result["diff"] == pytest.approx(result["auroc_a"] - result["auroc_b"])
+    assert 0 < result["low"] <= result["diff"] <= result["high"]
+    assert result["p_a_better"] == 1.0
+    same = metrics.paired_auroc_bootstrap(labels, weak, weak, resamples=50)
+    assert same["low"] == same["high"] == same["diff"] == 0.0 and same["p_a_better"] == 0.0
+
+
+def test_paired_bootstrap_keeps_both_classes_in_every_resample():
+    # 2 normals among 30: an unstratified resample would often draw none and AUROC would be undefined.
+    labels = np.r_[0, 0, np.ones(28, int)]
+    scores_a = np.linspace(0, 1, labels.size)
+    result = metrics.paired_auroc_bootstrap(labels, scores_a, scores_a[::-1], resamples=200)
+    assert all(math.isfinite(v) for v in result.values())
+    with pytest.raises(ValueError, match="normal and abnormal"):
+        metrics.paired_auroc_bootstrap(np.ones(5), np.arange(5), np.arange(5))

@@ -1,0 +1,76 @@
+"""Is one run's image AUROC better than another's, beyond the noise of a small test set?
+
+    python experiments/compare.py A B [--resamples 2000] [--confidence 0.95] [--seed 0]
+
+A and B are per-image score CSVs of the same test images: a row folder of the runner (its ``eval/scores.csv``), a
+baseline's ``OUT/baselines/<name>.scores.csv``, or any ``scores.csv`` of the evaluation workflow. Prints both AUROCs,
+their difference and its paired, stratified bootstrap interval (:func:`hdhkd_monai.metrics.paired_auroc_bootstrap`),
+and the fraction of resamples in which A beats B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from hdhkd_monai.metrics import paired_auroc_bootstrap
+
+
+def read_scores(path: Path) -> dict[str, tuple[int, float]]:
+    """``{image path: (label, score)}`` of a scores CSV, or of ``path/eval/scores.csv`` for a row folder."""
+    if path.is_dir():
+        path = path / "eval" / "scores.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such scores CSV (give a row folder or a scores CSV)")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"path", "label", "score"} - set(rows[0] if rows else {})
+    if missing:
+        raise ValueError(f"{path}: not a scores CSV, no column(s) {sorted(missing)}")
+    unlabelled = [r["path"] for r in rows if r["label"] == ""]
+    if unlabelled:
+        raise ValueError(f"{path}: {len(unlabelled)} image(s) without a label, e.g. {unlabelled[0]}")
+    return {r["path"]: (int(r["label"]), float(r["score"])) for r in rows}
+
+
+def paired(a: dict, b: dict, name_a: str, name_b: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels and both score columns over the images the two CSVs share; they must be the same images."""
+    if a.keys() != b.keys():
+        only_a, only_b = sorted(a.keys() - b.keys()), sorted(b.keys() - a.keys())
+        raise ValueError(
+            f"{name_a} and {name_b} scored different images: {len(only_a)} only in the first (e.g. {only_a[:1]}), "
+            f"{len(only_b)} only in the second (e.g. {only_b[:1]})"
+        )
+    keys = sorted(a)
+    if any(a[k][0] != b[k][0] for k in keys):
+        raise ValueError(f"{name_a} and {name_b} give different labels to the same images")
+    return np.array([a[k][0] for k in keys]), np.array([a[k][1] for k in keys]), np.array([b[k][1] for k in keys])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("a", type=Path)
+    parser.add_argument("b", type=Path)
+    parser.add_argument("--resamples", type=int, default=2000)
+    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    labels, scores_a, scores_b = paired(read_scores(args.a), read_scores(args.b), str(args.a), str(args.b))
+    r = paired_auroc_bootstrap(labels, scores_a, scores_b, args.resamples, args.confidence, args.seed)
+    n_abnormal = int(labels.sum())
+    print(
+        f"A {args.a}: AUROC {100 * r['auroc_a']:.2f}\n"
+        f"B {args.b}: AUROC {100 * r['auroc_b']:.2f}\n"
+        f"A - B = {100 * r['diff']:+.2f} points, {100 * args.confidence:.0f}% interval "
+        f"[{100 * r['low']:+.2f}, {100 * r['high']:+.2f}] ({args.resamples} paired resamples of "
+        f"{labels.size - n_abnormal} normal / {n_abnormal} abnormal images); A better in {100 * r['p_a_better']:.1f}%"
+    )
+    return r
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""experiments/compare.py pairs two score CSVs by image and refuses CSVs of different test sets."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from experiments import compare
+
+
+def _write(path, labels, scores, paths=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    paths = paths or [f"img{i}.png" for i in range(len(labels))]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["path", "label", "class", "score", "decision"])
+        writer.writeheader()
+        for p, y, s in zip(paths, labels, scores):
+            writer.writerow({"path": p, "label": y, "class": "A" if y else "NORMAL", "score": s, "decision": 0})
+    return path
+
+
+def test_compare_pairs_rows_by_image_path(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(20, int), np.ones(40, int)]
+    good, bad = labels + rng.normal(0, 0.5, 60), rng.normal(0, 0.5, 60)
+    # B lists its images in reverse order: pairing must go by path, not by position.
+    _write(tmp_path / "row" / "eval" / "scores.csv", labels, good)
+    paths = [f"img{i}.png" for i in range(60)]
+    _write(tmp_path / "b.csv", labels[::-1], bad[::-1], paths[::-1])
+    result = compare.main([str(tmp_path / "row"), str(tmp_path / "b.csv"), "--resamples", "200"])
+    assert result["diff"] > 0.3 and result["low"] > 0 and result["p_a_better"] == 1.0
+    assert "A better in 100.0%" in capsys.readouterr().out
+
+
+def test_compare_refuses_different_images_or_labels(tmp_path):
+    a = _write(tmp_path / "a.csv", [0, 1, 1], [0.1, 0.5, 0.9])
+    b = _write(tmp_path / "b.csv", [0, 1, 1], [0.1, 0.5, 0.9], ["img0.png", "img1.png", "other.png"])
+    with pytest.raises(ValueError, match="scored different images"):
+        compare.main([str(a), str(b)])
+    c = _write(tmp_path / "c.csv", [0, 0, 1], [0.1, 0.5, 0.9])
+    with pytest.raises(ValueError, match="different labels"):
+        compare.main([str(a), str(c)])
+    with pytest.raises(FileNotFoundError, match="no such scores CSV"):
+        compare.main([str(a), str(tmp_path / "missing")])
