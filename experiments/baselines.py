@@ -63,10 +63,9 @@ def _write_scores(filename: Path, threshold: float, labels, scores, classes, pat
     writer.write_csv()
 
 
-def _train(model, loader: DataLoader, iterations: int, lr: float = 1e-4, weight_decay: float = 1e-5) -> None:
-    """Adam with Table II's settings, the same as HDHKD's training."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+def _train(model, loader: DataLoader, iterations: int) -> None:
+    """The same iterations and batches as HDHKD, with the optimiser of the baseline's own paper."""
+    optimizer = model.configure_optimizer()
     model.train()
     for batch in tqdm(islice(cycle(loader), iterations), total=iterations, desc="training", leave=False):
         optimizer.zero_grad()

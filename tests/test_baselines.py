@@ -162,8 +162,7 @@ def test_rd4ad_training_lowers_loss():
     torch.manual_seed(0)
     model = RD4AD(**LITE).train()
     x = _striped_images(4, seed=2)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=5e-3, betas=(0.5, 0.999))  # the paper's optimiser
+    optimizer = model.configure_optimizer()
     losses = []
     for _ in range(8):
         optimizer.zero_grad()
@@ -172,6 +171,15 @@ def test_rd4ad_training_lowers_loss():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.85 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", ["efficientad", "rd4ad"])
+def test_configure_optimizer_holds_exactly_the_trainable_parameters_with_the_papers_lr(name, rd4ad):
+    model, lr = (_efficientad(), 1e-4) if name == "efficientad" else (rd4ad, 5e-3)
+    (group,) = model.configure_optimizer().param_groups
+    assert group["lr"] == lr
+    assert {id(p) for p in group["params"]} == {id(p) for p in model.parameters() if p.requires_grad}
+    assert any(not p.requires_grad for p in model.parameters())  # the frozen teacher / encoder stays out
 
 
 def test_rd4ad_rejects_sizes_off_its_stride(rd4ad):

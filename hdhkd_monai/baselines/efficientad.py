@@ -125,6 +125,11 @@ class EfficientAD(nn.Module):
         self.teacher.eval()
         return self
 
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        """The EfficientAD paper's optimiser over student and autoencoder: Adam, lr 1e-4, weight decay 1e-5 (its
+        tenfold lr drop at 95% of training is left to the caller)."""
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-5)
+
     @property
     def calibrated(self) -> bool:
         """Whether the map normalisation quantiles have been fitted."""

@@ -174,6 +174,11 @@ class RD4AD(nn.Module):
         self.encoder.eval()
         return self
 
+    def configure_optimizer(self) -> torch.optim.Optimizer:
+        """The RD4AD paper's optimiser over the trainable parts (bottleneck and decoder): Adam, lr 0.005,
+        betas (0.5, 0.999)."""
+        return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=5e-3, betas=(0.5, 0.999))
+
     def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """[B, 3, H, W] in [0, 1] -> (encoder features, decoder features), each three maps [B, c_k, H/s_k, W/s_k]."""
         check_images(x)
