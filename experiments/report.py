@@ -52,8 +52,9 @@ def markdown(table: dict) -> str:
     lines = [
         f"Data `{table['data']}`; image {budget['image_size']}x{budget['image_size']}, {budget['iterations']} student "
         f"iterations at batch {budget['batch_size']}, teacher {budget['teacher_iterations']} iterations; "
-        f"seed {budget['seed']}; {_overrides(budget)}wall time {table['wall_s'] / 60:.0f} min on "
-        f"{table.get('cpu_count', 2)} CPU cores.",
+        f"seed {budget['seed']}; {_overrides(budget)}wall time of the run that wrote this table "
+        f"{table['wall_s'] / 60:.0f} min on {table.get('cpu_count', 2)} CPU cores (rows trained by an earlier run are "
+        "only evaluated; the train s column keeps their training time).",
         "",
         "| row | AUROC | AUPRC | F1 | ACC | SEN | SPE | F1 at test-optimal threshold | trainable params (M) "
         "| paper AUROC | test normal / abnormal | train s |",

@@ -112,17 +112,19 @@ def distil_teacher(args, out: Path, datalist: Path, preset: Path) -> Path:
     return ckpt
 
 
-def timed_training(config_files: list[Path], root: Path) -> float:
-    """Train (or resume) a row and return its training time. The time of the run that trained it is kept in
-    ``root/train_time.json``, so a row that is only re-evaluated reports how long it took to train, not the seconds
-    its no-op resume took."""
+def timed_training(config_files: list[Path], root: Path, iterations: int) -> float:
+    """Train (or resume) a row and return its training time. The time is kept in ``root/train_time.json`` with the
+    iterations it bought: a row that is only re-evaluated reports how long it took to train, not the seconds its
+    no-op resume took, and a row resumed to more iterations adds the new seconds."""
     record = root / "train_time.json"
+    # Records written before the iterations were kept are for the row's current budget.
+    previous = json.loads(record.read_text()) if record.exists() else {"train_s": 0.0, "iterations": 0}
     start = time.time()
     bundle_run(config_files, root / "log.txt")
-    if record.exists():
-        return json.loads(record.read_text())["train_s"]
-    train_s = time.time() - start
-    write_json(record, {"train_s": train_s})
+    if previous.get("iterations", iterations) == iterations:
+        return previous["train_s"]
+    train_s = previous["train_s"] + time.time() - start
+    write_json(record, {"train_s": train_s, "iterations": iterations})
     return train_s
 
 
@@ -174,7 +176,7 @@ def run_row(args, out: Path, row: Path, datalist: Path, preset: Path, teacher: P
     budget = write_json(root / "run.json", settings)
     configs = [preset, row, budget]
     print(f"{row.parent.name}/{row.stem}: training {args.iterations} iterations", flush=True)
-    train_s = timed_training([CONFIGS / "train.json", *configs], root)
+    train_s = timed_training([CONFIGS / "train.json", *configs], root, args.iterations)
     bundle_run([CONFIGS / "train.json", CONFIGS / "evaluate.json", *configs], root / "log.txt")
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
     result = {

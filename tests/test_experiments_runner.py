@@ -10,6 +10,7 @@ shared 2-core machine (``OMP_NUM_THREADS=1``, load average 5-6); most of it is t
 
 import json
 import shutil
+import time
 
 import pytest
 import torch
@@ -182,3 +183,11 @@ def test_report_only_rewrites_the_doc_section_from_the_table_json_without_runnin
     monkeypatch.setattr(run, "bundle_run", lambda *a: pytest.fail("--report-only ran a workflow"))
     run.main(["main", "--data", str(data), "--out", str(out), "--report-only"])
     assert written == [("results.md", f"main:{data.name}", report.markdown(tables["main"]))]
+
+
+def test_training_time_is_kept_for_re_evaluation_and_grows_with_further_iterations(tmp_path, monkeypatch):
+    monkeypatch.setattr(run, "bundle_run", lambda *a: time.sleep(0.05))
+    first = run.timed_training([], tmp_path, iterations=2)
+    assert first >= 0.05
+    assert run.timed_training([], tmp_path, iterations=2) == first  # a no-op resume: the training time stands
+    assert run.timed_training([], tmp_path, iterations=4) >= first + 0.05

@@ -172,6 +172,6 @@ class EvaluationReport(ScoreWriter):
                 right.imshow(amap, cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
                 for ax in (left, right):
                     ax.axis("off")
-                fig.suptitle(f"{Path(path).name} {f'({cls})' if cls else ''}  score {sign * key:.4g}", fontsize=9)
+                fig.suptitle(f"{Path(path).name}{f' ({cls})' if cls else ''}  score {sign * key:.4g}", fontsize=9)
                 fig.savefig(folder / f"{prefix}_{rank:02d}_{Path(path).stem}.png", dpi=100, bbox_inches="tight")
     
