@@ -46,8 +46,8 @@ ALGORITHM = """\
 on CPU it runs the `"torch"` backend, an exact chunked recurrence. The sequence is cut into chunks of T steps
 (T about 400k / (batch x channels x N), a power of two: 16 at 768 channels, 8 at 1536). For each chunk,
 exp(delta*A) (as exp2 of delta*A*log2(e), about 3x faster than exp on this CPU) and delta*B*u are computed in
-batched ops into preallocated [T, batch, groups, N, channels/group] buffers, then T in-place multiply-adds h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t walk the chunk, and the
-output contraction with C is one batched row-vector x matrix product. A custom autograd Function saves only the
+batched ops into preallocated [T, batch, groups, N, channels/group] buffers, then T in-place multiply-adds
+h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t walk the chunk, and the output contraction with C is one batched row-vector x matrix product. A custom autograd Function saves only the
 state at each chunk boundary; its backward walks the chunks in reverse, recomputes each chunk's decays and
 states from the saved boundary state, and runs the reverse recurrence g_t = C_t dy_t + exp(delta_{t+1} A)
 g_{t+1}, from which the gradients of u, delta, A, B and C are batched contractions. When no input needs a

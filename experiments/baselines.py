@@ -56,10 +56,8 @@ def _scores(model, loader: DataLoader) -> tuple[np.ndarray, np.ndarray, list[str
 def _write_scores(filename: Path, threshold: float, labels, scores, classes, paths) -> None:
     """The per-image CSV in the columns of HDHKD's ``eval/scores.csv``, for ``experiments/compare.py``."""
     writer = ScoreWriter(filename, threshold)
-    writer.rows = [
-        {"path": p, "label": int(y), "class": c, "score": float(s), "decision": int(s >= threshold)}
-        for p, y, c, s in zip(paths, labels, classes, scores)
-    ]
+    for row in zip(paths, labels, classes, scores):
+        writer.add(*row)
     writer.write_csv()
 
 

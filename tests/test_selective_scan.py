@@ -1,6 +1,5 @@
 """The fast chunked selective scan against the sequential reference, a closed form, and finite differences."""
 
-import math
 import sys
 
 import pytest

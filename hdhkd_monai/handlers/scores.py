@@ -47,19 +47,22 @@ class ScoreWriter:
     def _reset(self, engine: Engine) -> None:
         self.rows = []
 
+    def add(self, path: str, label, cls: str, score: float) -> None:
+        """One image's row; ``label`` None for an unlabelled image."""
+        score = float(score)
+        self.rows.append(
+            {
+                "path": path,
+                "label": "" if label is None else int(label),
+                "class": cls,
+                "score": score,
+                "decision": "" if math.isnan(self.threshold) else int(score >= self.threshold),
+            }
+        )
+
     def _collect(self, engine: Engine) -> None:
         for data, out in zip(engine.state.batch, engine.state.output):
-            score = float(out["score"])
-            label = data.get("label")
-            self.rows.append(
-                {
-                    "path": image_path(out),
-                    "label": "" if label is None else int(label),
-                    "class": data.get("class", ""),
-                    "score": score,
-                    "decision": "" if math.isnan(self.threshold) else int(score >= self.threshold),
-                }
-            )
+            self.add(image_path(out), data.get("label"), data.get("class", ""), out["score"])
 
     def _complete(self, engine: Engine) -> None:
         if math.isnan(self.threshold):
