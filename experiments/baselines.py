@@ -123,7 +123,6 @@ def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: P
             "train_s": train_s,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
             "image": metrics.image_metrics(labels, scores, threshold),
-            "f1_optimal_on_test": metrics.threshold_metrics(labels, scores, metrics.f1_optimal_threshold(labels, scores)),
             "per_class": metrics.per_class_metrics(labels, scores, classes, threshold),
         }
         print(f"  AUROC {row['image']['auroc']:.4f}, training {train_s:.0f} s", flush=True)

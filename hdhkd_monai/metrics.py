@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-__all__ = ["auroc", "auprc", "threshold_metrics", "f1_optimal_threshold", "image_metrics", "per_class_metrics",
-           "paired_auroc_bootstrap"]
+__all__ = ["auroc", "auprc", "threshold_metrics", "sensitivity_at_specificity", "flag_all_f1", "image_metrics",
+           "per_class_metrics", "paired_auroc_bootstrap"]
 
 
 def _as_arrays(labels, scores) -> tuple[np.ndarray, np.ndarray]:
@@ -70,26 +70,34 @@ def threshold_metrics(labels, scores, threshold: float) -> dict[str, float]:
     }
 
 
-def f1_optimal_threshold(labels, scores) -> float:
-    """The threshold (one of the scores) that maximises F1 on these labels.
+def sensitivity_at_specificity(labels, scores, specificity: float = 0.95) -> float:
+    """The highest sensitivity of any threshold that keeps at least ``specificity`` of the normal images below it.
 
-    This looks at the labels it is scored on, so it is an optimistic upper bound, never a deployable threshold.
+    An operating point read off the test labels, like AUROC; unlike the F1-optimal threshold it cannot be reached by
+    calling every image abnormal. NaN when only one class is present.
     """
     labels, scores = _as_arrays(labels, scores)
-    if not labels.any():
-        raise ValueError("the F1-optimal threshold needs at least one abnormal image.")
-    precision, recall, thresholds = precision_recall_curve(labels, scores)
-    # the last precision/recall pair has no threshold (recall 0 by construction)
-    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], np.finfo(float).tiny)
-    return float(thresholds[int(np.argmax(f1))])
+    if not _both_classes(labels):
+        return float("nan")
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(tpr[fpr <= 1.0 - specificity + 1e-12].max())
+
+
+def flag_all_f1(labels) -> float:
+    """F1 of calling every image abnormal: the floor an F1 figure has to beat to carry information."""
+    labels = np.asarray(labels).astype(int).ravel()
+    return float(2 * labels.sum() / (labels.sum() + labels.size)) if labels.any() else float("nan")
 
 
 def image_metrics(labels, scores, threshold: float) -> dict[str, float]:
-    """AUROC, AUPRC and the thresholded metrics of :func:`threshold_metrics`, with the image counts."""
+    """AUROC, AUPRC, sensitivity at 95 % specificity, the F1 of flagging everything (a reference, not a result), the
+    thresholded metrics of :func:`threshold_metrics` and the image counts."""
     labels, scores = _as_arrays(labels, scores)
     return {
         "auroc": auroc(labels, scores),
         "auprc": auprc(labels, scores),
+        "sen_at_95spe": sensitivity_at_specificity(labels, scores, 0.95),
+        "f1_flag_all": flag_all_f1(labels),
         **threshold_metrics(labels, scores, threshold),
         "n_normal": int(np.sum(labels == 0)),
         "n_abnormal": int(np.sum(labels == 1)),

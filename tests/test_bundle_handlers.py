@@ -91,7 +91,7 @@ def test_best_checkpoint_is_saved_only_when_the_metric_improves(tmp_path):
     assert saver.state_dict() == {"best": pytest.approx(0.8)}
 
 
-def test_calibration_sets_quantiles_and_threshold_from_normal_images_only():
+def test_calibration_sets_quantiles_and_threshold_from_normal_images_only(caplog):
     model = nn.Module()
     model.register_buffer("map_quantiles", torch.full((2,), math.nan))
     model.register_buffer("threshold", torch.tensor(math.nan))
@@ -113,6 +113,9 @@ def test_calibration_sets_quantiles_and_threshold_from_normal_images_only():
     expected_t = torch.quantile(image_score(normalize_map(normal, expected_q)), 0.75)
     torch.testing.assert_close(model.threshold, expected_t)
     assert engine.state.metrics["threshold"] == pytest.approx(float(expected_t))
+    # 8 normal images are below the default minimum of 20: the user is told the threshold is uncertain
+    assert engine.state.metrics["calibration_normals"] == 8
+    assert "only 8 normal validation images" in caplog.text
 
 
 def test_image_auroc_metric_matches_sklearn_on_an_evaluator_run():

@@ -130,7 +130,9 @@ def test_evaluate_workflow_writes_metrics_scores_curves_and_heatmaps(trained):
     assert report["image"]["threshold"] == pytest.approx(threshold)
     for key in ("auroc", "auprc", "f1", "acc", "sen", "spe"):
         assert 0.0 <= report["image"][key] <= 1.0
-    assert "test labels" in report["f1_optimal_on_test"]["note"]
+    n_abnormal, n_normal = report["image"]["n_abnormal"], report["image"]["n_normal"]
+    assert report["image"]["f1_flag_all"] == pytest.approx(2 * n_abnormal / (2 * n_abnormal + n_normal))
+    assert 0.0 <= report["image"]["sen_at_95spe"] <= 1.0
     assert set(report["per_class"]) == {"DRUSEN", "FLUID", "LESION"}
     assert 0.0 <= report["pixel_auroc"] <= 1.0  # the phantom ships masks
     with open(out / "scores.csv") as f:

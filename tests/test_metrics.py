@@ -35,11 +35,19 @@ def test_image_metrics_match_sklearn(random_case):
     assert (got["n_normal"], got["n_abnormal"]) == (int((labels == 0).sum()), int(labels.sum()))
 
 
-def test_f1_optimal_threshold_is_the_best_of_all_cuts(random_case):
+def test_sensitivity_at_95_specificity_is_the_best_cut_that_keeps_95_percent_of_normals(random_case):
     labels, scores, _, _ = random_case
-    best = max(f1_score(labels, (scores >= t).astype(int)) for t in np.unique(scores))
-    t = metrics.f1_optimal_threshold(labels, scores)
-    assert f1_score(labels, (scores >= t).astype(int)) == pytest.approx(best)
+    normal = scores[labels == 0]
+    feasible = [t for t in np.unique(np.append(scores, np.inf)) if (normal < t).mean() >= 0.95]
+    best = max(((scores >= t) & (labels == 1)).sum() / labels.sum() for t in feasible)
+    assert metrics.sensitivity_at_specificity(labels, scores, 0.95) == pytest.approx(best)
+    assert math.isnan(metrics.sensitivity_at_specificity([1, 1], [0.2, 0.3]))
+
+
+def test_flag_all_f1_is_the_f1_of_calling_everything_abnormal(random_case):
+    labels, _, _, _ = random_case
+    assert metrics.flag_all_f1(labels) == pytest.approx(f1_score(labels, np.ones_like(labels)))
+    assert metrics.image_metrics(labels, labels, 0.0)["f1"] == pytest.approx(metrics.flag_all_f1(labels))
 
 
 def test_per_class_compares_each_abnormal_class_with_all_normals(random_case):

