@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 from hdhkd_monai.anomaly_map import image_score  # noqa: E402
 from hdhkd_monai.data import transforms  # noqa: E402
 from hdhkd_monai.data.datalist import kermany_datalist  # noqa: E402
-from hdhkd_monai.distill import PatchCoreTarget, TeacherDistillation, teacher_output_stats  # noqa: E402
+from hdhkd_monai.distill import PatchCoreTarget, TeacherDistillation, fit_teacher_stats  # noqa: E402
 from hdhkd_monai.losses import DistillationLoss  # noqa: E402
 from hdhkd_monai.metrics import auroc, per_class_metrics  # noqa: E402
 from hdhkd_monai.networks import HDHKD, PDN  # noqa: E402
@@ -72,10 +72,7 @@ def build_teacher(args, train: torch.Tensor, log: dict) -> torch.nn.Module:
             loss.backward()
             optimizer.step()
         log["teacher_final_loss"] = loss.item()
-    mean, std = teacher_output_stats(teacher, batches(train, 16))
-    teacher.feat_mean.copy_(mean)
-    teacher.feat_std.copy_(std)
-    return teacher.eval()
+    return fit_teacher_stats(teacher, batches(train, 16)).eval()
 
 
 def probe(features, train, test, labels) -> float:
@@ -114,6 +111,7 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-at", type=int, nargs="+", default=[100, 200, 400])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-probe", action="store_true")
+    parser.add_argument("--probe-only", action="store_true", help="stop after the teacher probe")
     args = parser.parse_args(argv)
 
     torch.manual_seed(args.seed)
@@ -134,6 +132,9 @@ def main(argv=None) -> None:
             target = PatchCoreTarget(args.target_backbone, "efficientnet-lite")
             log["probe_target"] = probe(target, train, test, labels)
         print(json.dumps({k: v for k, v in log.items() if k.startswith("probe")}), flush=True)
+    if args.probe_only:
+        out.write_text(json.dumps(log, indent=1))
+        return
 
     model = HDHKD(
         teacher, backbone=args.backbone, backbone_weights=args.backbone_weights,

@@ -5,8 +5,9 @@
 - :class:`TeacherDistillation`: the trainable PDN next to the frozen target; ``forward`` gives ``(pred, target)``
   with the target normalised by its channel statistics (:meth:`~TeacherDistillation.fit_target_stats`) and resized
   onto the PDN grid. The loss is ``torch.nn.MSELoss()(pred, target)``.
-- :func:`teacher_output_stats`: channel mean/std of the distilled PDN's own outputs on normal images, which the
-  workflows store in the PDN's ``feat_mean``/``feat_std`` buffers before student training (as EfficientAD does).
+- :func:`teacher_output_stats`: channel mean/std of a teacher's own outputs on normal images;
+  :func:`fit_teacher_stats` stores them in its ``feat_mean``/``feat_std`` buffers before student training (as
+  EfficientAD does), for the distilled PDN and the frozen pretrained teacher alike.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from hdhkd_monai.pretrained import create_backbone, input_normalization
 
-__all__ = ["PatchCoreTarget", "TeacherDistillation", "channel_pool", "teacher_output_stats"]
+__all__ = ["PatchCoreTarget", "TeacherDistillation", "channel_pool", "teacher_output_stats", "fit_teacher_stats"]
 
 # PatchCore brings every layer to this many channels before aggregating, so each layer weighs the same in the target.
 PATCHCORE_LAYER_DIM = 1024
@@ -163,6 +164,14 @@ def teacher_output_stats(
         return _channel_stats(teacher, images, max_images, "teacher output statistics")
     finally:
         teacher.train(was_training)
+
+
+def fit_teacher_stats(teacher: nn.Module, images: Iterable, max_images: int | None = None) -> nn.Module:
+    """Store :func:`teacher_output_stats` in ``teacher.feat_mean``/``feat_std`` and return the teacher (for configs)."""
+    mean, std = teacher_output_stats(teacher, images, max_images)
+    teacher.feat_mean.copy_(mean)
+    teacher.feat_std.copy_(std)
+    return teacher
 
 
 @torch.no_grad()

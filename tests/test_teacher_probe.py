@@ -66,3 +66,14 @@ def test_imagenet_student_encoder_starts_from_the_shipped_weights():
     for a, b in zip(ours, theirs):
         torch.testing.assert_close(a, b)
     assert encoder(torch.rand(2, 3, 64, 64)).shape == (2, 64, 4, 4)
+
+
+def test_fit_teacher_stats_standardises_the_pretrained_teacher_on_its_images():
+    from hdhkd_monai.distill import fit_teacher_stats
+
+    teacher = PretrainedTeacher()
+    images = _textures(8)
+    assert fit_teacher_stats(teacher, images.split(4)) is teacher
+    f = teacher.normalize(teacher(images))
+    torch.testing.assert_close(f.mean(dim=(0, 2, 3)), torch.zeros(384), atol=1e-4, rtol=0)
+    torch.testing.assert_close(f.std(dim=(0, 2, 3), correction=0), torch.ones(384), atol=1e-3, rtol=0)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from ignite.engine import Engine, Events
 
-from hdhkd_monai.distill import TeacherDistillation, teacher_output_stats
+from hdhkd_monai.distill import TeacherDistillation, fit_teacher_stats
 
 __all__ = ["TeacherStatsHandler"]
 
@@ -16,7 +16,7 @@ class TeacherStatsHandler:
 
     - when training starts, fit the PatchCore target's channel mean/std (``distillation.fit_target_stats``), which
       normalise the regression targets;
-    - when training completes, store the channel mean/std of the distilled PDN's outputs (``teacher_output_stats``)
+    - when training completes, store the channel mean/std of the distilled PDN's outputs (``fit_teacher_stats``)
       in its ``feat_mean``/``feat_std`` buffers, so student training sees normalised teacher features.
 
     Attach it before the checkpoint saver so the saved teacher carries its statistics.
@@ -40,8 +40,5 @@ class TeacherStatsHandler:
         self.distillation.fit_target_stats(self.images, max_images=self.max_images)
 
     def _store_teacher_stats(self, engine: Engine) -> None:
-        teacher = self.distillation.teacher
-        mean, std = teacher_output_stats(teacher, self.images, max_images=self.max_images)
-        teacher.feat_mean.copy_(mean)
-        teacher.feat_std.copy_(std)
+        fit_teacher_stats(self.distillation.teacher, self.images, max_images=self.max_images)
         engine.logger.info("stored the teacher's output statistics in its feat_mean/feat_std buffers")
