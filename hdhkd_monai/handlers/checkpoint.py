@@ -4,9 +4,14 @@ A checkpoint file is a dict ``{name: obj.state_dict()}`` (``torch.save``), plus 
 trainer's name when it is saved for resuming. The bundle writes three (in ``ckpt_dir``):
 
 - ``teacher.pt``: ``{"teacher": PDN}``, the distilled teacher with its output statistics;
-- ``model.pt``: ``{"model": AnomalyMapNet}``, the best student by validation AUROC, calibrated
+- :data:`MODEL_CKPT`: ``{"model": AnomalyMapNet}``, the best student by validation AUROC, calibrated
   (``map_quantiles``/``threshold`` buffers); ``network_def`` of ``inference.json`` loads it as is;
 - ``last.pt``: ``{"model", "optimizer", "lr_scheduler", "best_checkpoint", "trainer"}``, for resuming.
+
+MONAI's ``CheckpointSaver`` writes in place (``atomic=False``, for the file permissions), and its
+``CheckpointLoader`` restores an engine's ``epoch_length`` from the file, which would stop a resumed run at the old
+length; hence :class:`AtomicCheckpointSaver` and :class:`ResumeFromCheckpoint`. Loading a network for evaluation or
+inference is MONAI's loader, with the file named in its errors (:class:`NamedCheckpointLoader`).
 """
 
 from __future__ import annotations
@@ -21,11 +26,14 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader
 from torch import nn
 
 __all__ = [
     "AtomicCheckpointSaver",
     "CheckpointMismatchError",
+    "MODEL_CKPT",
+    "NamedCheckpointLoader",
     "ResumeFromCheckpoint",
     "load_checkpoint",
     "load_network",
@@ -33,6 +41,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+#: File name of the trained, calibrated model in ``ckpt_dir``: what training writes and evaluation/inference load.
+MODEL_CKPT = "model.pt"
 _SHOWN_KEYS = 5  # how many offending parameter names an error lists
 
 
@@ -130,6 +140,19 @@ def load_network(network: nn.Module, path: str | Path, key: str) -> nn.Module:
     """``network`` with the weights and buffers of entry ``key`` of the checkpoint at ``path`` (for configs)."""
     load_checkpoint(path, {key: network})
     return network
+
+
+class NamedCheckpointLoader(CheckpointLoader):
+    """:class:`monai.handlers.CheckpointLoader` whose errors name the checkpoint file: a missing file, or one whose
+    entries do not fit the configured objects (a checkpoint of another architecture or workflow)."""
+
+    def __call__(self, engine: Engine) -> None:
+        if not Path(self.load_path).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {self.load_path}")
+        try:
+            super().__call__(engine)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointMismatchError(f"{self.load_path}: does not fit the configured objects: {e}") from e
 
 
 class AtomicCheckpointSaver:
