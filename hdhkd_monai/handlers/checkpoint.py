@@ -29,6 +29,8 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from torch import nn
 
+from hdhkd_monai.state_dict import CheckpointMismatchError, load_weights, torch_file
+
 __all__ = [
     "AtomicCheckpointSaver",
     "CheckpointMismatchError",
@@ -43,11 +45,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 #: File name of the trained, calibrated model in ``ckpt_dir``: what training writes and evaluation/inference load.
 MODEL_CKPT = "model.pt"
-_SHOWN_KEYS = 5  # how many offending parameter names an error lists
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint file that is unreadable or does not fit the configured objects; the message names the file."""
 
 
 def save_checkpoint(objects: Mapping[str, Any], path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
@@ -78,28 +75,6 @@ def _umask() -> int:
     return mask
 
 
-def _module_mismatch(module: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
-    """A description of the keys and shapes where ``state`` does not fit ``module``, or None when it fits."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    reshaped = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape
-    ]
-    problems = [
-        f"{len(keys)} {what} (e.g. {', '.join(keys[:_SHOWN_KEYS])})"
-        for what, keys in (
-            ("parameters missing from the file", missing),
-            ("unexpected parameters", unexpected),
-            ("parameters of another shape (file vs model)", reshaped),
-        )
-        if keys
-    ]
-    return "; ".join(problems) or None
-
-
 def load_checkpoint(path: str | Path, objects: Mapping[str, Any], map_location: str | torch.device = "cpu") -> dict:
     """Load the entries of the checkpoint at ``path`` into ``objects`` (``{name: obj with load_state_dict}``).
 
@@ -107,13 +82,7 @@ def load_checkpoint(path: str | Path, objects: Mapping[str, Any], map_location: 
     :class:`CheckpointMismatchError` (naming the file) for an unreadable file, a missing entry, or a network entry
     whose parameter names or shapes differ from the configured network (a checkpoint of another architecture).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointMismatchError(f"{path}: cannot be read as a PyTorch checkpoint ({e})") from e
+    checkpoint = torch_file(path, map_location)
     if not isinstance(checkpoint, Mapping):
         raise CheckpointMismatchError(f"{path}: expected a dict of state dicts, found a {type(checkpoint).__name__}")
     absent = [name for name in objects if name not in checkpoint]
@@ -123,12 +92,8 @@ def load_checkpoint(path: str | Path, objects: Mapping[str, Any], map_location: 
         )
     for name, obj in objects.items():
         if isinstance(obj, nn.Module):
-            problem = _module_mismatch(obj, checkpoint[name])
-            if problem:
-                raise CheckpointMismatchError(
-                    f"{path}: entry {name!r} does not fit the configured {type(obj).__name__} "
-                    f"(a checkpoint of another architecture or configuration?): {problem}"
-                )
+            load_weights(obj, checkpoint[name], f"{path}: entry {name!r} (another architecture or configuration?)")
+            continue
         try:
             obj.load_state_dict(checkpoint[name])
         except (RuntimeError, ValueError, KeyError) as e:
