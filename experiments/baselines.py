@@ -15,19 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset
 from monai.utils import set_determinism
 from tqdm import tqdm
 
 from hdhkd_monai import metrics
 from hdhkd_monai.baselines import RD4AD, EfficientAD, PatchCore
-from hdhkd_monai.engines import datalist_split
+from hdhkd_monai.data.datalist import datalist_split
 from hdhkd_monai.handlers import ScoreWriter, load_network
+from hdhkd_monai.launcher import OFFLINE_TEACHER, read_config
 from hdhkd_monai.networks import PDN
 
-CONFIGS = Path(__file__).resolve().parents[1] / "bundle" / "hdhkd_oct_anomaly" / "configs"
-BACKBONE = {"backbone": "tf_efficientnet_lite0", "weights": "efficientnet-lite"}
+# The ImageNet weights the teacher was distilled from.
+BACKBONE = {"backbone": OFFLINE_TEACHER["target_backbone"], "weights": OFFLINE_TEACHER["target_weights"]}
 
 
 def _loader(datalist: Path, split: str, transform, batch_size: int, shuffle: bool = False) -> DataLoader:
@@ -73,9 +73,7 @@ def _train(model, loader: DataLoader, iterations: int) -> None:
 
 
 def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: Path) -> list[dict]:
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.json"), str(preset)])
-    parser["image_size"] = args.image_size
+    parser = read_config(["train", preset], image_size=args.image_size)
     transform = parser.get_parsed_content("preprocessing")
     threshold_quantile = parser["threshold_quantile"]
     train = _loader(datalist, "training", transform, args.batch_size, shuffle=True)

@@ -29,11 +29,9 @@ def row_name(config_file: Path) -> str:
 
 def trainable_params(config_files: list[Path]) -> int:
     """Trainable parameters of the ``hdhkd`` network the merged configs build (teacher from its checkpoint)."""
-    from monai.bundle import ConfigParser
+    from hdhkd_monai.launcher import read_config
 
-    parser = ConfigParser()
-    parser.read_config([str(p) for p in config_files])
-    model = parser.get_parsed_content("hdhkd")
+    model = read_config(config_files).get_parsed_content("hdhkd")
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,24 +44,11 @@ sys.path.insert(0, str(REPO))  # `experiments` as a package when run as a script
 
 from experiments import report  # noqa: E402
 from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist  # noqa: E402
+from hdhkd_monai.launcher import CONFIGS, OFFLINE_TEACHER, run_bundle  # noqa: E402
 from hdhkd_monai.markdown import replace_section  # noqa: E402
-
-CONFIGS = REPO / "bundle" / "hdhkd_oct_anomaly" / "configs"
 TABLES = ("main", "table5", "table6", "table7")
 # run.json keys that may change while a row folder is resumed: paths (a copied run folder) and the training length.
 RESUMABLE_KEYS = {"bundle_root", "datalist", "teacher_ckpt", "max_iterations", "val_interval"}
-
-
-def bundle_run(config_files: list[Path], log: Path) -> None:
-    """Run one bundle workflow in a subprocess, exactly as a user would, keeping its console output in ``log``."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", repr([str(p) for p in config_files])]
-    with open(log, "a") as f:
-        f.write(f"$ {' '.join(cmd)}\n")
-        f.flush()
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
-    if done.returncode:
-        tail = "".join(log.read_text().splitlines(keepends=True)[-30:])
-        raise RuntimeError(f"bundle run failed (exit {done.returncode}); log {log}:\n{tail}")
 
 
 def write_json(path: Path, content: dict) -> Path:
@@ -99,15 +85,14 @@ def distil_teacher(args, out: Path, datalist: Path, preset: Path) -> Path:
         "bundle_root": str(root),
         "datalist": str(datalist),
         "image_size": args.image_size,
-        "target_backbone": "tf_efficientnet_lite0",
-        "target_weights": "efficientnet-lite",
+        **OFFLINE_TEACHER,
         "max_iterations": args.teacher_iterations,
         "batch_size": args.batch_size,
         "stats_images": 1000,
     })  # fmt: skip
     start = time.time()
     print(f"distilling the teacher ({args.teacher_iterations} iterations) into {ckpt}", flush=True)
-    bundle_run([CONFIGS / "train_teacher.json", preset, budget], root / "log.txt")
+    run_bundle([CONFIGS / "train.json", CONFIGS / "train_teacher.json", preset, budget], log=root / "log.txt")
     print(f"  teacher done in {time.time() - start:.0f} s", flush=True)
     return ckpt
 
@@ -120,7 +105,7 @@ def timed_training(config_files: list[Path], root: Path, iterations: int) -> flo
     # Records written before the iterations were kept are for the row's current budget.
     previous = json.loads(record.read_text()) if record.exists() else {"train_s": 0.0, "iterations": 0}
     start = time.time()
-    bundle_run(config_files, root / "log.txt")
+    run_bundle(config_files, log=root / "log.txt")
     if previous.get("iterations", iterations) == iterations:
         return previous["train_s"]
     train_s = previous["train_s"] + time.time() - start
@@ -177,7 +162,7 @@ def run_row(args, out: Path, row: Path, datalist: Path, preset: Path, teacher: P
     configs = [preset, row, budget]
     print(f"{row.parent.name}/{row.stem}: training {args.iterations} iterations", flush=True)
     train_s = timed_training([CONFIGS / "train.json", *configs], root, args.iterations)
-    bundle_run([CONFIGS / "train.json", CONFIGS / "evaluate.json", *configs], root / "log.txt")
+    run_bundle([CONFIGS / "train.json", CONFIGS / "evaluate.json", *configs], log=root / "log.txt")
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
     result = {
         "name": report.row_name(row), "config": json.loads(row.read_text()), "train_s": train_s,

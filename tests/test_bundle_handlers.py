@@ -23,6 +23,7 @@ from hdhkd_monai.handlers import (
     ReshuffleOnRestart,
     ResumeFromCheckpoint,
     load_checkpoint,
+    load_network,
     save_checkpoint,
 )
 
@@ -45,13 +46,19 @@ def test_save_checkpoint_replaces_atomically_and_keeps_the_old_file_on_failure(t
 def test_load_checkpoint_names_the_file_and_the_mismatch(tmp_path):
     path = tmp_path / "other.pt"
     save_checkpoint({"net": nn.Linear(3, 2)}, path)
-    with pytest.raises(CheckpointMismatchError, match=rf"{path}: entry 'net' does not fit .*weight \(2, 3\) vs \(2, 4\)"):
+    with pytest.raises(CheckpointMismatchError, match=rf"{path}: entry 'net' .*does not fit Linear: shape mismatch .*weight \(2, 3\) != \(2, 4\)"):
         load_checkpoint(path, {"net": nn.Linear(4, 2)})
     with pytest.raises(CheckpointMismatchError, match=rf"{path}: has no entry \['teacher'\]"):
         load_checkpoint(path, {"teacher": nn.Linear(3, 2)})
     (tmp_path / "junk.pt").write_text("not a checkpoint")
     with pytest.raises(CheckpointMismatchError, match="junk.pt: cannot be read"):
         load_checkpoint(tmp_path / "junk.pt", {"net": nn.Linear(3, 2)})
+
+
+def test_load_checkpoint_takes_a_network_saved_inside_distributed_data_parallel(tmp_path):
+    saved = nn.Linear(3, 2)
+    torch.save({"net": {f"module.{k}": v for k, v in saved.state_dict().items()}}, tmp_path / "ddp.pt")
+    torch.testing.assert_close(load_network(nn.Linear(3, 2), tmp_path / "ddp.pt", key="net").weight, saved.weight)
 
 
 def test_resume_restores_the_iteration_and_the_saved_objects(tmp_path):

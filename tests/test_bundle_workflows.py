@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -20,12 +19,12 @@ from PIL import Image
 
 from hdhkd_monai.data.datalist import kermany_datalist, write_datalist
 from hdhkd_monai.data.phantom import write_phantom
-from hdhkd_monai.demo import BUNDLE, bundle_command
+from hdhkd_monai.handlers import load_network
+from hdhkd_monai.launcher import OFFLINE_TEACHER, read_config, run_bundle
 
-TINY = {"image_size": 64, "num_mamba_modules": 1, "decoder_channels": 64, "cache_rate": 1.0, "log_interval": 1}
+TINY = {"image_size": 64, "num_modules": 1, "decoder_channels": 64, "cache_rate": 1.0, "log_interval": 1}
 TEACHER = {
-    "target_backbone": "tf_efficientnet_lite0",
-    "target_weights": "efficientnet-lite",
+    **OFFLINE_TEACHER,
     "max_iterations": 3,
     "batch_size": 8,
     "stats_images": 16,
@@ -35,16 +34,11 @@ STUDENT = {"max_iterations": 4, "batch_size": 4, "val_interval": 2}
 N_TEST_PER_CLASS = 4
 
 
-def run_bundle(workflows, root, launcher=(), timeout=600, **overrides) -> str:
-    """Run the workflows on the data under ``root`` into ``root``; return stdout+stderr, failing with its tail."""
-    cmd = bundle_command(workflows, bundle_root=root, dataset_dir=root / "data", **{**TINY, **overrides})
-    if launcher:
-        cmd = [*launcher, *cmd[1:]]  # e.g. torchrun ... -m monai.bundle run ...
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(cmd)}\nfailed:\n{log[-4000:]}"
-    return log
+def run(workflows, root, interpreter=(sys.executable,), **overrides) -> str:
+    """Run the workflows on the data under ``root`` into ``root``; return their console output."""
+    log = root / f"log_{len(list(root.glob('log_*.txt')))}.txt"
+    run_bundle(workflows, log, interpreter, bundle_root=root, dataset_dir=root / "data", **{**TINY, **overrides})
+    return log.read_text()
 
 
 def write_phantom_data(root, n_train=18, n_test_per_class=N_TEST_PER_CLASS):
@@ -58,8 +52,8 @@ def trained(tmp_path_factory):
     """A bundle folder with phantom data, a distilled teacher and a briefly trained student; and the two logs."""
     root = tmp_path_factory.mktemp("bundle")
     write_phantom_data(root)
-    teacher_log = run_bundle(("train_teacher",), root, **TEACHER)
-    train_log = run_bundle(("train",), root, **STUDENT)
+    teacher_log = run(("train", "train_teacher"), root, **TEACHER)
+    train_log = run(("train",), root, **STUDENT)
     return root, teacher_log, train_log
 
 
@@ -112,7 +106,7 @@ def test_resume_continues_from_the_saved_iteration(trained, tmp_path):
     root, _, _ = trained
     shutil.copytree(root / "models", tmp_path / "models")
     (tmp_path / "data").symlink_to(root / "data")
-    log = run_bundle(("train",), tmp_path, **{**STUDENT, "max_iterations": 6})
+    log = run(("train",), tmp_path, **{**STUDENT, "max_iterations": 6})
     assert re.search(rf"resumed from .*last\.pt at iteration {STUDENT['max_iterations']} of 6", log)
     assert "Iter: 5/6" in log and "Iter: 6/6" in log and "Iter: 1/6" not in log
     last = _load(tmp_path / "models" / "last.pt")
@@ -123,7 +117,7 @@ def test_resume_continues_from_the_saved_iteration(trained, tmp_path):
 
 def test_evaluate_workflow_writes_metrics_scores_curves_and_heatmaps(trained):
     root, _, _ = trained
-    run_bundle(("train", "evaluate"), root, n_heatmaps=2)
+    run(("train", "evaluate"), root, n_heatmaps=2)
     out = root / "eval"
     report = json.loads((out / "metrics.json").read_text())
     threshold = float(_load(root / "models" / "model.pt")["model"]["model.threshold"])
@@ -149,13 +143,10 @@ def test_evaluate_workflow_writes_metrics_scores_curves_and_heatmaps(trained):
 
 
 def _reference_map(root, image):
-    """The inference network's map of one image, computed here from the same configs and checkpoint."""
-    from monai.bundle import ConfigParser
-
-    parser = ConfigParser()
-    parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "inference.json")])
-    parser.update({"bundle_root": str(root), "dataset_dir": str(root / "data"), **TINY})
+    """The inference network's map of one image, computed here from the same config and checkpoint."""
+    parser = read_config(["inference"], bundle_root=str(root), dataset_dir=str(root / "data"), **TINY)
     net = parser.get_parsed_content("network").eval()
+    load_network(net, root / "models" / "model.pt", key="model")
     x = parser.get_parsed_content("preprocessing")({"image": str(image)})["image"].as_tensor()[None]
     with torch.no_grad():
         return net(x)[0, 0].numpy()
@@ -167,10 +158,10 @@ def test_inference_workflow_from_a_folder_and_a_file_list(trained, tmp_path):
     root, _, _ = trained
     folder = root / "data" / "test" / "FLUID"
     images = sorted(folder.glob("*.png"))
-    run_bundle(("train", "inference"), root, input=folder, output_dir=tmp_path / "png", map_ext=".png")
+    run(("inference",), root, input=folder, output_dir=tmp_path / "png", map_ext=".png")
     file_list = tmp_path / "images.txt"
     file_list.write_text("".join(f"{p}\n" for p in images[:2]))
-    run_bundle(("train", "inference"), root, input=file_list, output_dir=tmp_path / "nii")
+    run(("inference",), root, input=file_list, output_dir=tmp_path / "nii")
 
     with open(tmp_path / "png" / "scores.csv") as f:
         rows = list(csv.DictReader(f))
@@ -195,7 +186,7 @@ def test_multi_gpu_train_runs_two_processes_on_gloo(trained, tmp_path):
     shutil.copy(root / "models" / "teacher.pt", tmp_path / "models")
     (tmp_path / "data").symlink_to(root / "data")
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
-    log = run_bundle(("train", "multi_gpu_train"), tmp_path, launcher=torchrun, **STUDENT)
+    log = run(("train", "multi_gpu_train"), tmp_path, interpreter=torchrun, **STUDENT)
     assert _load(tmp_path / "models" / "last.pt")["trainer"]["iteration"] == STUDENT["max_iterations"]
     assert (tmp_path / "models" / "model.pt").is_file()
     # validation and its logs run on rank 0 only: one report per validation

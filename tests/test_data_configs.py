@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monai.bundle import ConfigParser
 from PIL import Image
 from pydicom.data import get_testdata_file
 from test_data_dicom import make_dataset
 
 from hdhkd_monai.data.phantom import make_bscan
+from hdhkd_monai.launcher import read_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
@@ -48,9 +48,7 @@ def test_config_preprocessing_runs(tmp_path, name):
     override = CONFIGS / f"{name}.json"
     assert set(json.loads(override.read_text())) <= CONTRACT_KEYS
     assert BASE.is_file(), f"the bundle's base config {BASE} is missing"
-    parser = ConfigParser()
-    parser.read_config([str(BASE), str(override)])
-    parser["dataset_dir"] = str(tmp_path)
+    parser = read_config([BASE, override], dataset_dir=str(tmp_path))
     assert parser.get_parsed_content("datalist") == f"{tmp_path}/datalist.json"
     image = parser.get_parsed_content("preprocessing")({"image": sample(name, tmp_path)})["image"]
     size = parser.get_parsed_content("image_size")

@@ -110,7 +110,7 @@ def test_resize_antialiases_when_shrinking(tmp_path):
 
 def test_real_images_of_every_shared_set(shared_data):
     for name, (factory, per_folder) in REAL_SAMPLES.items():
-        pipeline = factory(window=None) if factory is ct_slice else factory()
+        pipeline = factory(256, window=None) if factory is ct_slice else factory(256)
         folders = sorted(p for p in (shared_data / name).glob("*/*") if p.is_dir())
         assert folders, f"no class folders in {shared_data / name}"
         for folder in folders:
@@ -136,13 +136,13 @@ def test_real_rgba_png_with_jpg_name(shared_data):
 def test_display_image_rejected_by_hu_window(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "ct.png")
     with pytest.raises(RuntimeError) as excinfo:
-        ct_slice(window="lung")({"image": str(tmp_path / "ct.png")})
+        ct_slice(64, window="lung")({"image": str(tmp_path / "ct.png")})
     assert bad_input(excinfo).path == tmp_path / "ct.png" and "expects HU" in str(bad_input(excinfo))
     with pytest.raises(RuntimeError) as excinfo:
-        pet_slice()({"image": str(tmp_path / "ct.png")})
+        pet_slice(64)({"image": str(tmp_path / "ct.png")})
     assert "expects SUV" in str(bad_input(excinfo))
-    for pipeline in (ct_slice(window=None), ct_slice(window="none"), pet_slice(suv_max="none")):
-        assert pipeline({"image": str(tmp_path / "ct.png")})["image"].shape == (3, 256, 256)
+    for pipeline in (ct_slice(64, window=None), ct_slice(64, window="none"), pet_slice(64, suv_max="none")):
+        assert pipeline({"image": str(tmp_path / "ct.png")})["image"].shape == (3, 64, 64)
 
 
 @pytest.mark.parametrize("case", ["truncated", "missing", "nan", "volume"])
@@ -156,7 +156,7 @@ def test_bad_files_are_named(tmp_path, case):
     elif case == "volume":
         np.save(path, np.zeros((3, 4, 4), np.float32))
     with pytest.raises(RuntimeError) as excinfo:
-        oct_bscan()({"image": str(path)})
+        oct_bscan(64)({"image": str(path)})
     error = bad_input(excinfo)
     assert error.path == path
     assert {"truncated": "unreadable", "missing": "not found", "nan": "NaN", "volume": "expected a 2-D"}[case] in str(

@@ -10,10 +10,11 @@ import pytest
 
 from hdhkd_monai import demo
 
-# The demo's recipe at 96 instead of 128 pixels, with shorter teacher and student training (about 2 minutes on 2
-# cores instead of 5).
+pytestmark = pytest.mark.slow  # the whole demo recipe, several minutes on 2 cores
+
+# The demo's recipe at 96 instead of 128 pixels, with shorter teacher and student training.
 SHORT = copy.deepcopy(demo.SETTINGS)
-SHORT["data"].update(n_train=60, n_test_per_class=20, size=96, val_fraction=0.15, val_abnormal_fraction=0.25)
+SHORT["data"].update(n_train=60, n_test_per_class=20, val_fraction=0.15, val_abnormal_fraction=0.25)
 SHORT["common"]["image_size"] = 96
 SHORT["teacher"].update(max_iterations=30, save_interval=30)
 SHORT["student"].update(max_iterations=150, val_interval=75, score_top_k=460)  # top 5 % of a 96x96 map

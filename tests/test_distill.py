@@ -10,6 +10,7 @@ from skimage import data
 from torch import nn
 
 from hdhkd_monai.distill import PatchCoreTarget, TeacherDistillation, channel_pool, teacher_output_stats
+from hdhkd_monai.launcher import OFFLINE_TEACHER
 from hdhkd_monai.networks.pdn import PDN
 
 
@@ -144,7 +145,8 @@ def test_teacher_output_stats_normalise_the_pdn_outputs():
 def test_distillation_lowers_the_mse_on_real_photos():
     torch.manual_seed(0)
     images = _photo_crops()
-    distill = TeacherDistillation(PDN(), PatchCoreTarget("tf_efficientnet_lite0", weights="efficientnet-lite"))
+    target = PatchCoreTarget(OFFLINE_TEACHER["target_backbone"], weights=OFFLINE_TEACHER["target_weights"])
+    distill = TeacherDistillation(PDN(), target)
     distill.fit_target_stats([images])
     optimizer = torch.optim.Adam(distill.teacher.parameters(), lr=1e-3, weight_decay=1e-5)
     mse = nn.MSELoss()

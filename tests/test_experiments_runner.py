@@ -180,13 +180,13 @@ def test_report_only_rewrites_the_doc_section_from_the_table_json_without_runnin
     data, out, tables = runs
     written = []
     monkeypatch.setattr(run, "replace_section", lambda doc, key, body: written.append((doc.name, key, body)))
-    monkeypatch.setattr(run, "bundle_run", lambda *a: pytest.fail("--report-only ran a workflow"))
+    monkeypatch.setattr(run, "run_bundle", lambda *a, **k: pytest.fail("--report-only ran a workflow"))
     run.main(["main", "--data", str(data), "--out", str(out), "--report-only"])
     assert written == [("results.md", f"main:{data.name}", report.markdown(tables["main"]))]
 
 
 def test_training_time_is_kept_for_re_evaluation_and_grows_with_further_iterations(tmp_path, monkeypatch):
-    monkeypatch.setattr(run, "bundle_run", lambda *a: time.sleep(0.05))
+    monkeypatch.setattr(run, "run_bundle", lambda *a, **k: time.sleep(0.05))
     first = run.timed_training([], tmp_path, iterations=2)
     assert first >= 0.05
     assert run.timed_training([], tmp_path, iterations=2) == first  # a no-op resume: the training time stands

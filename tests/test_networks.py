@@ -131,7 +131,7 @@ def test_backbone_weights_from_a_local_file(tmp_path):
 
     other = tmp_path / "resnet50.pth"
     torch.save(timm.create_model("resnet50", pretrained=False).state_dict(), other)
-    with pytest.raises(ValueError, match="resnet50.pth.*shape mismatches"):
+    with pytest.raises(ValueError, match="resnet50.pth.*shape mismatch"):
         StudentEncoder("resnet18", weights=other)
     corrupt = tmp_path / "corrupt.pth"
     corrupt.write_bytes(b"not a checkpoint")

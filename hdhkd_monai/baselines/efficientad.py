@@ -39,7 +39,7 @@ class AutoEncoder(nn.Module):
     by a 4x4 convolution with padding 2, then to the teacher's grid for two 3x3 convolutions.
     """
 
-    def __init__(self, image_size: int | Sequence[int] = 256, out_channels: int = 384, dropout: float = 0.2) -> None:
+    def __init__(self, image_size: int | Sequence[int], out_channels: int = 384, dropout: float = 0.2) -> None:
         super().__init__()
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if any(s % 32 for s in self.image_size):
@@ -93,7 +93,7 @@ class EfficientAD(nn.Module):
     def __init__(
         self,
         teacher: PDN,
-        image_size: int | Sequence[int] = 256,
+        image_size: int | Sequence[int],
         student_size: str = "small",
         hard_quantile: float = 0.999,
         penalty_weight: float = 1.0,

@@ -6,6 +6,9 @@ Training holds normal images only. Validation holds normal images held out from 
 when asked (``val_abnormal_fraction``), taken from the abnormal test images. Every hold-out is grouped by patient,
 so no patient appears on both sides of a split.
 
+:func:`datalist_split` and :func:`image_items` read them back for the bundle workflows, with absolute paths
+(relative ``image``/``mask`` paths are resolved against the JSON's folder).
+
 Patient ids come from Kermany's ``CLASS-PATIENT-IMAGE.jpeg`` names (the CLASS part must equal the folder's class);
 other files are their own patient (their stem). Paths are absolute unless ``relative_to`` is given on writing.
 
@@ -361,6 +364,67 @@ def write_datalist(datalist: dict, out: str | Path, relative: bool = False) -> P
     tmp.write_text(json.dumps(datalist, indent=1))
     os.replace(tmp, out)
     return out
+
+
+_PATH_KEYS = ("image", "mask")
+
+
+def datalist_split(datalist: str | Path, split: str) -> list[dict]:
+    """Items of ``split`` ("training", "validation", "test") of a datalist JSON, with absolute paths.
+
+    Raises ``BadInputError`` naming the file when it is missing, not a datalist, or the split is absent or empty.
+    """
+    path = Path(datalist)
+    if not path.is_file():
+        raise BadInputError(
+            path, "datalist file not found: write one with `python -m hdhkd_monai.data.datalist` (see docs/data.md), "
+            "or point --dataset_dir or --datalist at one"
+        )
+    try:
+        content = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInputError(path, f"not a datalist JSON ({e})") from e
+    if not isinstance(content, dict) or split not in content:
+        keys = sorted(content) if isinstance(content, dict) else type(content).__name__
+        raise BadInputError(path, f"no {split!r} split (found {keys})")
+    items = content[split]
+    if not items:
+        raise BadInputError(path, f"the {split!r} split is empty")
+    base = path.parent.resolve()
+    return [{k: (str(base / v) if k in _PATH_KEYS and v else v) for k, v in item.items()} for item in items]
+
+
+def image_items(source: str | Path, split: str = "test") -> list[dict]:
+    """Items ``{"image": path}`` for inference or teacher distillation, from any of:
+
+    - a folder: every image file below it (recursively; suffixes of ````IMAGE_SUFFIXES````),
+      in natural order, e.g. an ImageNet folder for the teacher;
+    - a ``.json`` datalist: the items of ``split`` (labels and classes kept);
+    - any other file: a list of image paths, one a line (relative to the list's folder; ``#`` starts a comment).
+
+    Raises ``BadInputError`` naming the folder or file when it does not exist or yields no images.
+    """
+    source = Path(source)
+    if source.is_dir():
+        files = sorted(
+            (p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+            key=natural_key,
+        )
+        if not files:
+            raise BadInputError(source, f"no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
+        return [{"image": str(p.resolve())} for p in files]
+    if not source.is_file():
+        raise BadInputError(source, "no such folder or file")
+    if source.suffix.lower() == ".json":
+        return datalist_split(source, split)
+    lines = [line.split("#", 1)[0].strip() for line in source.read_text().splitlines()]
+    paths = [source.parent / line for line in lines if line]
+    if not paths:
+        raise BadInputError(source, "the image list is empty")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise BadInputError(source, f"{len(missing)} listed image(s) not found, e.g. {missing[0]}")
+    return [{"image": str(p.resolve())} for p in paths]
 
 
 def main(argv: list[str] | None = None) -> None:

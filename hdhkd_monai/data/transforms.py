@@ -7,7 +7,8 @@ one) and is meant to be called from a bundle config::
                       "window": "lung"}
 
 Output: ``image`` float32 [3, image_size, image_size] in [0, 1] (no ImageNet normalisation; the networks take
-[0, 1] input); ``mask`` float32 [1, image_size, image_size] in {0, 1}.
+[0, 1] input); ``mask`` float32 [1, image_size, image_size] in {0, 1}. :class:`EnsureMaskd` gives items without a
+mask file one, so that they batch with those that have one.
 
 Loading goes through :class:`SliceReader`, so every modality accepts the same files:
 
@@ -27,13 +28,14 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from monai.data import ImageReader
+from monai.data import ImageReader, MetaTensor
 from monai.transforms import (
     AsDiscreted,
     Compose,
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
+    MapTransform,
     RepeatChanneld,
     Resized,
     ScaleIntensityRanged,
@@ -143,7 +145,7 @@ def _pipeline(image_size: int, intensity: list, display_images: bool = True, pur
     ])
 
 
-def oct_bscan(image_size: int = 256, intensity_range: Sequence[float] = (0.0, 1.0)) -> Compose:
+def oct_bscan(image_size: int, intensity_range: Sequence[float] = (0.0, 1.0)) -> Compose:
     """OCT B-scans (JPEG/PNG, or ``.npy`` B-scans of volumes, already in [0, 1]).
 
     Args:
@@ -154,7 +156,7 @@ def oct_bscan(image_size: int = 256, intensity_range: Sequence[float] = (0.0, 1.
     return _pipeline(image_size, [_unit_range(low, high)])
 
 
-def mri_slice(image_size: int = 256, percentiles: Sequence[float] | None = (0.5, 99.5)) -> Compose:
+def mri_slice(image_size: int, percentiles: Sequence[float] | None = (0.5, 99.5)) -> Compose:
     """MRI slices: per-slice percentile normalisation to [0, 1] (clipped).
 
     Args:
@@ -169,7 +171,7 @@ def mri_slice(image_size: int = 256, percentiles: Sequence[float] | None = (0.5,
     return _pipeline(image_size, [ScaleIntensityRangePercentilesd("image", lower, upper, 0.0, 1.0, clip=True)])
 
 
-def ct_slice(image_size: int = 256, window: str | Sequence[float] | None = "lung") -> Compose:
+def ct_slice(image_size: int, window: str | Sequence[float] | None = "lung") -> Compose:
     """CT slices: an HU window mapped to [0, 1].
 
     Args:
@@ -189,7 +191,7 @@ def ct_slice(image_size: int = 256, window: str | Sequence[float] | None = "lung
                      display_images=False, purpose=f"ct_slice(window={window}) expects HU values")
 
 
-def pet_slice(image_size: int = 256, suv_max: float | None = 10.0) -> Compose:
+def pet_slice(image_size: int, suv_max: float | None = 10.0) -> Compose:
     """PET slices: SUVbw in [0, suv_max] mapped linearly to [0, 1] (clipped), the same scale for every patient.
 
     Args:
@@ -201,3 +203,29 @@ def pet_slice(image_size: int = 256, suv_max: float | None = 10.0) -> Compose:
         return _pipeline(image_size, [_unit_range()])
     return _pipeline(image_size, [_unit_range(0.0, suv_max)],
                      display_images=False, purpose=f"pet_slice(suv_max={suv_max}) expects SUV values")
+
+
+class EnsureMaskd(MapTransform):
+    """Give every item a mask, so that batches mixing images with and without one collate.
+
+    Datalists attach ``"mask"`` only where a mask file exists (typically abnormal test images). An item without one
+    gets a [1, H, W] mask like its image: all 0 for a normal image (it holds no anomaly), all NaN for an abnormal or
+    unlabelled one (its anomaly is not delineated; pixel metrics leave NaN masks out).
+
+    Args:
+        image_key, mask_key, label_key: item keys (the mask follows the loaded image's shape).
+    """
+
+    def __init__(self, image_key: str = "image", mask_key: str = "mask", label_key: str = "label") -> None:
+        super().__init__(keys=[mask_key])
+        self.image_key, self.mask_key, self.label_key = image_key, mask_key, label_key
+
+    def __call__(self, data: dict) -> dict:
+        if data.get(self.mask_key) is not None:
+            return data
+        label = data.get(self.label_key)
+        fill = 0.0 if label is not None and int(label) == 0 else float("nan")
+        image = torch.as_tensor(data[self.image_key])
+        # A MetaTensor like the masks read from files: MONAI's collate needs the same type across a batch.
+        mask = MetaTensor(torch.full((1, *image.shape[1:]), fill, dtype=torch.float32))
+        return {**data, self.mask_key: mask}

@@ -1,7 +1,6 @@
 """Ignite engines of the bundle workflows: distillation training and anomaly-map evaluation."""
 
 from hdhkd_monai.engines.evaluator import AnomalyEvaluator
-from hdhkd_monai.engines.inputs import EnsureMaskd, datalist_split, image_items
 from hdhkd_monai.engines.trainer import DistillationTrainer
 
-__all__ = ["AnomalyEvaluator", "EnsureMaskd", "DistillationTrainer", "datalist_split", "image_items"]
+__all__ = ["AnomalyEvaluator", "DistillationTrainer"]

@@ -4,7 +4,9 @@ from hdhkd_monai.handlers.auroc import ImageAUROC
 from hdhkd_monai.handlers.calibration import CalibrationHandler
 from hdhkd_monai.handlers.checkpoint import (
     AtomicCheckpointSaver,
+    MODEL_CKPT,
     CheckpointMismatchError,
+    NamedCheckpointLoader,
     ResumeFromCheckpoint,
     load_checkpoint,
     load_network,
@@ -13,7 +15,7 @@ from hdhkd_monai.handlers.checkpoint import (
 from hdhkd_monai.handlers.report import EvaluationReport
 from hdhkd_monai.handlers.sampler import ReshuffleOnRestart
 from hdhkd_monai.handlers.scores import ScoreWriter
-from hdhkd_monai.handlers.teacher import TeacherStatsHandler
+from hdhkd_monai.handlers.teacher import TeacherStatsHandler, load_teacher
 from hdhkd_monai.handlers.validation import IterationValidationHandler
 
 __all__ = [
@@ -23,11 +25,14 @@ __all__ = [
     "EvaluationReport",
     "ImageAUROC",
     "IterationValidationHandler",
+    "MODEL_CKPT",
+    "NamedCheckpointLoader",
     "ResumeFromCheckpoint",
     "ReshuffleOnRestart",
     "ScoreWriter",
     "TeacherStatsHandler",
     "load_checkpoint",
     "load_network",
+    "load_teacher",
     "save_checkpoint",
 ]

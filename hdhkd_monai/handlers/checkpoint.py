@@ -4,9 +4,14 @@ A checkpoint file is a dict ``{name: obj.state_dict()}`` (``torch.save``), plus 
 trainer's name when it is saved for resuming. The bundle writes three (in ``ckpt_dir``):
 
 - ``teacher.pt``: ``{"teacher": PDN}``, the distilled teacher with its output statistics;
-- ``model.pt``: ``{"model": AnomalyMapNet}``, the best student by validation AUROC, calibrated
+- :data:`MODEL_CKPT`: ``{"model": AnomalyMapNet}``, the best student by validation AUROC, calibrated
   (``map_quantiles``/``threshold`` buffers); ``network_def`` of ``inference.json`` loads it as is;
 - ``last.pt``: ``{"model", "optimizer", "lr_scheduler", "best_checkpoint", "trainer"}``, for resuming.
+
+MONAI's ``CheckpointSaver`` writes in place (``atomic=False``, for the file permissions), and its
+``CheckpointLoader`` restores an engine's ``epoch_length`` from the file, which would stop a resumed run at the old
+length; hence :class:`AtomicCheckpointSaver` and :class:`ResumeFromCheckpoint`. Loading a network for evaluation or
+inference is MONAI's loader, with the file named in its errors (:class:`NamedCheckpointLoader`).
 """
 
 from __future__ import annotations
@@ -21,11 +26,16 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointLoader
 from torch import nn
+
+from hdhkd_monai.state_dict import CheckpointMismatchError, load_weights, torch_file
 
 __all__ = [
     "AtomicCheckpointSaver",
     "CheckpointMismatchError",
+    "MODEL_CKPT",
+    "NamedCheckpointLoader",
     "ResumeFromCheckpoint",
     "load_checkpoint",
     "load_network",
@@ -33,11 +43,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-_SHOWN_KEYS = 5  # how many offending parameter names an error lists
-
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint file that is unreadable or does not fit the configured objects; the message names the file."""
+#: File name of the trained, calibrated model in ``ckpt_dir``: what training writes and evaluation/inference load.
+MODEL_CKPT = "model.pt"
 
 
 def save_checkpoint(objects: Mapping[str, Any], path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
@@ -68,28 +75,6 @@ def _umask() -> int:
     return mask
 
 
-def _module_mismatch(module: nn.Module, state: Mapping[str, torch.Tensor]) -> str | None:
-    """A description of the keys and shapes where ``state`` does not fit ``module``, or None when it fits."""
-    own = module.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    reshaped = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and hasattr(state[k], "shape") and state[k].shape != own[k].shape
-    ]
-    problems = [
-        f"{len(keys)} {what} (e.g. {', '.join(keys[:_SHOWN_KEYS])})"
-        for what, keys in (
-            ("parameters missing from the file", missing),
-            ("unexpected parameters", unexpected),
-            ("parameters of another shape (file vs model)", reshaped),
-        )
-        if keys
-    ]
-    return "; ".join(problems) or None
-
-
 def load_checkpoint(path: str | Path, objects: Mapping[str, Any], map_location: str | torch.device = "cpu") -> dict:
     """Load the entries of the checkpoint at ``path`` into ``objects`` (``{name: obj with load_state_dict}``).
 
@@ -97,13 +82,7 @@ def load_checkpoint(path: str | Path, objects: Mapping[str, Any], map_location: 
     :class:`CheckpointMismatchError` (naming the file) for an unreadable file, a missing entry, or a network entry
     whose parameter names or shapes differ from the configured network (a checkpoint of another architecture).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointMismatchError(f"{path}: cannot be read as a PyTorch checkpoint ({e})") from e
+    checkpoint = torch_file(path, map_location)
     if not isinstance(checkpoint, Mapping):
         raise CheckpointMismatchError(f"{path}: expected a dict of state dicts, found a {type(checkpoint).__name__}")
     absent = [name for name in objects if name not in checkpoint]
@@ -113,12 +92,8 @@ def load_checkpoint(path: str | Path, objects: Mapping[str, Any], map_location: 
         )
     for name, obj in objects.items():
         if isinstance(obj, nn.Module):
-            problem = _module_mismatch(obj, checkpoint[name])
-            if problem:
-                raise CheckpointMismatchError(
-                    f"{path}: entry {name!r} does not fit the configured {type(obj).__name__} "
-                    f"(a checkpoint of another architecture or configuration?): {problem}"
-                )
+            load_weights(obj, checkpoint[name], f"{path}: entry {name!r} (another architecture or configuration?)")
+            continue
         try:
             obj.load_state_dict(checkpoint[name])
         except (RuntimeError, ValueError, KeyError) as e:
@@ -130,6 +105,19 @@ def load_network(network: nn.Module, path: str | Path, key: str) -> nn.Module:
     """``network`` with the weights and buffers of entry ``key`` of the checkpoint at ``path`` (for configs)."""
     load_checkpoint(path, {key: network})
     return network
+
+
+class NamedCheckpointLoader(CheckpointLoader):
+    """:class:`monai.handlers.CheckpointLoader` whose errors name the checkpoint file: a missing file, or one whose
+    entries do not fit the configured objects (a checkpoint of another architecture or workflow)."""
+
+    def __call__(self, engine: Engine) -> None:
+        if not Path(self.load_path).is_file():
+            raise FileNotFoundError(f"checkpoint not found: {self.load_path}")
+        try:
+            super().__call__(engine)
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise CheckpointMismatchError(f"{self.load_path}: does not fit the configured objects: {e}") from e
 
 
 class AtomicCheckpointSaver:

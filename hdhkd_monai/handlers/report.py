@@ -10,6 +10,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import torch
 from ignite.engine import Engine
 from matplotlib.figure import Figure  # drawn off-screen (Agg), no pyplot state and no display needed
 from sklearn.metrics import precision_recall_curve, roc_curve
@@ -48,11 +49,12 @@ class EvaluationReport(ScoreWriter):
 
     Args:
         output_dir: folder for the files.
-        threshold: the decision threshold from the normal validation images (``model.threshold``).
+        threshold: the decision threshold from the normal validation images (``model.threshold``; see
+            :class:`ScoreWriter`).
         n_heatmaps: how many highest- and lowest-scoring images get an overlay.
     """
 
-    def __init__(self, output_dir: str | Path, threshold: float, n_heatmaps: int = 4) -> None:
+    def __init__(self, output_dir: str | Path, threshold: float | torch.Tensor, n_heatmaps: int = 4) -> None:
         self.output_dir = Path(output_dir)
         super().__init__(self.output_dir / "scores.csv", threshold)
         self.n_heatmaps = n_heatmaps

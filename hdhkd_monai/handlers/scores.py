@@ -7,6 +7,7 @@ import logging
 import math
 from pathlib import Path
 
+import torch
 from ignite.engine import Engine, Events
 
 __all__ = ["ScoreWriter", "image_path"]
@@ -28,16 +29,21 @@ class ScoreWriter:
 
     Args:
         filename: CSV file to write (its folder is created).
-        threshold: decision threshold in the units of the scores (``model.threshold`` of a calibrated model).
+        threshold: decision threshold in the units of the scores: a number, or the ``threshold`` buffer of a
+            calibrated model, read when each row is written (so a checkpoint loaded as the run starts sets it).
             NaN (an uncalibrated model) leaves the decision column empty, with a warning.
     """
 
     columns = ("path", "label", "class", "score", "decision")
 
-    def __init__(self, filename: str | Path, threshold: float) -> None:
+    def __init__(self, filename: str | Path, threshold: float | torch.Tensor) -> None:
         self.filename = Path(filename)
-        self.threshold = float(threshold)
+        self._threshold = threshold
         self.rows: list[dict] = []
+
+    @property
+    def threshold(self) -> float:
+        return float(self._threshold)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
@@ -49,14 +55,14 @@ class ScoreWriter:
 
     def add(self, path: str, label, cls: str, score: float) -> None:
         """One image's row; ``label`` None for an unlabelled image."""
-        score = float(score)
+        score, threshold = float(score), self.threshold
         self.rows.append(
             {
                 "path": path,
                 "label": "" if label is None else int(label),
                 "class": cls,
                 "score": score,
-                "decision": "" if math.isnan(self.threshold) else int(score >= self.threshold),
+                "decision": "" if math.isnan(threshold) else int(score >= threshold),
             }
         )
 

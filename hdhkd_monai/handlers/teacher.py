@@ -1,14 +1,31 @@
-"""Feature statistics around teacher distillation: target statistics before, PDN output statistics after."""
+"""The distilled teacher: feature statistics around its distillation, and loading it for student training."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from ignite.engine import Engine, Events
+from torch import nn
 
 from hdhkd_monai.distill import TeacherDistillation, fit_teacher_stats
+from hdhkd_monai.handlers.checkpoint import load_network
 
-__all__ = ["TeacherStatsHandler"]
+__all__ = ["TEACHER_COMMAND", "TeacherStatsHandler", "load_teacher"]
+
+#: The workflow that writes ``teacher.pt``, as run from the bundle root.
+TEACHER_COMMAND = "python -m monai.bundle run --config_file \"['configs/train.json','configs/train_teacher.json']\""
+
+
+def load_teacher(teacher: nn.Module, path: str | Path) -> nn.Module:
+    """``teacher`` with the weights of the distilled teacher at ``path`` (entry ``"teacher"``); when the file is
+    missing, the error names the command that distils it."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"checkpoint not found: {path}. Student training needs the distilled teacher first; from the bundle root: "
+            f"{TEACHER_COMMAND} with the same --bundle_root and --dataset_dir (or point --teacher_ckpt at one)."
+        )
+    return load_network(teacher, path, key="teacher")
 
 
 class TeacherStatsHandler:

@@ -5,13 +5,12 @@ from .hdhkd import GLOBAL_DECODERS, HDHKD, AnomalyMapNet, HDHKDStudent
 from .mfm import ConcatFusion, MultiFeatureModel
 from .pdn import PDN
 from .ss2d import SS2D
-from .student import STUDENT_BACKBONES, StudentEncoder, load_backbone_weights
+from .student import STUDENT_BACKBONES, StudentEncoder
 
 __all__ = [
     "PDN",
     "SS2D",
     "StudentEncoder",
-    "load_backbone_weights",
     "STUDENT_BACKBONES",
     "UpsampleStem",
     "ConvUpsample",

@@ -14,44 +14,13 @@ from torchvision.models.resnet import Bottleneck
 from ..pretrained import create_backbone, input_normalization
 from .blocks import conv_block
 
-__all__ = ["STUDENT_BACKBONES", "StudentEncoder", "load_backbone_weights"]
+__all__ = ["STUDENT_BACKBONES", "StudentEncoder"]
 
 #: The backbones of Table VI; any timm ResNet-family name with stride-4/8/16 stages works the same way.
 STUDENT_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnext50_32x4d", "wide_resnet50_2")
 
 #: Grid of the fused features S_f and of f_se, as a stride of the input (the grid of ResNet block 3).
 ENCODER_STRIDE = 16
-
-
-def load_backbone_weights(backbone: nn.Module, path: str | Path) -> None:
-    """Load a local state_dict file into a timm ``features_only`` backbone.
-
-    The file may hold the whole classification network (``layer4.*`` and ``fc.*`` are not part of the backbone and are
-    left out) or be wrapped in ``{"state_dict": ...}`` / ``{"model": ...}``. Any backbone tensor that is missing or
-    has another shape raises a ``ValueError`` naming the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"student backbone weights not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or non-torch file
-        raise ValueError(f"cannot read student backbone weights {path}: {err}") from err
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state_dict (found {type(state).__name__})")
-    own = backbone.state_dict()
-    missing = [k for k in own if k not in state]
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
-             if k in state and state[k].shape != v.shape]  # fmt: skip
-    if missing or wrong:
-        raise ValueError(
-            f"{path} does not fit this backbone: {len(missing)} missing tensors (e.g. {missing[:3]}), "
-            f"{len(wrong)} shape mismatches (e.g. {wrong[:3]})"
-        )
-    backbone.load_state_dict({k: state[k] for k in own})
 
 
 def _fusion_conv(in_channels: int, out_channels: int, factor: int, act, norm) -> nn.Module:
@@ -96,12 +65,10 @@ class StudentEncoder(nn.Module):
         norm: str | tuple = "batch",
     ) -> None:
         super().__init__()
-        if weights == "efficientnet-lite":
-            self.backbone = create_backbone(backbone, weights, out_indices=(1, 2, 3))
-        else:
+        if weights is None:  # from scratch, as in the paper: no random-weights warning
             self.backbone = timm.create_model(backbone, features_only=True, out_indices=(1, 2, 3), pretrained=False)
-            if weights is not None:
-                load_backbone_weights(self.backbone, weights)
+        else:  # a whole classifier's weights: its last stage and head are not part of the backbone
+            self.backbone = create_backbone(backbone, weights, out_indices=(1, 2, 3))
         if out_channels % Bottleneck.expansion:
             raise ValueError(f"out_channels of Block4 must be a multiple of {Bottleneck.expansion}, got {out_channels}")
         reductions = self.backbone.feature_info.reduction()

@@ -1,0 +1,74 @@
+"""Weights from files: reading a state dict and loading it into a module, with errors that name the file.
+
+One reader and one loader serve the student's optional backbone weights, the distillation target's pretrained
+weights and the workflows' checkpoints, so all of them accept the same files and report a misfit the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = ["CheckpointMismatchError", "load_weights", "read_state_dict", "torch_file"]
+
+_SHOWN_KEYS = 5  # how many offending keys an error lists
+
+
+class CheckpointMismatchError(ValueError):
+    """A weights file that is unreadable or does not fit the module it is loaded into; the message names the file."""
+
+
+def torch_file(path: str | Path, map_location: str | torch.device = "cpu"):
+    """The object ``torch.save`` wrote to ``path`` (tensors and plain containers only: ``weights_only``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # corrupt, not a torch file, or pickled objects beyond tensors
+        raise CheckpointMismatchError(f"{path}: cannot be read as a PyTorch checkpoint ({e})") from e
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``, saved plainly or under ``"state_dict"``/``"model"``."""
+    state = torch_file(path)
+    for key in ("state_dict", "model"):
+        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
+            state = state[key]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointMismatchError(f"{path} does not hold a state dict of tensors (plain, or under 'state_dict' or 'model')")
+    return dict(state)
+
+
+def load_weights(
+    module: nn.Module, state: Mapping[str, torch.Tensor], source: str, known: Collection[str] | None = None
+) -> nn.Module:
+    """Load ``state`` into ``module`` after checking that it fits; returns ``module``.
+
+    A ``module.`` prefix on every key (a DistributedDataParallel's state dict) is dropped. Every tensor of ``module`` must be in ``state`` with the same shape. Keys of ``state`` that ``module`` lacks are
+    an error unless they are in ``known`` (e.g. the head of a whole classifier whose trunk ``module`` is). The
+    :class:`CheckpointMismatchError` names ``source`` and lists missing, unexpected and mis-shaped keys.
+    """
+    if state and all(k.startswith("module.") for k in state):
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = module.state_dict()
+    expected = set(own) | set(known or ())
+    problems = {
+        "missing": [k for k in own if k not in state],
+        "unexpected": [k for k in state if k not in expected],
+        "shape mismatch (file != model)": [
+            f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape
+        ],
+    }
+    listed = [
+        f"{label} ({len(keys)}): {', '.join(keys[:_SHOWN_KEYS])}{', ...' if len(keys) > _SHOWN_KEYS else ''}"
+        for label, keys in problems.items()
+        if keys
+    ]
+    if listed:
+        raise CheckpointMismatchError(f"{source}: does not fit {type(module).__name__}: " + "; ".join(listed))
+    module.load_state_dict({k: state[k] for k in own})
+    return module
