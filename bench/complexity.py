@@ -22,6 +22,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 import hdhkd_monai.networks.ss2d as ss2d_module
+from hdhkd_monai.launcher import read_config
 from hdhkd_monai.markdown import replace_section
 from hdhkd_monai.networks import HDHKD, PDN, STUDENT_BACKBONES
 
@@ -90,6 +91,49 @@ def row(name: str, teacher: PDN, size: int, **config) -> dict:
     return result
 
 
+def preset_flops(workflows: tuple[str, ...] = (), size: int | None = None, **overrides) -> dict:
+    """FLOPs of one image through the model a bundle configuration builds (``inference.json`` + ``workflows``):
+    ``teacher``, ``student`` and their ``total``, at ``size`` (default: the configuration's own ``image_size``)."""
+    parser = read_config(("inference", *workflows), **overrides)
+    size = size or int(parser.get_parsed_content("image_size"))
+    model = parser.get_parsed_content("hdhkd").eval()
+    x = torch.rand(1, 3, size, size)
+    teacher, _ = measure(model.teacher, x)
+    grid = list(model.teacher.output_size((size, size)))
+    student, _ = measure(lambda image: model.student(image, grid), x)
+    return {"size": size, "teacher": teacher, "student": student, "total": teacher + student}
+
+
+#: The configurations compared by the HDHKD-S FLOPs budget: the bundle's default, and the paper's full model
+#: (its WideResNet50 student of Tables VI-VII, with the PDN-S teacher) at the paper's 256x256.
+PRESETS = {
+    "HDHKD-S (bundle default)": ((), {}),
+    "paper configuration, configs/paper.json (resnet18 student)": (("paper",), {}),
+    "paper's full model (wide_resnet50_2 student, Tables VI-VII)": (("paper",), {"backbone": "wide_resnet50_2"}),
+}
+
+
+def presets_section() -> str:
+    rows = {name: preset_flops(workflows, **overrides) for name, (workflows, overrides) in PRESETS.items()}
+    reference = rows["paper's full model (wide_resnet50_2 student, Tables VI-VII)"]["total"]
+    lines = [
+        "## FLOPs per image of the configurations (written by `bench/complexity.py`)",
+        "",
+        "One image at the configuration's own input size, teacher and student counted as in the models section "
+        "below. HDHKD-S is the bundle's default; its budget is a tenth of the paper's full model.",
+        "",
+        "| configuration | input | teacher GFLOPs | student GFLOPs | total GFLOPs | share of the paper's full model |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['size']}x{r['size']} | {_g(r['teacher'])} | {_g(r['student'])} "
+                     f"| {_g(r['total'])} | {r['total'] / reference:.3f} |")  # fmt: skip
+    default_256 = preset_flops(size=256)
+    lines += ["", f"HDHKD-S run at 256x256 instead: {_g(default_256['total'])} GFLOPs "
+              f"({default_256['total'] / reference:.3f} of the paper's full model)."]  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256, help="input height and width")
@@ -110,9 +154,12 @@ def main() -> None:
     table_vii += [row(TABLE_VII_NAMES[d], teacher, size, global_decoder=d) for d in PAPER_TABLE_VII]
     table_vi = [row("full model", teacher, size, backbone=b) for b in STUDENT_BACKBONES]
     table_v = [row(name, teacher, size, **config) for name, config in TABLE_V]
+    presets = presets_section()
+    print(presets)
     if not args.no_doc:
         write_doc(size, teachers, table_vii, table_vi, table_v)
-        print(f"wrote the models section of {DOC}")
+        replace_section(DOC, "presets", presets)
+        print(f"wrote the presets and models sections of {DOC}")
 
 
 def _m(n: float) -> str:

@@ -24,7 +24,6 @@ from hdhkd_monai.baselines import RD4AD, EfficientAD, PatchCore
 from hdhkd_monai.data.datalist import datalist_split
 from hdhkd_monai.handlers import ScoreWriter, load_network
 from hdhkd_monai.launcher import OFFLINE_TEACHER, read_config
-from hdhkd_monai.networks import PDN
 
 # The ImageNet weights the teacher was distilled from.
 BACKBONE = {"backbone": OFFLINE_TEACHER["target_backbone"], "weights": OFFLINE_TEACHER["target_weights"]}
@@ -73,7 +72,8 @@ def _train(model, loader: DataLoader, iterations: int) -> None:
 
 
 def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: Path) -> list[dict]:
-    parser = read_config(["train", preset], image_size=args.image_size)
+    # The paper configuration: EfficientAD-S runs on the PDN teacher that the runner distils with it.
+    parser = read_config(["train", "paper", preset], image_size=args.image_size)
     transform = parser.get_parsed_content("preprocessing")
     threshold_quantile = parser["threshold_quantile"]
     train = _loader(datalist, "training", transform, args.batch_size, shuffle=True)
@@ -81,7 +81,7 @@ def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: P
     test = _loader(datalist, "test", transform, args.batch_size)
 
     def efficientad():
-        teacher = load_network(PDN(parser["pdn_size"], padding=parser["pdn_padding"]), teacher_ckpt, key="teacher")
+        teacher = load_network(parser.get_parsed_content("teacher_def"), teacher_ckpt, key="teacher")
         model = EfficientAD(teacher, image_size=args.image_size)
         _train(model, train, args.iterations)
         model.fit_map_normalisation(_images(validation))

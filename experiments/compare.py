@@ -50,6 +50,15 @@ def paired(a: dict, b: dict, name_a: str, name_b: str) -> tuple[np.ndarray, np.n
     return np.array([a[k][0] for k in keys]), np.array([a[k][1] for k in keys]), np.array([b[k][1] for k in keys])
 
 
+def compare_runs(a: Path, b: Path, resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
+    """:func:`~hdhkd_monai.metrics.paired_auroc_bootstrap` of two scores CSVs (or row folders) of the same images,
+    with their image counts ``n_normal`` and ``n_abnormal``."""
+    labels, scores_a, scores_b = paired(read_scores(a), read_scores(b), str(a), str(b))
+    n_abnormal = int(labels.sum())
+    return {**paired_auroc_bootstrap(labels, scores_a, scores_b, resamples, confidence, seed),
+            "n_normal": labels.size - n_abnormal, "n_abnormal": n_abnormal}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("a", type=Path)
@@ -59,15 +68,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    labels, scores_a, scores_b = paired(read_scores(args.a), read_scores(args.b), str(args.a), str(args.b))
-    r = paired_auroc_bootstrap(labels, scores_a, scores_b, args.resamples, args.confidence, args.seed)
-    n_abnormal = int(labels.sum())
+    r = compare_runs(args.a, args.b, args.resamples, args.confidence, args.seed)
     print(
         f"A {args.a}: AUROC {100 * r['auroc_a']:.2f}\n"
         f"B {args.b}: AUROC {100 * r['auroc_b']:.2f}\n"
         f"A - B = {100 * r['diff']:+.2f} points, {100 * args.confidence:.0f}% interval "
         f"[{100 * r['low']:+.2f}, {100 * r['high']:+.2f}] ({args.resamples} paired resamples of "
-        f"{labels.size - n_abnormal} normal / {n_abnormal} abnormal images); A better in {100 * r['p_a_better']:.1f}%"
+        f"{r['n_normal']} normal / {r['n_abnormal']} abnormal images); A better in {100 * r['p_a_better']:.1f}%"
     )
     return r
 

@@ -80,3 +80,47 @@ def markdown(table: dict) -> str:
             f"| {'' if paper is None else paper} | {m['n_normal']} / {m['n_abnormal']} | {row['train_s']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def _mean_sd(values: list[float]) -> str:
+    values = [100 * v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    mean = sum(values) / len(values)
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+    return f"{mean:.2f} ± {sd:.2f}"
+
+
+def markdown_seeds(tables: list[dict], comparisons: list[str]) -> str:
+    """One table over several seeds of the same table: each metric as mean ± standard deviation over the seeds, the
+    AUROC of every seed, and the paired bootstrap ``comparisons`` (lines of text) below."""
+    first, budget = tables[0], tables[0]["budget"]
+    seeds = [t["budget"]["seed"] for t in tables]
+    lines = [
+        f"Data `{first['data']}`; image {budget['image_size']}x{budget['image_size']}, {budget['iterations']} student "
+        f"iterations at batch {budget['batch_size']} (EfficientAD-S's PDN teacher {budget['teacher_iterations']} "
+        f"iterations); seeds {', '.join(map(str, seeds))}; {_overrides(budget)}mean ± standard deviation over the "
+        f"seeds; wall time of the runs that wrote this table {sum(t['wall_s'] for t in tables) / 60:.0f} min on "
+        f"{first.get('cpu_count', 2)} CPU cores (rows trained by an earlier run are only evaluated).",
+        "",
+        f"F1 of flagging every test image abnormal (the floor for the F1 column): {_pct(_flag_all_f1(first))}. "
+        "SEN at 95 % SPE reads the operating point off the test labels, as AUROC does; F1 and SPE are at the "
+        "threshold from the normal validation images.",
+        "",
+        "| row | AUROC | AUROC per seed | AUPRC | SEN at 95 % SPE | F1 | SPE | trainable params (M) "
+        "| paper AUROC (same data set) | test normal / abnormal | train s (mean) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, row in enumerate(first["rows"]):
+        runs = [t["rows"][i] for t in tables]
+        metric = lambda key: _mean_sd([r["image"].get(key) for r in runs])  # noqa: E731
+        paper = PAPER_AUROC_BY_DATA.get(first["data"], {}).get(row["name"])
+        params = row.get("trainable_params")
+        m = row["image"]
+        lines.append(
+            f"| {row['name']} | {metric('auroc')} | {' / '.join(_pct(r['image']['auroc']) for r in runs)} "
+            f"| {metric('auprc')} | {metric('sen_at_95spe')} | {metric('f1')} | {metric('spe')} "
+            f"| {'n/a' if params is None else f'{params / 1e6:.1f}'} | {'' if paper is None else paper} "
+            f"| {m['n_normal']} / {m['n_abnormal']} | {sum(r['train_s'] for r in runs) / len(runs):.0f} |"
+        )
+    return "\n".join(lines + ([""] + comparisons if comparisons else []))

@@ -44,7 +44,8 @@ sys.path.insert(0, str(REPO))  # `experiments` as a package when run as a script
 
 from experiments import report  # noqa: E402
 from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist  # noqa: E402
-from hdhkd_monai.launcher import CONFIGS, OFFLINE_TEACHER, run_bundle  # noqa: E402
+from experiments.compare import compare_runs  # noqa: E402
+from hdhkd_monai.launcher import CONFIGS, OFFLINE_TEACHER, read_config, run_bundle  # noqa: E402
 from hdhkd_monai.markdown import replace_section  # noqa: E402
 TABLES = ("main", "table5", "table6", "table7")
 # run.json keys that may change while a row folder is resumed: paths (a copied run folder) and the training length.
@@ -92,7 +93,8 @@ def distil_teacher(args, out: Path, datalist: Path, preset: Path) -> Path:
     })  # fmt: skip
     start = time.time()
     print(f"distilling the teacher ({args.teacher_iterations} iterations) into {ckpt}", flush=True)
-    run_bundle([CONFIGS / "train.json", CONFIGS / "train_teacher.json", preset, budget], log=root / "log.txt")
+    run_bundle([CONFIGS / "train.json", CONFIGS / "paper.json", CONFIGS / "train_teacher.json", preset, budget],
+               log=root / "log.txt")
     print(f"  teacher done in {time.time() - start:.0f} s", flush=True)
     return ckpt
 
@@ -142,14 +144,14 @@ def check_resumable(root: Path, settings: dict) -> None:
         raise ValueError(f"{root} was trained under other settings ({diff}); retrain it with --fresh or use another --out")
 
 
-def run_row(args, out: Path, row: Path, datalist: Path, preset: Path, teacher: Path) -> dict:
+def run_row(args, out: Path, row: Path, datalist: Path, preset: Path, teacher: Path | None) -> dict:
     root = out / row.parent.name / row.stem
     if args.fresh and root.exists():
         shutil.rmtree(root)
     settings = {
         "bundle_root": str(root),
         "datalist": str(datalist),
-        "teacher_ckpt": str(teacher),
+        **({} if teacher is None else {"teacher_ckpt": str(teacher)}),
         "image_size": args.image_size,
         "max_iterations": args.iterations,
         "batch_size": args.batch_size,
@@ -172,60 +174,111 @@ def run_row(args, out: Path, row: Path, datalist: Path, preset: Path, teacher: P
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", choices=TABLES)
-    parser.add_argument("--data", type=Path, required=True, help="folder with train/<normal>/ and test/<class>/")
-    parser.add_argument("--normal", default="NORMAL", help="name of the normal class folder")
-    parser.add_argument("--preset", default="oct2017", help="data set override in configs/ (preprocessing)")
-    parser.add_argument("--out", type=Path, help="run folder (default runs/<data folder name>)")
-    parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--iterations", type=int, default=500, help="student training iterations")
-    parser.add_argument("--teacher-iterations", type=int, default=300)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--val-fraction", type=float, default=0.15)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--rows", nargs="+", help="run only these rows (config file stems, e.g. 1_conv 7_full)")
-    parser.add_argument("--no-baselines", action="store_true", help="main table: HDHKD only")
-    parser.add_argument("--fresh", action="store_true", help="retrain the rows even if checkpoints exist")
-    parser.add_argument("--no-doc", action="store_true", help="do not rewrite the section of docs/results.md")
-    parser.add_argument("--report-only", action="store_true",
-                        help="run nothing: rewrite the section of docs/results.md from OUT/TABLE.json")
-    parser.add_argument("--set", nargs="+", metavar="KEY=VALUE", dest="overrides",
-                        help="training config overrides for the HDHKD rows, e.g. learning_rate=0.001")
-    args = parser.parse_args(argv)
-    args.overrides = parse_overrides(args.overrides)
+def bundle_defaults() -> dict:
+    """The budget the bundle's ``train.json`` trains with, the runner's defaults."""
+    parser = read_config(["train"])
+    return {"image_size": int(parser.get_parsed_content("image_size")), "iterations": parser["max_iterations"],
+            "batch_size": parser["batch_size"]}  # fmt: skip
 
-    out = (args.out or REPO / "runs" / args.data.name).resolve()
-    if args.report_only:
-        write_doc(args, json.loads((out / f"{args.table}.json").read_text()))
-        return
-    out.mkdir(parents=True, exist_ok=True)
-    preset = REPO / "configs" / f"{args.preset}.json"
-    if not preset.is_file():
-        raise FileNotFoundError(f"no data set override {preset}; choose one of {[p.stem for p in preset.parent.glob('*.json')]}")
-    row_files = rows_of(args.table, args.rows)
+
+def scores_csv(seed_out: Path, row_name: str) -> Path:
+    """Where a row's per-image scores are: a baseline's CSV, or an HDHKD row folder (``table5/7_full``)."""
+    return seed_out / row_name if "/" in row_name else seed_out / "baselines" / f"{row_name}.scores.csv"
+
+
+def seed_comparisons(table: str, seed_outs: list[Path], tables: list[dict]) -> list[str]:
+    """Paired bootstrap intervals, per seed, of the comparisons a table is for: HDHKD against the best baseline
+    (``main``), the full model against the Conv-Upsample-only row (``table5``)."""
+    names = [row["name"] for row in tables[0]["rows"]]
+    mean_auroc = {n: sum(t["rows"][i]["image"]["auroc"] for t in tables) / len(tables) for i, n in enumerate(names)}
+    baselines = [n for n in names if "/" not in n]
+    if table == "main" and baselines:
+        pairs = [(names[0], max(baselines, key=mean_auroc.get))]
+    elif table == "table5" and {"table5/7_full", "table5/1_conv"} <= set(names):
+        pairs = [("table5/7_full", "table5/1_conv")]
+    else:
+        return []
+    lines = []
+    for a, b in pairs:
+        results = [compare_runs(scores_csv(o, a), scores_csv(o, b)) for o in seed_outs]
+        per_seed = "; ".join(f"seed {t['budget']['seed']}: {100 * r['diff']:+.2f} [{100 * r['low']:+.2f}, "
+                             f"{100 * r['high']:+.2f}]" for t, r in zip(tables, results))  # fmt: skip
+        mean = 100 * sum(r["diff"] for r in results) / len(results)
+        lines.append(f"`{a}` - `{b}` (AUROC points, paired stratified bootstrap 95 % interval of 2000 resamples of the "
+                     f"test images, per seed): {per_seed}; mean {mean:+.2f}.")  # fmt: skip
+    return lines
+
+
+def run_seed(args, out: Path, seed: int, row_files: list[Path], datalist: Path, preset: Path) -> dict:
+    """One seed of the table into ``out``: its HDHKD rows, then (``main``) the baselines."""
+    args.seed = seed
     wall = time.time()
-    datalist = prepare_data(args, out)
-    teacher = distil_teacher(args, out, datalist, preset)
+    needs_pdn = args.table == "main" and not args.no_baselines  # EfficientAD-S's teacher
+    teacher = distil_teacher(args, out.parent if len(args.seeds) > 1 else out, datalist, preset) if needs_pdn else None
     rows = [run_row(args, out, row, datalist, preset, teacher) for row in row_files]
-    if args.table == "main" and not args.no_baselines:
+    if needs_pdn:
         from experiments.baselines import run_baselines
 
         rows += run_baselines(args, out, datalist, preset, teacher)
     table = {
         "table": args.table, "data": args.data.name, "wall_s": time.time() - wall, "cpu_count": os.cpu_count(),
         "budget": {"image_size": args.image_size, "iterations": args.iterations, "batch_size": args.batch_size,
-                   "teacher_iterations": args.teacher_iterations, "seed": args.seed,
+                   "teacher_iterations": args.teacher_iterations, "seed": seed,
                    **({"overrides": args.overrides} if args.overrides else {})},
         "rows": rows,
     }  # fmt: skip
     write_json(out / f"{args.table}.json", table)
-    write_doc(args, table)
+    return table
 
 
-def write_doc(args, table: dict) -> None:
-    markdown = report.markdown(table)
+def main(argv: list[str] | None = None) -> None:
+    defaults = bundle_defaults()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("table", choices=TABLES)
+    parser.add_argument("--data", type=Path, required=True, help="folder with train/<normal>/ and test/<class>/")
+    parser.add_argument("--normal", default="NORMAL", help="name of the normal class folder")
+    parser.add_argument("--preset", default="oct2017", help="data set override in configs/ (preprocessing)")
+    parser.add_argument("--out", type=Path, help="run folder (default runs/<data folder name>)")
+    parser.add_argument("--image-size", type=int, default=defaults["image_size"], help="default: the bundle's")
+    parser.add_argument("--iterations", type=int, default=defaults["iterations"],
+                        help="student training iterations (default: the bundle's)")
+    parser.add_argument("--teacher-iterations", type=int, default=300, help="EfficientAD-S's PDN teacher distillation")
+    parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="default: the bundle's")
+    parser.add_argument("--val-fraction", type=float, default=0.15)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="training seeds; with several, each seed's rows go to OUT/seed<N> and the table "
+                             "reports mean ± standard deviation")
+    parser.add_argument("--rows", nargs="+", help="run only these rows (config file stems, e.g. 1_conv 7_full)")
+    parser.add_argument("--no-baselines", action="store_true", help="main table: HDHKD only")
+    parser.add_argument("--fresh", action="store_true", help="retrain the rows even if checkpoints exist")
+    parser.add_argument("--no-doc", action="store_true", help="do not rewrite the section of docs/results.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: rewrite the section of docs/results.md from the tables in OUT")
+    parser.add_argument("--set", nargs="+", metavar="KEY=VALUE", dest="overrides",
+                        help="training config overrides for the HDHKD rows, e.g. learning_rate=0.001")
+    args = parser.parse_args(argv)
+    args.overrides = parse_overrides(args.overrides)
+
+    out = (args.out or REPO / "runs" / args.data.name).resolve()
+    seed_outs = [out] if len(args.seeds) == 1 else [out / f"seed{s}" for s in args.seeds]
+    if not args.report_only:
+        out.mkdir(parents=True, exist_ok=True)
+        preset = REPO / "configs" / f"{args.preset}.json"
+        if not preset.is_file():
+            raise FileNotFoundError(f"no data set override {preset}; choose one of {[p.stem for p in preset.parent.glob('*.json')]}")
+        row_files = rows_of(args.table, args.rows)
+        datalist = prepare_data(args, out)
+        for seed, seed_out in zip(args.seeds, seed_outs):
+            run_seed(args, seed_out, seed, row_files, datalist, preset)
+    tables = [json.loads((o / f"{args.table}.json").read_text()) for o in seed_outs]
+    if len(tables) == 1:
+        markdown = report.markdown(tables[0])
+    else:
+        markdown = report.markdown_seeds(tables, seed_comparisons(args.table, seed_outs, tables))
+    write_doc(args, markdown)
+
+
+def write_doc(args, markdown: str) -> None:
     print(markdown)
     if not args.no_doc:
         replace_section(REPO / "docs" / "results.md", f"{args.table}:{args.data.name}", markdown)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+from torchvision.transforms import v2
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -45,6 +46,9 @@ PREPROCESSING = {
 }
 #: Image scores compared at every evaluation: the map maximum and the mean of the top 1 % / 5 % of its pixels.
 SCORES = {"max": None, "top1%": 0.01, "top5%": 0.05}
+
+
+augment = v2.Compose([v2.RandomHorizontalFlip(), v2.RandomAffine(degrees=5, translate=(0.05, 0.05), scale=(0.95, 1.05))])
 
 
 def load_split(items: list[dict], preprocessing) -> tuple[torch.Tensor, list[int], list[str]]:
@@ -108,6 +112,7 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--hard-quantile", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--augment", action="store_true", help="random flips and small affine moves of the normals")
     parser.add_argument("--eval-at", type=int, nargs="+", default=[100, 200, 400])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-probe", action="store_true")
@@ -150,6 +155,8 @@ def main(argv=None) -> None:
     start = time.time()
     for it in range(1, max(args.eval_at) + 1):
         x = train[torch.randint(len(train), (args.batch_size,), generator=generator)]
+        if args.augment:
+            x = torch.stack([augment(image) for image in x])
         loss = loss_fn(*model(x))
         optimizer.zero_grad()
         loss.backward()

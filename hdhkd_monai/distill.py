@@ -32,7 +32,7 @@ PATCHCORE_LAYER_DIM = 1024
 
 def channel_pool(x: torch.Tensor, channels: int) -> torch.Tensor:
     """Adaptive average pooling over the channel axis: [B, C, h, w] -> [B, channels, h, w]."""
-    return F.adaptive_avg_pool3d(x.unsqueeze(1), (channels, *x.shape[-2:])).squeeze(1)
+    return F.adaptive_avg_pool3d(x.unsqueeze(1), (channels, x.shape[-2], x.shape[-1])).squeeze(1)
 
 
 class PatchCoreTarget(nn.Module):
@@ -70,6 +70,7 @@ class PatchCoreTarget(nn.Module):
         self.stride = strides[0]
         self.layer_names = tuple(self.backbone.feature_info.module_name())
         self.out_channels = out_channels
+        self.layer_dim = PATCHCORE_LAYER_DIM  # an attribute, which TorchScript can read (module globals it cannot)
         mean, std = input_normalization(backbone)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -80,14 +81,16 @@ class PatchCoreTarget(nn.Module):
         """Stay in eval mode: the target is frozen."""
         return super().train(False)
 
-    @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] in [0, 1] -> [B, out_channels, H/stride, W/stride] (stride 8 for the default layers)."""
+        """[B, 3, H, W] in [0, 1] -> [B, out_channels, H/stride, W/stride] (stride 8 for the default layers).
+
+        No gradient reaches the frozen parameters; callers that need no graph at all run it under ``no_grad`` (not
+        a decorator here, which TorchScript cannot compile: the bundle exports the teacher inside the model)."""
         features = self.backbone((x - self.mean) / self.std)
         grid = features[0].shape[-2:]
         pooled = []
         for f in features:
-            f = channel_pool(F.avg_pool2d(f, kernel_size=3, stride=1, padding=1), PATCHCORE_LAYER_DIM)
+            f = channel_pool(F.avg_pool2d(f, kernel_size=3, stride=1, padding=1), self.layer_dim)
             if f.shape[-2:] != grid:
                 f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
             pooled.append(f)

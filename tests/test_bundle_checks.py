@@ -36,7 +36,6 @@ def tiny_bundle(tmp_path_factory):
     net.model.map_quantiles.copy_(torch.tensor([0.5, 2.0]))
     net.model.threshold.fill_(0.1)
     save_checkpoint({"model": net}, root / "models" / "model.pt")
-    save_checkpoint({"teacher": net.model.teacher}, root / "models" / "teacher.pt")
     return root, net
 
 
@@ -49,8 +48,8 @@ def test_top_level_metadata_is_the_bundle_metadata():
     assert top.is_symlink() and top.resolve() == META.resolve()
 
 
-def test_inference_network_maps_a_256_image_to_a_256_anomaly_map():
-    # shapes from metadata.json: image [1, 3, 256, 256] -> pred [1, 1, 256, 256], at the bundle's default sizes
+def test_inference_network_maps_an_image_to_an_anomaly_map_of_its_size():
+    # shapes from metadata.json: image [1, 3, 128, 128] -> pred [1, 1, 128, 128], at the bundle's default sizes
     verify_net_in_out(
         net_id="network_def", meta_file=str(META), config_file=_configs("inference"), device="cpu"
     )  # raises ValueError on a wrong output channel count, spatial shape or dtype
@@ -73,7 +72,7 @@ def test_ckpt_export_gives_a_torchscript_model_with_the_same_maps(tiny_bundle, t
 @pytest.mark.parametrize(
     "workflows, workflow_type, overrides",
     [
-        (("train", "train_teacher"), "train", TEACHER),
+        (("train", "paper", "train_teacher"), "train", TEACHER),
         (("train",), "train", {}),
         (("inference",), "infer", {}),
     ],
@@ -101,7 +100,7 @@ def test_inference_config_builds_the_network_training_builds():
     shape the data and the network; they must stay those of train.json, or the trained checkpoint would not fit."""
     train, inference = (json.loads((CONFIGS / f"{name}.json").read_text()) for name in ("train", "inference"))
     shared = set(train) & set(inference) - {"imports", "output_dir", "network_def", "network", "hdhkd", "run"}
-    assert shared >= {"image_size", "preprocessing", "backbone", "num_modules", "pdn_size", "model_ckpt"}
+    assert shared >= {"image_size", "preprocessing", "backbone", "num_modules", "teacher_def", "model_ckpt"}
     assert {k: inference[k] for k in shared} == {k: train[k] for k in shared}
     assert {k: v for k, v in inference["hdhkd"].items() if k != "teacher"} == {
         k: v for k, v in train["hdhkd"].items() if k != "teacher"
@@ -114,7 +113,7 @@ def test_overrides_of_train_json_replace_keys_and_never_lists_by_position():
     evaluate = json.loads((CONFIGS / "evaluate.json").read_text())
     assert {k for k in evaluate if "#" in k} <= {k for k in evaluate if k.startswith("validate#")}
     assert not {"dataset", "dataloader", "evaluator", "network", "teacher"} & set(evaluate)
-    for name in ("evaluate", "train_teacher", "multi_gpu_train"):
+    for name in ("evaluate", "train_teacher", "multi_gpu_train", "paper"):
         assert "handlers[" not in (CONFIGS / f"{name}.json").read_text()
 
 

@@ -44,7 +44,7 @@ def test_a_corrupt_training_image_is_named(phantom):
     bad = Path(json.loads((phantom / "data" / "datalist.json").read_text())["training"][0]["image"])
     bad.write_bytes(bad.read_bytes()[:60])  # a truncated PNG
     with pytest.raises(Exception) as excinfo:
-        run_workflow(("train", "train_teacher"), phantom, **{**TEACHER, "max_iterations": 1})
+        run_workflow(("train", "paper", "train_teacher"), phantom, **{**TEACHER, "max_iterations": 1})
     assert f"{bad}: unreadable image" in error_text(excinfo)
 
 
@@ -52,7 +52,7 @@ def test_an_empty_image_folder_is_named(phantom):
     empty = phantom / "imagenet"
     empty.mkdir()
     with pytest.raises(Exception) as excinfo:
-        run_workflow(("train", "train_teacher"), phantom, teacher_data=str(empty), **{**TEACHER, "max_iterations": 1})
+        run_workflow(("train", "paper", "train_teacher"), phantom, teacher_data=str(empty), **{**TEACHER, "max_iterations": 1})
     assert f"{empty}: no image files" in error_text(excinfo)
 
 
@@ -60,7 +60,6 @@ def test_an_empty_datalist_split_is_named(phantom):
     datalist = phantom / "data" / "datalist.json"
     content = json.loads(datalist.read_text())
     datalist.write_text(json.dumps({**content, "training": []}))
-    save_checkpoint({"teacher": _network_def(phantom).model.teacher}, phantom / "models" / "teacher.pt")
     with pytest.raises(Exception) as excinfo:
         run_workflow(("train",), phantom, max_iterations=1)
     assert f"{datalist}: the 'training' split is empty" in error_text(excinfo)
@@ -71,9 +70,8 @@ def test_a_student_checkpoint_of_another_backbone_is_named(phantom, workflows):
     checkpoint = phantom / "models" / "model.pt"
     network = _network_def(phantom, backbone="resnet34")
     save_checkpoint({"model": network}, checkpoint)
-    save_checkpoint({"teacher": network.model.teacher}, phantom / "models" / "teacher.pt")
     with pytest.raises(Exception) as excinfo:
-        run_workflow(workflows, phantom)  # configured with the default backbone, resnet18
+        run_workflow(workflows, phantom)  # configured with the default backbone, tf_efficientnet_lite0
     text = error_text(excinfo)
     assert f"{checkpoint}: does not fit the configured objects" in text
     assert "AnomalyMapNet" in text and "model.student.encoder" in text
@@ -82,18 +80,19 @@ def test_a_student_checkpoint_of_another_backbone_is_named(phantom, workflows):
 def test_a_checkpoint_of_another_workflow_is_named(phantom):
     student = phantom / "models" / "model.pt"
     save_checkpoint({"model": _network_def(phantom)}, student)
-    with pytest.raises(Exception) as excinfo:
-        run_workflow(("train",), phantom, teacher_ckpt=str(student), max_iterations=1)
+    with pytest.raises(Exception) as excinfo:  # the paper configuration loads its distilled PDN teacher
+        run_workflow(("train", "paper"), phantom, teacher_ckpt=str(student), max_iterations=1)
     assert f"{student}: has no entry ['teacher']" in error_text(excinfo)
 
 
 def test_a_missing_teacher_checkpoint_names_the_command_that_distils_it(phantom):
     missing = phantom / "models" / "teacher.pt"
     with pytest.raises(Exception) as excinfo:
-        run_workflow(("train",), phantom, max_iterations=1)
+        run_workflow(("train", "paper"), phantom, max_iterations=1)
     text = error_text(excinfo)
     assert f"checkpoint not found: {missing}" in text
-    assert "python -m monai.bundle run --config_file \"['configs/train.json','configs/train_teacher.json']\"" in text
+    command = "['configs/train.json','configs/paper.json','configs/train_teacher.json']"
+    assert f"python -m monai.bundle run --config_file \"{command}\"" in text
 
 
 def test_a_missing_datalist_names_the_command_that_writes_it(phantom):

@@ -49,10 +49,11 @@ def write_phantom_data(root, n_train=18, n_test_per_class=N_TEST_PER_CLASS):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A bundle folder with phantom data, a distilled teacher and a briefly trained student; and the two logs."""
+    """A bundle folder with phantom data, a distilled PDN teacher (paper configuration) and a briefly trained student
+    of the default configuration (frozen pretrained teacher); and the two logs."""
     root = tmp_path_factory.mktemp("bundle")
     write_phantom_data(root)
-    teacher_log = run(("train", "train_teacher"), root, **TEACHER)
+    teacher_log = run(("train", "paper", "train_teacher"), root, **TEACHER)  # the paper configuration's PDN
     train_log = run(("train",), root, **STUDENT)
     return root, teacher_log, train_log
 
@@ -92,9 +93,9 @@ def test_train_workflow_validates_calibrates_and_checkpoints(trained):
     best = _load(root / "models" / "model.pt")["model"]
     q, threshold = best["model.map_quantiles"], best["model.threshold"]
     assert torch.isfinite(q).all() and q[0] < q[1] and torch.isfinite(threshold)
-    # the teacher inside the student checkpoint is the distilled one
-    teacher = _load(root / "models" / "teacher.pt")["teacher"]
-    torch.testing.assert_close(best["model.teacher.feat_std"], teacher["feat_std"])
+    # the frozen teacher inside the student checkpoint carries its statistics on the training images
+    assert best["model.teacher.feat_std"].shape == (1, 384, 1, 1)
+    assert best["model.teacher.feat_mean"].abs().sum() > 0 and not torch.allclose(best["model.teacher.feat_std"], torch.ones(1))
     # validation every val_interval iterations, logged at the trainer's iteration
     assert re.search(r"Epoch\[2\] Metrics -- .*val_auroc", log) and re.search(r"Epoch\[4\] Metrics -- .*val_auroc", log)
     tags = _scalar_tags(root / "eval")
@@ -182,8 +183,6 @@ def test_inference_workflow_from_a_folder_and_a_file_list(trained, tmp_path):
 
 def test_multi_gpu_train_runs_two_processes_on_gloo(trained, tmp_path):
     root, _, _ = trained
-    (tmp_path / "models").mkdir()
-    shutil.copy(root / "models" / "teacher.pt", tmp_path / "models")
     (tmp_path / "data").symlink_to(root / "data")
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
     log = run(("train", "multi_gpu_train"), tmp_path, interpreter=torchrun, **STUDENT)

@@ -191,3 +191,40 @@ def test_training_time_is_kept_for_re_evaluation_and_grows_with_further_iteratio
     assert first >= 0.05
     assert run.timed_training([], tmp_path, iterations=2) == first  # a no-op resume: the training time stands
     assert run.timed_training([], tmp_path, iterations=4) >= first + 0.05
+
+
+def test_several_seeds_train_into_their_own_folders_and_report_mean_and_spread(runs):
+    data, out, _ = runs
+    seeds_out = out.parent / "seeds"
+    seeds_out.mkdir()
+    shutil.copy(out / "datalist.json", seeds_out)
+    run.main(runner_args("table5", data, seeds_out, "--rows", "1_conv", "--seeds", "0", "1"))
+    tables = [json.loads((seeds_out / f"seed{s}" / "table5.json").read_text()) for s in (0, 1)]
+    assert [t["budget"]["seed"] for t in tables] == [0, 1]
+    assert [json.loads((seeds_out / f"seed{s}" / "table5" / "1_conv" / "run.json").read_text())["seed"]
+            for s in (0, 1)] == [0, 1]  # fmt: skip
+    aurocs = [100 * t["rows"][0]["image"]["auroc"] for t in tables]
+    line = next(line for line in report.markdown_seeds(tables, []).splitlines() if line.startswith("| table5/1_conv"))
+    mean, sd = sum(aurocs) / 2, abs(aurocs[0] - aurocs[1]) / 2**0.5
+    assert f"| {mean:.2f} ± {sd:.2f} | {aurocs[0]:.2f} / {aurocs[1]:.2f} |" in line
+
+
+def test_seed_comparisons_pair_hdhkd_with_the_best_baseline(runs):
+    _, out, tables = runs
+    main = tables["main"]
+    best = max(main["rows"][1:], key=lambda r: r["image"]["auroc"])["name"]
+    (line,) = run.seed_comparisons("main", [out, out], [main, main])
+    expected = compare.compare_runs(out / "table5" / "7_full", out / "baselines" / f"{best}.scores.csv")
+    assert line.startswith(f"`table5/7_full` - `{best}`")
+    assert f"seed 0: {100 * expected['diff']:+.2f} [{100 * expected['low']:+.2f}, {100 * expected['high']:+.2f}]" in line
+
+
+@pytest.mark.parametrize("data, paper", [("oct2017", "99.72"), ("brainmri", "96.38"), ("neh-oct", ""), ("mydata", "")])
+def test_the_paper_auroc_shown_is_that_of_the_same_data_set_or_none(data, paper):
+    image = {"auroc": 0.7, "auprc": 0.8, "sen_at_95spe": 0.3, "f1_flag_all": 0.88, "f1": 0.5, "acc": 0.5, "sen": 0.5,
+             "spe": 0.9, "n_normal": 4, "n_abnormal": 22}  # fmt: skip
+    table = {"data": data, "wall_s": 60, "budget": {**BUDGET}, "rows": [{"name": "table5/7_full", "image": image,
+             "train_s": 1.0, "trainable_params": 1e6}]}  # fmt: skip
+    line = next(ln for ln in report.markdown(table).splitlines() if ln.startswith("| table5/7_full"))
+    assert line.split(" | ")[9] == paper
+    assert "F1 of flagging every test image abnormal (the floor for the F1 column): 88.00" in report.markdown(table)

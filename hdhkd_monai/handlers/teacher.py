@@ -14,7 +14,9 @@ from hdhkd_monai.handlers.checkpoint import load_network
 __all__ = ["TEACHER_COMMAND", "TeacherStatsHandler", "load_teacher"]
 
 #: The workflow that writes ``teacher.pt``, as run from the bundle root.
-TEACHER_COMMAND = "python -m monai.bundle run --config_file \"['configs/train.json','configs/train_teacher.json']\""
+TEACHER_COMMAND = (
+    "python -m monai.bundle run --config_file \"['configs/train.json','configs/paper.json','configs/train_teacher.json']\""
+)
 
 
 def load_teacher(teacher: nn.Module, path: str | Path) -> nn.Module:
