@@ -67,7 +67,7 @@ def test_tables_have_one_row_per_expected_name_with_metrics_counts_and_budget(ru
     for name in BASELINES:
         assert json.loads((out / "baselines" / f"{name}.json").read_text())["name"] == name
         # the baselines' per-image scores pair with HDHKD's, image by image, for experiments/compare.py
-        labels, _, _ = compare.paired(hdhkd_scores, compare.read_scores(out / "baselines" / f"{name}.scores.csv"), "a", "b")
+        labels, _, _ = compare.paired(hdhkd_scores, compare.read_scores(out / "baselines" / name), "a", "b")
         assert labels.size == N_TEST_PER_CLASS * (1 + len(ANOMALY_CLASSES))
 
 
