@@ -46,6 +46,7 @@ from experiments import report  # noqa: E402
 from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist  # noqa: E402
 from hdhkd_monai.launcher import CONFIGS, OFFLINE_TEACHER, run_bundle  # noqa: E402
 from hdhkd_monai.markdown import replace_section  # noqa: E402
+
 TABLES = ("main", "table5", "table6", "table7")
 # run.json keys that may change while a row folder is resumed: paths (a copied run folder) and the training length.
 RESUMABLE_KEYS = {"bundle_root", "datalist", "teacher_ckpt", "max_iterations", "val_interval"}
