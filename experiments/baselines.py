@@ -1,9 +1,11 @@
 """The baselines of the ``main`` table under HDHKD's data, preprocessing, resolution and training budget.
 
-EfficientAD-S reuses HDHKD's distilled teacher; PatchCore and RD4AD use the same pip-shipped EfficientNet-Lite0
-ImageNet weights the teacher was distilled from. Each is trained for the same iterations at the same batch size,
-its decision threshold is the same quantile of the normal validation scores that HDHKD's calibration uses, and it
-is scored with the same metric functions.
+EfficientAD-S uses the PDN teacher that the runner distils (the paper configuration's teacher workflow); PatchCore and
+RD4AD use the pip-shipped EfficientNet-Lite0 ImageNet weights, the same that HDHKD-S's teacher and student start from. Each is trained for the same iterations at the same batch size and
+then evaluated by HDHKD's own engine and handlers: ``AnomalyEvaluator`` on the validation split with
+``CalibrationHandler`` (the same quantile of the normal validation scores as HDHKD's threshold), then on the test
+split with ``EvaluationReport``, which writes ``OUT/baselines/<name>/eval/`` (metrics.json, scores.csv, curves,
+heat-maps) as the evaluation workflow does for an HDHKD row.
 """
 
 from __future__ import annotations
@@ -13,51 +15,38 @@ import time
 from itertools import cycle, islice
 from pathlib import Path
 
-import numpy as np
 import torch
 from monai.data import DataLoader, Dataset
 from monai.utils import set_determinism
 from tqdm import tqdm
 
-from hdhkd_monai import metrics
-from hdhkd_monai.baselines import RD4AD, EfficientAD, PatchCore
+from hdhkd_monai.baselines import RD4AD, Detector, EfficientAD, PatchCore
 from hdhkd_monai.data.datalist import datalist_split
-from hdhkd_monai.handlers import ScoreWriter, load_network
+from hdhkd_monai.engines import AnomalyEvaluator
+from hdhkd_monai.handlers import CalibrationHandler, EvaluationReport, load_network
 from hdhkd_monai.launcher import OFFLINE_TEACHER, read_config
 
-# The ImageNet weights the teacher was distilled from.
+# The ImageNet weights of HDHKD-S's teacher and of the PDN's distillation target.
 BACKBONE = {"backbone": OFFLINE_TEACHER["target_backbone"], "weights": OFFLINE_TEACHER["target_weights"]}
+DEVICE = torch.device("cpu")  # where the baselines are trained
 
 
 def _loader(datalist: Path, split: str, transform, batch_size: int, shuffle: bool = False) -> DataLoader:
-    # Image-level scores only: lesion masks (present for some test images) are not loaded.
-    items = [{k: v for k, v in item.items() if k != "mask"} for item in datalist_split(str(datalist), split)]
-    return DataLoader(Dataset(items, transform), batch_size=batch_size, shuffle=shuffle)
+    return DataLoader(Dataset(datalist_split(str(datalist), split), transform), batch_size=batch_size, shuffle=shuffle)
 
 
 def _images(loader: DataLoader):
     return (batch["image"] for batch in loader)
 
 
-@torch.no_grad()
-def _scores(model, loader: DataLoader) -> tuple[np.ndarray, np.ndarray, list[str], list[str]]:
-    model.eval()
-    labels, scores, classes, paths = [], [], [], []
-    for batch in tqdm(loader, desc="scoring", leave=False):
-        score, _ = model.predict(batch["image"])
-        scores += score.tolist()
-        labels += batch["label"].tolist()
-        classes += list(batch["class"])
-        paths += list(batch["image"].meta["filename_or_obj"])
-    return np.array(labels), np.array(scores), classes, paths
-
-
-def _write_scores(filename: Path, threshold: float, labels, scores, classes, paths) -> None:
-    """The per-image CSV in the columns of HDHKD's ``eval/scores.csv``, for ``experiments/compare.py``."""
-    writer = ScoreWriter(filename, threshold)
-    for row in zip(paths, labels, classes, scores):
-        writer.add(*row)
-    writer.write_csv()
+def _evaluate(model: Detector, validation: DataLoader, test: DataLoader, threshold_quantile: float, out: Path) -> dict:
+    """Calibrate ``model.threshold`` on the validation split and report on the test split, with HDHKD's engine and
+    handlers; returns the report's metrics."""
+    calibration = CalibrationHandler(model, low=None, high=None, threshold_quantile=threshold_quantile)
+    AnomalyEvaluator(device=DEVICE, val_data_loader=validation, network=model, val_handlers=[calibration]).run()
+    report = EvaluationReport(out, threshold=model.threshold)
+    AnomalyEvaluator(device=DEVICE, val_data_loader=test, network=model, val_handlers=[report]).run()
+    return json.loads((out / "metrics.json").read_text())
 
 
 def _train(model, loader: DataLoader, iterations: int) -> None:
@@ -74,11 +63,11 @@ def _train(model, loader: DataLoader, iterations: int) -> None:
 def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: Path) -> list[dict]:
     # The paper configuration: EfficientAD-S runs on the PDN teacher that the runner distils with it.
     parser = read_config(["train", "paper", preset], image_size=args.image_size)
-    transform = parser.get_parsed_content("preprocessing")
     threshold_quantile = parser["threshold_quantile"]
-    train = _loader(datalist, "training", transform, args.batch_size, shuffle=True)
-    validation = _loader(datalist, "validation", transform, args.batch_size)
-    test = _loader(datalist, "test", transform, args.batch_size)
+    train = _loader(datalist, "training", parser.get_parsed_content("preprocessing"), args.batch_size, shuffle=True)
+    with_masks = parser.get_parsed_content("validate#preprocessing")  # items with and without a mask in a batch
+    validation = _loader(datalist, "validation", with_masks, args.batch_size)
+    test = _loader(datalist, "test", with_masks, args.batch_size)
 
     def efficientad():
         teacher = load_network(parser.get_parsed_content("teacher_def"), teacher_ckpt, key="teacher")
@@ -111,17 +100,13 @@ def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: P
         print(f"{name}: training", flush=True)
         model = build()
         train_s = time.time() - start
-        val_labels, val_scores, _, _ = _scores(model, validation)
-        threshold = float(np.quantile(val_scores[val_labels == 0], threshold_quantile))
-        labels, scores, classes, paths = _scores(model, test)
-        _write_scores(record.with_suffix(".scores.csv"), threshold, labels, scores, classes, paths)
+        metrics = _evaluate(model, validation, test, threshold_quantile, record.with_suffix("") / "eval")
         row = {
             "name": name,
             "budget": budget,
             "train_s": train_s,
             "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            "image": metrics.image_metrics(labels, scores, threshold),
-            "per_class": metrics.per_class_metrics(labels, scores, classes, threshold),
+            **metrics,
         }
         print(f"  AUROC {row['image']['auroc']:.4f}, training {train_s:.0f} s", flush=True)
         record.parent.mkdir(exist_ok=True)

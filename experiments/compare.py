@@ -3,9 +3,9 @@
     python experiments/compare.py A B [--resamples 2000] [--confidence 0.95] [--seed 0]
 
 A and B are per-image score CSVs of the same test images: a row folder of the runner (its ``eval/scores.csv``), a
-baseline's ``OUT/baselines/<name>.scores.csv``, or any ``scores.csv`` of the evaluation workflow. Prints both AUROCs,
-their difference and its paired, stratified bootstrap interval (:func:`hdhkd_monai.metrics.paired_auroc_bootstrap`),
-and the fraction of resamples in which A beats B.
+baseline's folder ``OUT/baselines/<name>`` (the same layout), or any ``scores.csv`` of the evaluation workflow.
+Prints both AUROCs, their difference and its paired, stratified bootstrap interval
+(:func:`hdhkd_monai.metrics.paired_auroc_bootstrap`), and the fraction of resamples in which A beats B.
 """
 
 from __future__ import annotations

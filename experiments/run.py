@@ -47,6 +47,7 @@ from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist 
 from experiments.compare import compare_runs  # noqa: E402
 from hdhkd_monai.launcher import CONFIGS, OFFLINE_TEACHER, read_config, run_bundle  # noqa: E402
 from hdhkd_monai.markdown import replace_section  # noqa: E402
+
 TABLES = ("main", "table5", "table6", "table7")
 # run.json keys that may change while a row folder is resumed: paths (a copied run folder) and the training length.
 RESUMABLE_KEYS = {"bundle_root", "datalist", "teacher_ckpt", "max_iterations", "val_interval"}
@@ -182,8 +183,8 @@ def bundle_defaults() -> dict:
 
 
 def scores_csv(seed_out: Path, row_name: str) -> Path:
-    """Where a row's per-image scores are: a baseline's CSV, or an HDHKD row folder (``table5/7_full``)."""
-    return seed_out / row_name if "/" in row_name else seed_out / "baselines" / f"{row_name}.scores.csv"
+    """The folder of a row's evaluation: an HDHKD row (``table5/7_full``) or a baseline (``OUT/baselines/<name>``)."""
+    return seed_out / row_name if "/" in row_name else seed_out / "baselines" / row_name
 
 
 def seed_comparisons(table: str, seed_outs: list[Path], tables: list[dict]) -> list[str]:

@@ -6,12 +6,20 @@ EfficientAD's normalisation maps the ``q_a`` quantile of normal maps to 0 and ``
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["discrepancy_map", "image_score", "quantile", "map_quantiles", "normalize_map"]
+__all__ = ["AnomalyPrediction", "discrepancy_map", "image_score", "quantile", "map_quantiles", "normalize_map"]
+
+
+class AnomalyPrediction(NamedTuple):
+    """What a detector gives for a batch of images (the fields of anomalib's ``InferenceBatch``): ``pred_score``
+    ``[B]``, higher is more anomalous, and ``anomaly_map`` ``[B, 1, H, W]`` at the input size."""
+
+    pred_score: torch.Tensor
+    anomaly_map: torch.Tensor
 
 
 def discrepancy_map(f_t: torch.Tensor, f_sd: torch.Tensor, size: List[int], border: int = 0) -> torch.Tensor:

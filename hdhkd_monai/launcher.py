@@ -16,7 +16,16 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
-__all__ = ["BUNDLE", "CONFIGS", "OFFLINE_TEACHER", "REPO", "bundle_command", "config_files", "read_config", "run_bundle"]
+__all__ = [
+    "BUNDLE",
+    "CONFIGS",
+    "OFFLINE_TEACHER",
+    "REPO",
+    "bundle_command",
+    "config_files",
+    "read_config",
+    "run_bundle",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 #: The bundle in this clone (the package is used from a clone: the bundle is not installed with it).
@@ -33,7 +42,9 @@ def config_files(workflows: Sequence[str | Path]) -> list[str]:
     return [str(CONFIGS / f"{w}.json") if isinstance(w, str) and not w.endswith(".json") else str(w) for w in workflows]
 
 
-def bundle_command(workflows: Sequence[str | Path], interpreter: Sequence[str] = (sys.executable,), **overrides) -> list[str]:
+def bundle_command(
+    workflows: Sequence[str | Path], interpreter: Sequence[str] = (sys.executable,), **overrides
+) -> list[str]:
     """The argv of ``python -m monai.bundle run`` on ``workflows`` with the bundle's metadata and logging files and
     ``--key value`` overrides (values written with ``str``; ``None`` is left out, so the config's value stays).
     ``interpreter`` is what runs ``-m monai.bundle``, e.g. ``(python, "-m", "torch.distributed.run", ...)``."""

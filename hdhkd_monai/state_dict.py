@@ -39,7 +39,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointMismatchError(f"{path} does not hold a state dict of tensors (plain, or under 'state_dict' or 'model')")
+        raise CheckpointMismatchError(
+            f"{path} does not hold a state dict of tensors (plain, or under 'state_dict' or 'model')"
+        )
     return dict(state)
 
 
@@ -48,8 +50,9 @@ def load_weights(
 ) -> nn.Module:
     """Load ``state`` into ``module`` after checking that it fits; returns ``module``.
 
-    A ``module.`` prefix on every key (a DistributedDataParallel's state dict) is dropped. Every tensor of ``module`` must be in ``state`` with the same shape. Keys of ``state`` that ``module`` lacks are
-    an error unless they are in ``known`` (e.g. the head of a whole classifier whose trunk ``module`` is). The
+    A ``module.`` prefix on every key (a DistributedDataParallel's state dict) is dropped. Every tensor of
+    ``module`` must be in ``state`` with the same shape. Keys of ``state`` that ``module`` lacks are an error unless
+    they are in ``known`` (e.g. the head of a whole classifier whose trunk ``module`` is). The
     :class:`CheckpointMismatchError` names ``source`` and lists missing, unexpected and mis-shaped keys.
     """
     if state and all(k.startswith("module.") for k in state):
@@ -60,7 +63,9 @@ def load_weights(
         "missing": [k for k in own if k not in state],
         "unexpected": [k for k in state if k not in expected],
         "shape mismatch (file != model)": [
-            f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items() if k in state and state[k].shape != v.shape
+            f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+            for k, v in own.items()
+            if k in state and state[k].shape != v.shape
         ],
     }
     listed = [

@@ -2,12 +2,15 @@
 
 import pytest
 import torch
+from ignite.engine import Events
 
 from hdhkd_monai.anomaly_map import normalize_map, quantile
 from hdhkd_monai.baselines.efficientad import AutoEncoder, EfficientAD
 from hdhkd_monai.baselines.patchcore import PatchCore, k_center_greedy
 from hdhkd_monai.baselines.rd4ad import RD4AD, OneClassBottleneck, ReverseDecoder
 from hdhkd_monai.distill import teacher_output_stats
+from hdhkd_monai.engines import AnomalyEvaluator
+from hdhkd_monai.handlers import CalibrationHandler
 from hdhkd_monai.launcher import OFFLINE_TEACHER
 from hdhkd_monai.networks.pdn import PDN
 
@@ -52,7 +55,7 @@ def test_efficientad_shapes():
     x = _striped_images(2, seed=0)
     grid = model.teacher.output_size((SIZE, SIZE))
     assert model.student(x).shape == (2, 768, *grid)
-    assert [f.shape for f in model(x)] == [(2, 384, *grid)] * 4
+    assert [f.shape for f in model.features(x)] == [(2, 384, *grid)] * 4
     assert model.anomaly_map(x).shape == (2, 1, SIZE, SIZE)
 
 
@@ -128,7 +131,7 @@ def rd4ad():
 
 def test_rd4ad_shapes_follow_encoder_channels(rd4ad):
     x = _striped_images(2, seed=0)
-    encoded, decoded = rd4ad(x)
+    encoded, decoded = rd4ad.features(x)
     assert [e.shape for e in encoded] == [d.shape for d in decoded]
     assert [e.shape[1] for e in encoded] == rd4ad.encoder.feature_info.channels()
     assert [e.shape[-1] for e in encoded] == [SIZE // 4, SIZE // 8, SIZE // 16]
@@ -281,3 +284,21 @@ def test_patchcore_errors_are_clear():
     with pytest.raises(ValueError, match=r"\[B>=1, 3, H, W\]"):
         model.fit([torch.rand(2, 1, SIZE, SIZE)])
     assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_the_workflow_evaluator_calibrates_and_scores_a_baseline_as_it_does_hdhkd(patchcore, normal_images):
+    """A baseline's ``model(x)`` is an AnomalyPrediction, so HDHKD's evaluator and calibration run it unchanged."""
+    abnormal = _plant(_striped_images(2, seed=7))
+    batches = [{"image": normal_images[:3], "label": torch.zeros(3)}, {"image": abnormal, "label": torch.ones(2)}]
+    calibration = CalibrationHandler(patchcore, low=None, high=None, threshold_quantile=0.5)
+    evaluator = AnomalyEvaluator(device=torch.device("cpu"), val_data_loader=batches, network=patchcore,
+                                 val_handlers=[calibration])  # fmt: skip
+    outputs = []
+    evaluator.add_event_handler(Events.ITERATION_COMPLETED, lambda engine: outputs.extend(engine.state.output))
+    evaluator.run()
+    expected = [patchcore.predict(batch["image"]) for batch in batches]
+    scores = torch.tensor([float(o["score"]) for o in outputs])
+    torch.testing.assert_close(scores, torch.cat([p.pred_score for p in expected]))
+    torch.testing.assert_close(torch.stack([o["pred"] for o in outputs]), torch.cat([p.anomaly_map for p in expected]))
+    # the threshold is in the baseline's own score units: the median of the normal scores (no map normalisation)
+    torch.testing.assert_close(patchcore.threshold, expected[0].pred_score.median(), rtol=0, atol=0)

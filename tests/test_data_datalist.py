@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 from hdhkd_monai.data.datalist import (
+    datalist_split,
+    image_items,
     IMAGE_SUFFIXES,
     br35h_datalist,
     csv_datalist,
@@ -198,3 +200,8 @@ def test_cli_writes_absolute_or_relative_paths(phantom, tmp_path, capsys):
     assert Path(item["image"]).is_absolute() and not Path(rel_item["image"]).is_absolute()
     assert (tmp_path / "rel" / rel_item["image"]).resolve() == Path(item["image"])
     assert (tmp_path / "rel" / rel_item["mask"]).resolve() == Path(item["mask"])
+    # read back, both give the same files as absolute paths, from any working directory
+    read = image_items(tmp_path / "rel" / "dl.json")  # a datalist's test split
+    assert [Path(it["image"]).is_absolute() for it in read] == [True] * len(absolute["test"])
+    assert [Path(it["image"]).resolve() for it in read] == [Path(it["image"]) for it in absolute["test"]]
+    assert datalist_split(tmp_path / "abs.json", "test") == absolute["test"]

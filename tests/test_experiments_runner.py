@@ -67,7 +67,7 @@ def test_tables_have_one_row_per_expected_name_with_metrics_counts_and_budget(ru
     for name in BASELINES:
         assert json.loads((out / "baselines" / f"{name}.json").read_text())["name"] == name
         # the baselines' per-image scores pair with HDHKD's, image by image, for experiments/compare.py
-        labels, _, _ = compare.paired(hdhkd_scores, compare.read_scores(out / "baselines" / f"{name}.scores.csv"), "a", "b")
+        labels, _, _ = compare.paired(hdhkd_scores, compare.read_scores(out / "baselines" / name), "a", "b")
         assert labels.size == N_TEST_PER_CLASS * (1 + len(ANOMALY_CLASSES))
 
 
@@ -214,7 +214,7 @@ def test_seed_comparisons_pair_hdhkd_with_the_best_baseline(runs):
     main = tables["main"]
     best = max(main["rows"][1:], key=lambda r: r["image"]["auroc"])["name"]
     (line,) = run.seed_comparisons("main", [out, out], [main, main])
-    expected = compare.compare_runs(out / "table5" / "7_full", out / "baselines" / f"{best}.scores.csv")
+    expected = compare.compare_runs(out / "table5" / "7_full", out / "baselines" / best)
     assert line.startswith(f"`table5/7_full` - `{best}`")
     assert f"seed 0: {100 * expected['diff']:+.2f} [{100 * expected['low']:+.2f}, {100 * expected['high']:+.2f}]" in line
 

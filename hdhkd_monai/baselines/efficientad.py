@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import functional as TF
 
-from hdhkd_monai.anomaly_map import discrepancy_map, map_quantiles, normalize_map
-from hdhkd_monai.baselines.common import check_images, freeze, iterate_batches
+from hdhkd_monai.anomaly_map import AnomalyPrediction, discrepancy_map, map_quantiles, normalize_map
+from hdhkd_monai.baselines.common import Detector, check_images, freeze, iterate_batches
 from hdhkd_monai.losses import DistillationLoss
 from hdhkd_monai.networks.pdn import PDN
 
@@ -72,7 +72,7 @@ class AutoEncoder(nn.Module):
         return self.head(F.interpolate(z, size=tuple(out_size), mode="bilinear", align_corners=False))
 
 
-class EfficientAD(nn.Module):
+class EfficientAD(Detector):
     """EfficientAD with a PDN student and the autoencoder; the teacher is frozen (eval mode, no gradients).
 
     Args:
@@ -135,7 +135,7 @@ class EfficientAD(nn.Module):
         """Whether the map normalisation quantiles have been fitted."""
         return not bool(torch.isnan(self.quantiles_st).any() or torch.isnan(self.quantiles_ae).any())
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """[B, 3, H, W] in [0, 1] -> (teacher, student-vs-teacher, student-vs-AE, autoencoder) features.
 
         All four are [B, C, h, w] on the teacher grid (h = H/4 - 8 without padding); the teacher's is normalised and
@@ -175,7 +175,7 @@ class EfficientAD(nn.Module):
     @torch.no_grad()
     def local_global_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, 3, H, W] -> raw (student-teacher, student-autoencoder) maps, each [B, 1, h, w] on the teacher grid."""
-        target, student_st, student_ae, reconstruction = self(x)
+        target, student_st, student_ae, reconstruction = self.features(x)
         grid = list(target.shape[-2:])
         return discrepancy_map(target, student_st, grid), discrepancy_map(reconstruction, student_ae, grid)
 
@@ -188,7 +188,7 @@ class EfficientAD(nn.Module):
         misses ``teacher.border`` cells on each side; the maps are edge-padded by that much before the bilinear
         resize (HDHKD does the same; the paper's code zero-pads).
         """
-        target, student_st, student_ae, reconstruction = self(x)
+        target, student_st, student_ae, reconstruction = self.features(x)
         size, border = list(x.shape[-2:]), self.teacher.border
         local = discrepancy_map(target, student_st, size, border)
         global_ = discrepancy_map(reconstruction, student_ae, size, border)
@@ -197,10 +197,10 @@ class EfficientAD(nn.Module):
         return 0.5 * (local + global_)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, 3, H, W] -> (image scores [B] = map maximum, anomaly maps [B, 1, H, W])."""
+    def predict(self, x: torch.Tensor) -> AnomalyPrediction:
+        """[B, 3, H, W] -> image scores [B] (map maximum) and anomaly maps [B, 1, H, W]."""
         maps = self.anomaly_map(x)
-        return maps.flatten(1).amax(dim=1), maps
+        return AnomalyPrediction(maps.flatten(1).amax(dim=1), maps)
 
     @torch.no_grad()
     def fit_map_normalisation(self, images: torch.Tensor | Iterable) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,10 +14,10 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from einops import rearrange
-from torch import nn
 from tqdm.auto import tqdm
 
-from hdhkd_monai.baselines.common import check_images, iterate_batches, smooth_map
+from hdhkd_monai.anomaly_map import AnomalyPrediction
+from hdhkd_monai.baselines.common import Detector, check_images, iterate_batches, smooth_map
 from hdhkd_monai.distill import PatchCoreTarget
 
 __all__ = ["PatchCore", "k_center_greedy", "random_projection"]
@@ -61,7 +61,7 @@ def k_center_greedy(points: torch.Tensor, n: int, start: int = 0, progress: bool
     return selected
 
 
-class PatchCore(nn.Module):
+class PatchCore(Detector):
     """PatchCore anomaly detector: memory bank of normal patch features, nearest-neighbour scoring.
 
     Args:
@@ -154,8 +154,8 @@ class PatchCore(nn.Module):
         return smooth_map(self.patch_scores(x), x.shape[-2:], self.sigma)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, 3, H, W] -> (image scores [B], anomaly maps [B, 1, H, W]).
+    def predict(self, x: torch.Tensor) -> AnomalyPrediction:
+        """[B, 3, H, W] -> image scores [B] and anomaly maps [B, 1, H, W].
 
         The image score is the largest patch score, times the weight ``1 - softmax`` of eq. 7 when ``reweight`` is
         set: with m* the bank entry nearest to the worst test patch, the weight compares that patch's distance to
@@ -171,7 +171,7 @@ class PatchCore(nn.Module):
             support = torch.cdist(nearest_entry, self.memory_bank).topk(k, largest=False).indices  # [B, k]
             dist = (worst_patch[:, None] - self.memory_bank[support]).norm(dim=-1)  # [B, k]
             image_scores = (1 - torch.softmax(dist, dim=1)[:, 0]) * image_scores
-        return image_scores, smooth_map(scores, x.shape[-2:], self.sigma)
+        return AnomalyPrediction(image_scores, smooth_map(scores, x.shape[-2:], self.sigma))
 
     def _score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[B, 3, H, W] -> (patch features [B, h*w, C], scores [B, 1, h, w], nearest bank indices [B, h*w])."""

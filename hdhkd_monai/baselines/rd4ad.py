@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hdhkd_monai.baselines.common import ImageNormalize, check_images, freeze, smooth_map
+from hdhkd_monai.anomaly_map import AnomalyPrediction
+from hdhkd_monai.baselines.common import Detector, ImageNormalize, check_images, freeze, smooth_map
 from hdhkd_monai.pretrained import create_backbone, input_normalization
 
 __all__ = ["RD4AD", "OneClassBottleneck", "ReverseDecoder", "ResidualBottleneck"]
@@ -130,7 +131,7 @@ class ReverseDecoder(nn.Module):
         return outputs[::-1]
 
 
-class RD4AD(nn.Module):
+class RD4AD(Detector):
     """Reverse distillation anomaly detector.
 
     Args:
@@ -179,7 +180,7 @@ class RD4AD(nn.Module):
         betas (0.5, 0.999)."""
         return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=5e-3, betas=(0.5, 0.999))
 
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """[B, 3, H, W] in [0, 1] -> (encoder features, decoder features), each three maps [B, c_k, H/s_k, W/s_k]."""
         check_images(x)
         if x.shape[-2] % self.stride or x.shape[-1] % self.stride:
@@ -190,13 +191,13 @@ class RD4AD(nn.Module):
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         """Scalar training loss: sum over scales of the mean per-pixel cosine distance (paper eq. 2-3)."""
-        encoded, decoded = self(x)
+        encoded, decoded = self.features(x)
         return sum(_cosine_distance(e, d).mean() for e, d in zip(encoded, decoded))
 
     @torch.no_grad()
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, 1, H, W]: per-scale cosine distances upsampled, summed, Gaussian-smoothed."""
-        encoded, decoded = self(x)
+        encoded, decoded = self.features(x)
         size = x.shape[-2:]
         total = sum(
             F.interpolate(_cosine_distance(e, d), size=size, mode="bilinear", align_corners=False)
@@ -205,10 +206,10 @@ class RD4AD(nn.Module):
         return smooth_map(total, size, sigma=self.sigma)
 
     @torch.no_grad()
-    def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, 3, H, W] -> (image scores [B] = map maximum, anomaly maps [B, 1, H, W])."""
+    def predict(self, x: torch.Tensor) -> AnomalyPrediction:
+        """[B, 3, H, W] -> image scores [B] (map maximum) and anomaly maps [B, 1, H, W]."""
         maps = self.anomaly_map(x)
-        return maps.flatten(1).amax(dim=1), maps
+        return AnomalyPrediction(maps.flatten(1).amax(dim=1), maps)
 
 
 def _cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

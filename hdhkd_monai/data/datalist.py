@@ -38,6 +38,7 @@ from hdhkd_monai.data.volumes import VOLUME_SUFFIXES, is_volume, volume_name
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".dcm")
 SPLITS = ("training", "validation", "test")
+_PATH_KEYS = ("image", "mask")  # item keys holding file paths
 _KERMANY_NAME = re.compile(r"^(?P<cls>[A-Za-z]+)-(?P<patient>[^-]+)-(?P<image>\d+)$")
 _SPLIT_ALIASES = {"train": "training", "training": "training", "val": "validation", "valid": "validation",
                   "validation": "validation", "test": "test"}
@@ -358,15 +359,12 @@ def write_datalist(datalist: dict, out: str | Path, relative: bool = False) -> P
     out.parent.mkdir(parents=True, exist_ok=True)
     if relative:
         base = os.path.abspath(out.parent)
-        datalist = {name: [{k: (os.path.relpath(v, base) if k in ("image", "mask") else v) for k, v in it.items()}
+        datalist = {name: [{k: (os.path.relpath(v, base) if k in _PATH_KEYS else v) for k, v in it.items()}
                            for it in items] for name, items in datalist.items()}
     tmp = out.with_suffix(out.suffix + ".tmp")
     tmp.write_text(json.dumps(datalist, indent=1))
     os.replace(tmp, out)
     return out
-
-
-_PATH_KEYS = ("image", "mask")
 
 
 def datalist_split(datalist: str | Path, split: str) -> list[dict]:
@@ -397,8 +395,8 @@ def datalist_split(datalist: str | Path, split: str) -> list[dict]:
 def image_items(source: str | Path, split: str = "test") -> list[dict]:
     """Items ``{"image": path}`` for inference or teacher distillation, from any of:
 
-    - a folder: every image file below it (recursively; suffixes of ````IMAGE_SUFFIXES````),
-      in natural order, e.g. an ImageNet folder for the teacher;
+    - a folder: every image file below it (recursively; suffixes of :data:`IMAGE_SUFFIXES`), in natural order,
+      e.g. an ImageNet folder for the teacher;
     - a ``.json`` datalist: the items of ``split`` (labels and classes kept);
     - any other file: a list of image paths, one a line (relative to the list's folder; ``#`` starts a comment).
 

@@ -7,7 +7,7 @@ from monai.data import MetaTensor
 from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 
-from hdhkd_monai.anomaly_map import image_score
+from hdhkd_monai.anomaly_map import AnomalyPrediction, image_score
 
 __all__ = ["AnomalyEvaluator", "plain_tensor"]
 
@@ -18,16 +18,17 @@ def plain_tensor(x: torch.Tensor) -> torch.Tensor:
 
 
 class AnomalyEvaluator(SupervisedEvaluator):
-    """A :class:`monai.engines.SupervisedEvaluator` whose network gives anomaly maps, plus an image score per map.
+    """A :class:`monai.engines.SupervisedEvaluator` for anomaly detectors: image scores and anomaly maps.
 
-    The network (``hdhkd_monai.networks.AnomalyMapNet`` or any module [B, 3, H, W] -> [B, 1, H, W]) runs in eval
-    mode without gradients on the batch's ``"image"``. Each iteration's output holds ``"image"`` (as loaded, with
-    its metadata), ``"pred"`` (the map, carrying the image's metadata so ``SaveImaged`` can name its file),
-    ``"score"`` (``anomaly_map.image_score`` of the map) and ``"label"`` when the batch has one; MONAI decollates
-    it into one entry per image.
+    The network runs in eval mode without gradients on the batch's ``"image"`` and gives either an
+    :class:`~hdhkd_monai.anomaly_map.AnomalyPrediction` (the baselines) or the anomaly map alone
+    (``hdhkd_monai.networks.AnomalyMapNet``, which MONAI's export and shape checks want as one tensor), scored here
+    with ``anomaly_map.image_score``. Each iteration's output holds ``"image"`` (as loaded, with its metadata),
+    ``"pred"`` (the map, carrying the image's metadata so ``SaveImaged`` can name its file), ``"score"`` and
+    ``"label"`` when the batch has one; MONAI decollates it into one entry per image.
 
     Args:
-        top_k: the image score is the map's maximum (``None``) or the mean of its ``top_k`` largest pixels.
+        top_k: a bare map's image score is its maximum (``None``) or the mean of its ``top_k`` largest pixels.
         args, kwargs: the arguments of ``SupervisedEvaluator`` (``device``, ``val_data_loader``, ``network``, ...);
             ``prepare_batch`` and ``postprocessing`` keep their meaning only for ``postprocessing``.
     """
@@ -44,11 +45,13 @@ class AnomalyEvaluator(SupervisedEvaluator):
         with engine.mode(engine.network), torch.autocast(
             engine.state.device.type, enabled=engine.amp, **engine.amp_kwargs
         ):
-            maps = engine.inferer(inputs, engine.network).float()
-        pred = MetaTensor(maps)
+            out = engine.inferer(inputs, engine.network)
+        if not isinstance(out, AnomalyPrediction):
+            out = AnomalyPrediction(image_score(out, top_k=self.top_k), out)
+        pred = MetaTensor(out.anomaly_map.float())
         if isinstance(image, MetaTensor):
             pred.copy_meta_from(image)
-        engine.state.output = {"image": image, "pred": pred, "score": image_score(maps, top_k=self.top_k)}
+        engine.state.output = {"image": image, "pred": pred, "score": out.pred_score.float()}
         if "label" in batchdata:
             engine.state.output["label"] = batchdata["label"]
         engine.fire_event(IterationEvents.FORWARD_COMPLETED)

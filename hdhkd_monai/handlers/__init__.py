@@ -3,8 +3,8 @@
 from hdhkd_monai.handlers.auroc import ImageAUROC
 from hdhkd_monai.handlers.calibration import CalibrationHandler
 from hdhkd_monai.handlers.checkpoint import (
-    AtomicCheckpointSaver,
     MODEL_CKPT,
+    AtomicCheckpointSaver,
     CheckpointMismatchError,
     NamedCheckpointLoader,
     ResumeFromCheckpoint,

@@ -26,9 +26,13 @@ class CalibrationHandler:
     normalisation, so normalising the raw scores equals scoring the normalised maps. Both values also appear in
     the evaluator's metrics (``map_q_low``, ``map_q_high``, ``threshold``) for the logs.
 
+    With ``low``/``high`` None the maps are left alone and only the threshold is set, in the units of the scores:
+    the baselines normalise their own maps (EfficientAD) or score otherwise than by the map (PatchCore).
+
     Args:
-        model: the module owning the ``map_quantiles`` [2] and ``threshold`` [] buffers (``HDHKD``).
-        low, high: map-normalisation quantiles.
+        model: the module owning the ``threshold`` [] buffer, and ``map_quantiles`` [2] when normalising (``HDHKD``,
+            a baseline ``Detector``).
+        low, high: map-normalisation quantiles, or None.
         threshold_quantile: quantile of normal validation scores used as the decision threshold.
         min_normals: fewer normal validation images than this get a warning: the threshold quantile of a handful
             of scores is little more than their maximum, and the specificity reached on new normals may be far below
@@ -38,8 +42,8 @@ class CalibrationHandler:
     def __init__(
         self,
         model: nn.Module,
-        low: float = 0.9,
-        high: float = 0.995,
+        low: float | None = 0.9,
+        high: float | None = 0.995,
         threshold_quantile: float = 0.95,
         min_normals: int = 20,
     ):
@@ -65,26 +69,27 @@ class CalibrationHandler:
             if item.get("label") is None:
                 raise ValueError("calibration needs a label (0 normal / 1 abnormal) for every validation image.")
             if int(item["label"]) == 0:
-                self._maps.append(item["pred"].detach().float().cpu().as_subclass(torch.Tensor))
+                if self.low is not None:
+                    self._maps.append(item["pred"].detach().float().cpu().as_subclass(torch.Tensor))
                 self._scores.append(float(item["score"]))
 
     def _calibrate(self, engine: Engine) -> None:
-        if not self._maps:
+        if not self._scores:
             raise ValueError("the validation split has no normal images (label 0): cannot calibrate the anomaly maps.")
-        n = len(self._maps)
+        n = len(self._scores)
         if n < self.min_normals:
             engine.logger.warning(
                 "the decision threshold comes from only %d normal validation images (fewer than %d): its specificity "
                 "on new normal images is uncertain; hold out more normal images for validation if you can",
                 n, self.min_normals,
             )  # fmt: skip
-        quantiles = map_quantiles(torch.stack(self._maps), low=self.low, high=self.high)
-        scores = normalize_map(torch.tensor(self._scores).view(-1, 1, 1, 1), quantiles).flatten()
+        scores = torch.tensor(self._scores)
+        if self.low is not None:
+            quantiles = map_quantiles(torch.stack(self._maps), low=self.low, high=self.high)
+            scores = normalize_map(scores.view(-1, 1, 1, 1), quantiles).flatten()
+            self.model.map_quantiles.copy_(quantiles.to(self.model.map_quantiles))
+            engine.state.metrics.update(map_q_low=float(quantiles[0]), map_q_high=float(quantiles[1]))
         threshold = torch.quantile(scores, self.threshold_quantile)
-        self.model.map_quantiles.copy_(quantiles.to(self.model.map_quantiles))
         self.model.threshold.copy_(threshold.to(self.model.threshold))
-        engine.state.metrics.update(
-            map_q_low=float(quantiles[0]), map_q_high=float(quantiles[1]), threshold=float(threshold),
-            calibration_normals=n,
-        )
+        engine.state.metrics.update(threshold=float(threshold), calibration_normals=n)
         self._reset(engine)

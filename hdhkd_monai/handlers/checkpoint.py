@@ -8,10 +8,9 @@ trainer's name when it is saved for resuming. The bundle writes three (in ``ckpt
   (``map_quantiles``/``threshold`` buffers); ``network_def`` of ``inference.json`` loads it as is;
 - ``last.pt``: ``{"model", "optimizer", "lr_scheduler", "best_checkpoint", "trainer"}``, for resuming.
 
-MONAI's ``CheckpointSaver`` writes in place (``atomic=False``, for the file permissions), and its
-``CheckpointLoader`` restores an engine's ``epoch_length`` from the file, which would stop a resumed run at the old
-length; hence :class:`AtomicCheckpointSaver` and :class:`ResumeFromCheckpoint`. Loading a network for evaluation or
-inference is MONAI's loader, with the file named in its errors (:class:`NamedCheckpointLoader`).
+Evaluation and inference load :data:`MODEL_CKPT` with MONAI's ``CheckpointLoader`` (:class:`NamedCheckpointLoader` only
+adds the file to its errors); training saves and resumes with the two handlers here, whose docstrings say what
+MONAI's own could not do.
 """
 
 from __future__ import annotations
@@ -123,6 +122,10 @@ class NamedCheckpointLoader(CheckpointLoader):
 class AtomicCheckpointSaver:
     """Ignite handler saving ``save_dict`` into one file, atomically (:func:`save_checkpoint`).
 
+    Not MONAI's ``CheckpointSaver``: that one writes in place (``atomic=False``), so an interrupted run can leave a
+    truncated ``last.pt``/``model.pt``, and its interval checkpoints get numbered names rather than one ``last.pt``
+    to resume from.
+
     It saves every ``save_interval`` iterations and/or when the engine completes (``save_final``), and/or, on an
     evaluator, whenever the key metric improves (``key_metric_name``). A NaN key metric (validation without abnormal
     images) cannot rank models; then every validation is saved, so the file always holds the latest one.
@@ -194,6 +197,8 @@ class ResumeFromCheckpoint:
     :class:`AtomicCheckpointSaver` with ``engine_key``: it loads ``load_dict`` (network, optimizer, scheduler, ...)
     and sets the trainer's iteration, so an iteration-based run (``max_epochs=1``, ``epoch_length`` iterations)
     goes on where it stopped. Without a file at ``load_path`` (or with ``enabled=False``) training starts afresh.
+    Not MONAI's ``CheckpointLoader``, which restores the saved ``epoch_length`` and so cannot extend a finished run
+    to more iterations, and fails on a missing file instead of starting afresh.
 
     Args:
         load_path: checkpoint file (e.g. ``last.pt``).

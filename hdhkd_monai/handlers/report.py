@@ -114,7 +114,7 @@ class EvaluationReport(ScoreWriter):
         labels, scores, classes = self._columns()
         report = {
             "n_images": int(labels.size),
-            "threshold_source": "stored in the checkpoint: quantile of the normal validation image scores",
+            "threshold_source": "the model's calibration: quantile of the normal validation image scores",
             "image": metrics.image_metrics(labels, scores, self.threshold),
             "per_class": metrics.per_class_metrics(labels, scores, classes, self.threshold),
             "pixel_auroc": None,
