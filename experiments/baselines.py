@@ -60,7 +60,12 @@ def _train(model, loader: DataLoader, iterations: int) -> None:
         optimizer.step()
 
 
-def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: Path) -> list[dict]:
+#: The baselines of the ``main`` table, in its row order.
+BASELINES = ("EfficientAD-S", "PatchCore", "RD4AD")
+
+
+def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: Path | None) -> list[dict]:
+    """Train and evaluate the baselines named in ``args.baselines``; ``teacher_ckpt`` is EfficientAD-S's PDN."""
     # The paper configuration: EfficientAD-S runs on the PDN teacher that the runner distils with it.
     parser = read_config(["train", "paper", preset], image_size=args.image_size)
     threshold_quantile = parser["threshold_quantile"]
@@ -88,7 +93,9 @@ def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: P
     budget = {"image_size": args.image_size, "iterations": args.iterations, "batch_size": args.batch_size,
               "seed": args.seed, "teacher": str(teacher_ckpt)}  # fmt: skip
     rows = []
-    for name, build in (("EfficientAD-S", efficientad), ("PatchCore", patchcore), ("RD4AD", rd4ad)):
+    builders = {"EfficientAD-S": efficientad, "PatchCore": patchcore, "RD4AD": rd4ad}
+    for name in args.baselines:
+        build = builders[name]
         record = out / "baselines" / f"{name}.json"
         previous = json.loads(record.read_text()) if record.exists() and not args.fresh else {}
         if previous.get("budget") == budget:

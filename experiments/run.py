@@ -13,9 +13,11 @@ The steps, each a ``python -m monai.bundle run`` of the bundle in ``bundle/hdhkd
 
 1. the datalist of the folder (``train/<normal>``, ``test/<class>``; a held-out part of the normal training images
    is the validation split that calibrates the threshold);
-2. the teacher, distilled once per data folder from the pip-shipped EfficientNet-Lite0 ImageNet weights on the
-   folder's own normal training images (reused by every table: delete ``OUT/teacher`` to redo it);
-3. for each row: student training, then evaluation on the test split.
+2. for each row: training of the bundle's default model (HDHKD-S, whose teacher needs no distillation) with the
+   row's overrides, then evaluation on the test split;
+3. ``main`` only: the baselines (``experiments/baselines.py``); for EfficientAD-S a PDN teacher is distilled once
+   per data folder from the pip-shipped EfficientNet-Lite0 on the folder's own normal training images (reused by
+   every seed: delete ``OUT/teacher`` to redo it).
 
 Everything lands in ``OUT`` (default ``runs/<data folder name>``): one folder per row with its checkpoints, logs,
 TensorBoard events, ``eval/metrics.json``, scores and heat-maps, and ``<table>.json`` with the table. The markdown
@@ -44,6 +46,7 @@ sys.path.insert(0, str(REPO))  # `experiments` as a package when run as a script
 
 from experiments import report  # noqa: E402
 from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist  # noqa: E402
+from experiments.baselines import BASELINES, run_baselines  # noqa: E402
 from experiments.compare import compare_runs  # noqa: E402
 from hdhkd_monai.launcher import CONFIGS, OFFLINE_TEACHER, read_config, run_bundle  # noqa: E402
 from hdhkd_monai.markdown import replace_section  # noqa: E402
@@ -145,14 +148,13 @@ def check_resumable(root: Path, settings: dict) -> None:
         raise ValueError(f"{root} was trained under other settings ({diff}); retrain it with --fresh or use another --out")
 
 
-def run_row(args, out: Path, row: Path, datalist: Path, preset: Path, teacher: Path | None) -> dict:
+def run_row(args, out: Path, row: Path, datalist: Path, preset: Path) -> dict:
     root = out / row.parent.name / row.stem
     if args.fresh and root.exists():
         shutil.rmtree(root)
     settings = {
         "bundle_root": str(root),
         "datalist": str(datalist),
-        **({} if teacher is None else {"teacher_ckpt": str(teacher)}),
         "image_size": args.image_size,
         "max_iterations": args.iterations,
         "batch_size": args.batch_size,
@@ -214,12 +216,12 @@ def run_seed(args, out: Path, seed: int, row_files: list[Path], datalist: Path, 
     """One seed of the table into ``out``: its HDHKD rows, then (``main``) the baselines."""
     args.seed = seed
     wall = time.time()
-    needs_pdn = args.table == "main" and not args.no_baselines  # EfficientAD-S's teacher
-    teacher = distil_teacher(args, out.parent if len(args.seeds) > 1 else out, datalist, preset) if needs_pdn else None
-    rows = [run_row(args, out, row, datalist, preset, teacher) for row in row_files]
-    if needs_pdn:
-        from experiments.baselines import run_baselines
-
+    baselines = args.baselines if args.table == "main" else []
+    teacher = None
+    if "EfficientAD-S" in baselines:  # its PDN teacher, distilled once for all seeds
+        teacher = distil_teacher(args, out.parent if len(args.seeds) > 1 else out, datalist, preset)
+    rows = [run_row(args, out, row, datalist, preset) for row in row_files]
+    if baselines:
         rows += run_baselines(args, out, datalist, preset, teacher)
     table = {
         "table": args.table, "data": args.data.name, "wall_s": time.time() - wall, "cpu_count": os.cpu_count(),
@@ -250,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="training seeds; with several, each seed's rows go to OUT/seed<N> and the table "
                              "reports mean ± standard deviation")
     parser.add_argument("--rows", nargs="+", help="run only these rows (config file stems, e.g. 1_conv 7_full)")
-    parser.add_argument("--no-baselines", action="store_true", help="main table: HDHKD only")
+    parser.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES),
+                        help="main table: the baselines beside HDHKD (none: HDHKD only)")
     parser.add_argument("--fresh", action="store_true", help="retrain the rows even if checkpoints exist")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite the section of docs/results.md")
     parser.add_argument("--report-only", action="store_true",

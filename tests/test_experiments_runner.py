@@ -168,7 +168,8 @@ def test_baselines_evaluated_under_the_same_budget_are_read_back_and_a_new_budge
 
     monkeypatch.setattr(baselines, "_train", train)
     monkeypatch.setattr(baselines.PatchCore, "fit", train)
-    args = run.argparse.Namespace(**{k: v for k, v in BUDGET.items() if k != "teacher_iterations"}, fresh=False)
+    args = run.argparse.Namespace(**{k: v for k, v in BUDGET.items() if k != "teacher_iterations"}, fresh=False,
+                                  baselines=list(BASELINES))
     inputs = (out, out / "datalist.json", run.REPO / "configs" / "oct2017.json", out / "teacher" / "models" / "teacher.pt")
     assert baselines.run_baselines(args, *inputs) == tables["main"]["rows"][1:]
     args.iterations += 1
