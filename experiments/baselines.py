@@ -16,7 +16,7 @@ from itertools import cycle, islice
 from pathlib import Path
 
 import torch
-from monai.data import DataLoader, Dataset
+from monai.data import CacheDataset, DataLoader
 from monai.utils import set_determinism
 from tqdm import tqdm
 
@@ -32,7 +32,9 @@ DEVICE = torch.device("cpu")  # where the baselines are trained
 
 
 def _loader(datalist: Path, split: str, transform, batch_size: int, shuffle: bool = False) -> DataLoader:
-    return DataLoader(Dataset(datalist_split(str(datalist), split), transform), batch_size=batch_size, shuffle=shuffle)
+    # cached, as the runner's HDHKD rows are: decoding and resizing every batch again would dominate a step
+    dataset = CacheDataset(datalist_split(str(datalist), split), transform, progress=False)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle)
 
 
 def _images(loader: DataLoader):

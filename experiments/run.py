@@ -159,6 +159,7 @@ def run_row(args, out: Path, row: Path, datalist: Path, preset: Path) -> dict:
         "max_iterations": args.iterations,
         "batch_size": args.batch_size,
         "val_interval": args.iterations,
+        "cache_rate": 1.0,  # the data sets here are small; decoding and resizing every batch again is most of a step
         "seed": args.seed,
         **args.overrides,
     }  # fmt: skip

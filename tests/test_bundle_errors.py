@@ -68,7 +68,7 @@ def test_an_empty_datalist_split_is_named(phantom):
 @pytest.mark.parametrize("workflows", [("train", "evaluate"), ("inference",)])
 def test_a_student_checkpoint_of_another_backbone_is_named(phantom, workflows):
     checkpoint = phantom / "models" / "model.pt"
-    network = _network_def(phantom, backbone="resnet34")
+    network = _network_def(phantom, backbone="resnet34", backbone_weights=None)
     save_checkpoint({"model": network}, checkpoint)
     with pytest.raises(Exception) as excinfo:
         run_workflow(workflows, phantom)  # configured with the default backbone, tf_efficientnet_lite0
