@@ -7,10 +7,12 @@ from typing import Tuple
 import torch
 from torch import nn
 
+from .teacher_stats import TeacherFeatureStats
+
 __all__ = ["PDN"]
 
 
-class PDN(nn.Module):
+class PDN(TeacherFeatureStats):
     """Patch description network (EfficientAD): four (small) or six (medium) convolutions with two 2x2 average pools,
     so every output cell describes a 33x33 patch of the input at stride 4.
 
@@ -22,16 +24,15 @@ class PDN(nn.Module):
             grid is ``H/4 x W/4`` (64x64 for 256x256).
         in_channels: image channels.
 
-    Buffers ``feat_mean`` and ``feat_std`` ``[1, out_channels, 1, 1]`` (0 and 1 until set by the teacher-distillation
-    workflow) hold the per-channel statistics of the features on normal images, so :meth:`normalize` travels with the
-    checkpoint. The network takes images as given (the project feeds ``[0, 1]``); it is trainable on its own, and
+    The per-channel feature statistics on normal images (set by the teacher-distillation workflow) come from
+    :class:`~hdhkd_monai.networks.teacher_stats.TeacherFeatureStats`. The network takes images as given (the project feeds ``[0, 1]``); it is trainable on its own, and
     :class:`~hdhkd_monai.networks.hdhkd.HDHKD` freezes it.
 
     forward: ``[B, in_channels, H, W] -> [B, out_channels, h, w]`` raw features, ``(h, w) = output_size((H, W))``.
     """
 
     def __init__(self, size: str = "small", out_channels: int = 384, padding: bool = False, in_channels: int = 3):
-        super().__init__()
+        super().__init__(out_channels)
         p = 1 if padding else 0
         if size == "small":
             layers = [
@@ -52,18 +53,12 @@ class PDN(nn.Module):
         else:
             raise ValueError(f"PDN size must be 'small' or 'medium', got {size!r}")
         self.features = nn.Sequential(*layers)
-        self.size, self.out_channels, self.padding = size, out_channels, padding
+        self.size, self.padding = size, padding
         self.stride = 4
         self.border = 0 if padding else 4
-        self.register_buffer("feat_mean", torch.zeros(1, out_channels, 1, 1))
-        self.register_buffer("feat_std", torch.ones(1, out_channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
-
-    def normalize(self, f: torch.Tensor) -> torch.Tensor:
-        """``(f - feat_mean) / feat_std``, per channel."""
-        return (f - self.feat_mean) / self.feat_std
 
     def output_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
         """Feature grid ``(h, w)`` for an input of spatial ``size`` ``(H, W)``, e.g. ``(256, 256) -> (56, 56)``."""

@@ -5,28 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence, Tuple
 
-import torch
-from torch import nn
-
 from ..distill import PatchCoreTarget
+from .teacher_stats import TeacherFeatureStats
 
 __all__ = ["PretrainedTeacher"]
 
 
-class PretrainedTeacher(nn.Module):
+class PretrainedTeacher(TeacherFeatureStats):
     """The PDN's distillation target, frozen, serving as the teacher itself.
 
     A PDN distilled on a few hundred CPU iterations keeps only part of its target's signal (docs/results.md,
     diagnosis), and the PDN-S alone costs 30 GFLOPs at 256x256, while the EfficientNet-Lite0 layers it imitates cost
     well under one. This module gives HDHKD those target features (PatchCore's locally aware patch features,
     :class:`~hdhkd_monai.distill.PatchCoreTarget`) with the PDN's teacher interface: ``out_channels``, ``border``,
-    ``normalize`` and the ``feat_mean``/``feat_std`` buffers that the teacher workflow fills on normal images.
+    ``output_size`` and the feature statistics of :class:`~hdhkd_monai.networks.teacher_stats.TeacherFeatureStats`.
 
     Args:
         backbone, weights, layers, out_channels: see :class:`~hdhkd_monai.distill.PatchCoreTarget`.
 
     forward: ``[B, 3, H, W]`` in ``[0, 1]`` -> raw features ``[B, out_channels, H/s, W/s]``, ``s`` the stride of the
-    shallowest layer (8 for the default layers), no grad.
+    shallowest layer (8 for the default layers).
     """
 
     def __init__(
@@ -36,20 +34,13 @@ class PretrainedTeacher(nn.Module):
         layers: Sequence[int] = (2, 3),
         out_channels: int = 384,
     ) -> None:
-        super().__init__()
+        super().__init__(out_channels)
         self.target = PatchCoreTarget(backbone, weights, layers, out_channels)
-        self.out_channels = out_channels
         self.stride = self.target.stride
         self.border = 0  # zero-padded convolutions: one cell per stride over the whole image
-        self.register_buffer("feat_mean", torch.zeros(1, out_channels, 1, 1))
-        self.register_buffer("feat_std", torch.ones(1, out_channels, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.target(x)
-
-    def normalize(self, f: torch.Tensor) -> torch.Tensor:
-        """``(f - feat_mean) / feat_std``, per channel."""
-        return (f - self.feat_mean) / self.feat_std
 
     def output_size(self, size: Tuple[int, int]) -> Tuple[int, int]:
         """Feature grid ``(h, w)`` for an input of spatial ``size`` ``(H, W)`` (the timm stages round up)."""
