@@ -99,8 +99,8 @@ def test_inference_config_builds_the_network_training_builds():
     """inference.json stands alone (the Model Zoo's checks load it without train.json), so it repeats the keys that
     shape the data and the network; they must stay those of train.json, or the trained checkpoint would not fit."""
     train, inference = (json.loads((CONFIGS / f"{name}.json").read_text()) for name in ("train", "inference"))
-    # batch_size: the training batch in train.json, the inference batch in inference.json
-    shared = set(train) & set(inference) - {"imports", "output_dir", "network_def", "network", "hdhkd", "run", "batch_size"}
+    own = {"imports", "output_dir", "batch_size", "network_def", "network", "hdhkd", "run"}  # workflow-specific
+    shared = set(train) & set(inference) - own
     assert shared >= {"image_size", "preprocessing", "backbone", "num_modules", "teacher_def", "model_ckpt"}
     assert {k: inference[k] for k in shared} == {k: train[k] for k in shared}
     assert {k: v for k, v in inference["hdhkd"].items() if k != "teacher"} == {
