@@ -27,7 +27,7 @@ from torch import nn
 
 from hdhkd_monai.state_dict import load_weights, read_state_dict
 
-__all__ = ["create_backbone", "efficientnet_lite_state_dict", "input_normalization", "load_into_features"]
+__all__ = ["create_backbone", "drop_unused_stages", "efficientnet_lite_state_dict", "input_normalization", "load_into_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +50,20 @@ def input_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]
     return tuple(cfg.mean), tuple(cfg.std)
 
 
+def drop_unused_stages(model: nn.Module) -> nn.Module:
+    """Cut the stages after the deepest requested feature from a timm ``features_only`` EfficientNet.
+
+    timm's ``EfficientNetFeatures`` keeps all its stages and runs them, so the stages past the last feature cost time
+    and, being unused, leave parameters without gradients, which DDP refuses. ResNet feature models are cut by timm
+    already and are returned as they are.
+    """
+    blocks = getattr(model, "blocks", None)
+    if isinstance(blocks, nn.Sequential):
+        last = max(int(name.split(".")[1]) for name in model.feature_info.module_name() if name.startswith("blocks."))
+        model.blocks = blocks[: last + 1]
+    return model
+
+
 def create_backbone(name: str, weights: str | Path | None = None, out_indices: Sequence[int] = (2, 3)) -> nn.Module:
     """A timm ``features_only`` model returning the feature maps at ``out_indices``.
 
@@ -65,8 +79,8 @@ def create_backbone(name: str, weights: str | Path | None = None, out_indices: S
     """
     out_indices = tuple(out_indices)
     if weights == "timm":
-        return timm.create_model(name, pretrained=True, features_only=True, out_indices=out_indices)
-    model = timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices)
+        return drop_unused_stages(timm.create_model(name, pretrained=True, features_only=True, out_indices=out_indices))
+    model = drop_unused_stages(timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices))
     if weights is None:
         message = (
             f"backbone {name!r} has RANDOM weights: its features are meaningless for anomaly detection. "

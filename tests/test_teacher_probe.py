@@ -1,5 +1,6 @@
 """The teacher probe (kNN over patch features), the frozen pretrained teacher, and the ImageNet student encoder."""
 
+import pytest
 import timm
 import torch
 import torch.nn.functional as F
@@ -38,18 +39,21 @@ def test_probe_on_the_pretrained_teacher_scores_a_planted_anomaly_higher():
     assert (planted > clean).all()
 
 
-def test_pretrained_teacher_is_frozen_and_gives_the_stride_8_grid_hdhkd_trains_against():
+@pytest.mark.parametrize("backbone, weights", [("resnet18", None), ("tf_efficientnet_lite0", "efficientnet-lite")])
+def test_pretrained_teacher_is_frozen_and_gives_the_stride_8_grid_hdhkd_trains_against(backbone, weights):
     teacher = PretrainedTeacher()
     assert not any(p.requires_grad for p in teacher.parameters())
     x = torch.rand(2, 3, 64, 96)
     f = teacher(x)
     assert f.shape == (2, 384, *teacher.output_size((64, 96))) == (2, 384, 8, 12)
-    model = HDHKD(teacher, fusion_channels=32, encoder_channels=64, decoder_channels=32, num_modules=1)
+    model = HDHKD(teacher, backbone=backbone, backbone_weights=weights, fusion_channels=32, encoder_channels=64,
+                  decoder_channels=32, num_modules=1)  # fmt: skip
     model.train()
     assert not model.teacher.target.backbone.training  # batch-norm statistics never move
     f_t, f_sd = model(x)
     assert f_t.shape == f_sd.shape
     F.mse_loss(f_sd, f_t).backward()
+    # every trainable parameter is used (DDP refuses unused ones: the EfficientNet stages past stride 16 are cut)
     assert all(p.grad is not None for p in model.student.parameters() if p.requires_grad)
     assert model.anomaly_map(x).shape == (2, 1, 64, 96)
 

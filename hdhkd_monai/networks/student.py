@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from ..pretrained import create_backbone, input_normalization
+from ..pretrained import create_backbone, drop_unused_stages, input_normalization
 from .blocks import conv_block
 
 __all__ = ["STUDENT_BACKBONES", "StudentEncoder"]
@@ -66,7 +66,9 @@ class StudentEncoder(nn.Module):
     ) -> None:
         super().__init__()
         if weights is None:  # from scratch, as in the paper: no random-weights warning
-            self.backbone = timm.create_model(backbone, features_only=True, out_indices=(1, 2, 3), pretrained=False)
+            self.backbone = drop_unused_stages(
+                timm.create_model(backbone, features_only=True, out_indices=(1, 2, 3), pretrained=False)
+            )
         else:  # a whole classifier's weights: its last stage and head are not part of the backbone
             self.backbone = create_backbone(backbone, weights, out_indices=(1, 2, 3))
         if out_channels % Bottleneck.expansion:
