@@ -96,10 +96,12 @@ def markdown_seeds(tables: list[dict], comparisons: list[str]) -> str:
     AUROC of every seed, and the paired bootstrap ``comparisons`` (lines of text) below."""
     first, budget = tables[0], tables[0]["budget"]
     seeds = [t["budget"]["seed"] for t in tables]
+    pdn = any(r["name"] == "EfficientAD-S" for r in first["rows"])
     lines = [
         f"Data `{first['data']}`; image {budget['image_size']}x{budget['image_size']}, {budget['iterations']} student "
-        f"iterations at batch {budget['batch_size']} (EfficientAD-S's PDN teacher {budget['teacher_iterations']} "
-        f"iterations); seeds {', '.join(map(str, seeds))}; {_overrides(budget)}mean ± standard deviation over the "
+        f"iterations at batch {budget['batch_size']}"
+        + (f" (EfficientAD-S's PDN teacher {budget['teacher_iterations']} iterations)" if pdn else "")
+        + f"; seeds {', '.join(map(str, seeds))}; {_overrides(budget)}mean ± standard deviation over the "
         f"seeds; wall time of the runs that wrote this table {sum(t['wall_s'] for t in tables) / 60:.0f} min on "
         f"{first.get('cpu_count', 2)} CPU cores (rows trained by an earlier run are only evaluated).",
         "",
