@@ -11,10 +11,12 @@ A, B, C, D) of up to three implementations of the same scan:
 Each runs at 1 torch thread and at torch's default count, first on its own and then beside competing single-thread
 busy processes that this script starts (``--loads``: by default one per core, then one more than the cores), so
 every ratio below comes from one run. Inputs follow SS2D: batch 2, 4 directions (B and C in 4 groups) x d_inner
-channels, N = 16, delta from the VMamba dt initialisation, A = -[1..16] (S4D-real). Every method and setting runs
-in a fresh subprocess, so peak memory is the growth of that process's peak RSS (``resource.getrusage(...).ru_maxrss``)
-over the first forward + backward; torch's CPU allocations go through malloc and show up there. Errors are max
-|difference| to the reference run's output and gradients (a gradient's error is relative to its largest |value|).
+channels, N = 16, delta from the VMamba dt initialisation, A = -[1..16] (S4D-real). Every method runs in a fresh
+subprocess per load and shape, which alternates the thread settings between its repeats (so a change in the
+machine's load hits them alike). Peak memory is the growth of that process's peak RSS
+(``resource.getrusage(...).ru_maxrss``) over its first forward + backward, at the first thread setting; torch's CPU
+allocations go through malloc and show up there. Errors are max |difference| to the reference run's output and
+gradients (a gradient's error is relative to its largest |value|).
 
     python bench/scan.py                                   # the run recorded in docs/complexity.md (~5 min)
     python bench/scan.py --sizes 16x16 --channels 96 --loads 0 --repeats 1 --no-doc   # a smoke test
@@ -108,10 +110,12 @@ def pscan_scan(u, delta, A, B, C, D):
 
 
 def worker(args) -> None:
+    """Times one method at every thread setting in this process, the settings alternating between repeats so that
+    a change in the machine's load hits all of them alike; prints one result per setting."""
     from hdhkd_monai.networks.selective_scan import selective_scan
 
-    if args.threads != DEFAULT_THREADS:
-        torch.set_num_threads(args.threads)
+    default = torch.get_num_threads()
+    settings = [int(t) for t in args.threads.split(",")]
     inputs = {k: v.requires_grad_() for k, v in make_inputs(args.channels, args.length).items()}
     leaves = [inputs[k] for k in GRAD_NAMES]
     if args.method == "pscan":
@@ -132,39 +136,50 @@ def worker(args) -> None:
         value = step()
         return time.perf_counter() - start, value
 
+    times = {t: dict(forward=[], train=[]) for t in settings}
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    first, (out, grads) = timed(train)  # also the memory and error measurement
-    peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-    train_times = [first] + [timed(train)[0] for _ in range(args.repeats - 1)]
-    forward_times, forward_out = zip(*(timed(forward) for _ in range(args.repeats)))
-    result = dict(
-        forward=min(forward_times), train=min(train_times), peak_mib=peak_mib,
-        threads=torch.get_num_threads(), finite=bool(torch.isfinite(out).all()),
-    )
+    for repeat in range(args.repeats):
+        for t in settings if repeat % 2 == 0 else settings[::-1]:
+            torch.set_num_threads(default if t == DEFAULT_THREADS else t)
+            seconds, (out, grads) = timed(train)
+            times[t]["train"].append(seconds)
+            if repeat == 0 and t == settings[0]:  # the first forward + backward: memory and errors
+                peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+                first_out, first_grads = out.detach(), [g.detach() for g in grads]
+                seconds, forward_out = timed(forward)
+            else:
+                seconds = timed(forward)[0]
+            times[t]["forward"].append(seconds)
+    common = dict(peak_mib=peak_mib, finite=bool(torch.isfinite(first_out).all()))
     if args.method == "reference":
-        torch.save(dict(out=out.detach(), grads=[g.detach() for g in grads]), args.ref_file)
+        torch.save(dict(out=first_out, grads=first_grads), args.ref_file)
     elif os.path.exists(args.ref_file):
         ref = torch.load(args.ref_file)
-        scale = ref["out"].abs().max().item()
-        result["out_err"] = max((o.detach() - ref["out"]).abs().max().item() for o in (out, forward_out[0]))
-        result["out_rel_err"] = result["out_err"] / scale
-        result["grad_rel_err"] = max(
-            ((g - r).abs().max() / r.abs().max()).item() for g, r in zip(grads, ref["grads"])
+        common["out_err"] = max((o - ref["out"]).abs().max().item() for o in (first_out, forward_out))
+        common["out_rel_err"] = common["out_err"] / ref["out"].abs().max().item()
+        common["grad_rel_err"] = max(
+            ((g - r).abs().max() / r.abs().max()).item() for g, r in zip(first_grads, ref["grads"])
         )
-    print("RESULT " + json.dumps(result), flush=True)
+    results = {
+        t: dict(common, forward=min(times[t]["forward"]), train=min(times[t]["train"]),
+                threads=default if t == DEFAULT_THREADS else t)
+        for t in settings
+    }
+    print("RESULT " + json.dumps(results), flush=True)
 
 
-def run_worker(method: str, channels: int, length: int, threads: int, args, ref_file: str) -> dict:
+def run_worker(method: str, channels: int, length: int, args, ref_file: str) -> dict:
+    """{thread setting: result} of one worker process; every setting marked failed when it fails."""
     cmd = [sys.executable, __file__, "--worker", "--method", method, "--channels", str(channels),
-           "--length", str(length), "--repeats", str(args.repeats), "--threads", str(threads),
+           "--length", str(length), "--repeats", str(args.repeats), "--threads", args.threads,
            "--ref-file", ref_file]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:  # e.g. killed for memory on a shared machine: report, carry on
         print(f"{method} at {channels} channels, L={length} failed (exit code {proc.returncode}):\n"
               f"{proc.stderr[-2000:]}", file=sys.stderr)
-        return dict(failed=f"exit code {proc.returncode}")
-    return json.loads(lines[-1][len("RESULT "):])
+        return {int(t): dict(failed=f"exit code {proc.returncode}") for t in args.threads.split(",")}
+    return {int(t): r for t, r in json.loads(lines[-1][len("RESULT "):]).items()}
 
 
 def fmt(x, spec):
@@ -177,7 +192,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="64x64", help="scan grids HxW; L = H*W (default: %(default)s)")
     parser.add_argument("--channels", default="768", help="4 directions x d_inner (default: %(default)s)")
     parser.add_argument("--methods", default="reference,torch", help=f"subset of {','.join(METHODS)}")
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per mode; the minimum is kept")
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per mode and setting; the minimum is kept")
     parser.add_argument("--threads", default=f"1,{DEFAULT_THREADS}", help="torch thread counts, 0 = torch's default")
     parser.add_argument("--loads", default=f"0,{cores},{cores + 1}",
                         help="numbers of competing single-thread busy processes (default: %(default)s)")
@@ -188,7 +203,7 @@ def main() -> None:
     parser.add_argument("--ref-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        args.channels, args.threads = int(args.channels), int(args.threads)
+        args.channels = int(args.channels)
         return worker(args)
 
     methods = [m for m in METHODS if m in args.methods.split(",")]
@@ -200,17 +215,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for load in (int(n) for n in args.loads.split(",")):
             with competing_processes(load):
-                for threads in (int(t) for t in args.threads.split(",")):
-                    for channels in (int(c) for c in args.channels.split(",")):
-                        for length in (grid_length(s) for s in args.sizes.split(",")):
-                            row = dict(load=load, threads=threads, channels=channels, length=length,
-                                       load_avg=os.getloadavg()[0], results={})
-                            for method in methods:
-                                ref_file = os.path.join(tmp, f"ref_{channels}_{length}.pt")
-                                r = row["results"][method] = run_worker(method, channels, length, threads, args,
-                                                                        ref_file)
-                                print(f"{label(row)}  {method:9s}  {describe(r)}", flush=True)
-                            rows.append(row)
+                for channels in (int(c) for c in args.channels.split(",")):
+                    for length in (grid_length(s) for s in args.sizes.split(",")):
+                        load_avg = os.getloadavg()[0]
+                        rows_here = [dict(load=load, threads=int(t), channels=channels, length=length,
+                                          load_avg=load_avg, results={}) for t in args.threads.split(",")]
+                        ref_file = os.path.join(tmp, f"ref_{channels}_{length}.pt")
+                        for method in methods:
+                            by_threads = run_worker(method, channels, length, args, ref_file)
+                            for row in rows_here:
+                                row["results"][method] = by_threads[row["threads"]]
+                                print(f"{label(row)}  {method:9s}  {describe(row['results'][method])}", flush=True)
+                        rows += rows_here
 
     lines = summary_lines(rows)
     print("\n".join(lines))
@@ -333,9 +349,9 @@ def write_doc(rows, lines, command, started, seconds) -> None:
         "setting started, and anything above the competing processes plus our threads is other people's jobs on "
         "the shared machine. Every ratio comes from this one run.",
         "",
-        "Times are the minimum over the timed repeats; forward runs under `torch.no_grad` (the inference path). "
-        "Peak memory is the growth of the process's peak RSS during the first forward + backward "
-        "(`resource.getrusage`, one fresh subprocess per method and setting). Errors are against the sequential "
+        "Times are the minimum over the timed repeats, the thread settings alternating within one process per "
+        "method and load; forward runs under `torch.no_grad` (the inference path). Peak memory is the growth of "
+        "the process's peak RSS during its first forward + backward (`resource.getrusage`). Errors are against the sequential "
         "reference (gradients: max |difference| / max |reference gradient|, worst of u, delta, A, B, C, D).",
         "",
         *table,
