@@ -16,7 +16,7 @@ shared machine's load bursts from favouring either model. Every setting runs at 
 default count, first on its own and then beside competing single-thread busy processes that this script starts
 (``--loads``), so each ratio comes from one run under one load.
 
-    python bench/throughput.py                      # inference, 256x256, batch 1 and 8 (~10 min on 2 cores)
+    python bench/throughput.py                      # inference, 256x256, batch 1 and 8, 1 and default threads
     python bench/throughput.py --short              # a quick look: batch 1, 2 steps, 1 round
     python bench/throughput.py --modes train infer  # training steps too (slow: HDHKD batch 8 takes ~1 min a step)
     python bench/throughput.py --write-docs         # also replace the results section of docs/baselines.md
@@ -212,7 +212,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="input side (default 256, the paper's)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--modes", nargs="+", choices=MODES, default=["infer"], help="what to time (default infer)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per worker")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per worker")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
     parser.add_argument("--repeats", type=int, default=2, help="rounds per setting; median reported")
     parser.add_argument("--threads", type=int, nargs="+", default=[1, DEFAULT_THREADS],
