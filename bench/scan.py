@@ -15,10 +15,10 @@ channels, N = 16, delta from the VMamba dt initialisation, A = -[1..16] (S4D-rea
 subprocess per load and shape, which alternates the thread settings between its repeats (so a change in the
 machine's load hits them alike). Peak memory is the growth of that process's peak RSS
 (``resource.getrusage(...).ru_maxrss``) over its first forward + backward, at the first thread setting; torch's CPU
-allocations go through malloc and show up there. Errors are max |difference| to the reference run's output and
-gradients (a gradient's error is relative to its largest |value|).
+allocations go through malloc and show up there. Errors are max |difference| of each setting's first output and
+gradients to the reference's (a gradient's error is relative to its largest |value|).
 
-    python bench/scan.py                                   # the run recorded in docs/complexity.md (~5 min)
+    python bench/scan.py                # the run in docs/complexity.md (15 min on 2 busy cores)
     python bench/scan.py --sizes 16x16 --channels 96 --loads 0 --repeats 1 --no-doc   # a smoke test
 """
 
@@ -74,8 +74,8 @@ Threads. The torch scan runs on one intra-op thread whatever `torch.get_num_thre
 its thread count back on return (forward and backward). It issues about 20 ops per chunk plus one per time step,
 thousands per call; with several threads each parallel op ends at an OpenMP barrier, and when a competing process
 has descheduled a partner thread that barrier waits for a scheduler time slice. Before this change, forward +
-backward at 2 threads beside 3 busy processes on 2 cores took 1-73 s against 0.4-1.8 s at 1 thread (loaded
-machine, load 3.6-5.4). The reference loop and pscan run at the thread count given."""
+backward at 2 threads beside 3 busy processes on 2 cores (load 3.6-5.4) took 1.0-72.7 s; with the scan on one
+thread inside the same 2-thread process, 0.36-0.42 s (the table above `## Selective scan` has the details). The reference loop and pscan run at the thread count given."""
 
 
 def make_inputs(channels: int, length: int, seed: int = 0):
@@ -137,34 +137,31 @@ def worker(args) -> None:
         return time.perf_counter() - start, value
 
     times = {t: dict(forward=[], train=[]) for t in settings}
+    outputs = {}  # setting: output and gradients of its first forward + backward, output of its first forward
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for repeat in range(args.repeats):
         for t in settings if repeat % 2 == 0 else settings[::-1]:
             torch.set_num_threads(default if t == DEFAULT_THREADS else t)
             seconds, (out, grads) = timed(train)
             times[t]["train"].append(seconds)
-            if repeat == 0 and t == settings[0]:  # the first forward + backward: memory and errors
+            if not outputs:  # the process's first forward + backward
                 peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
-                first_out, first_grads = out.detach(), [g.detach() for g in grads]
-                seconds, forward_out = timed(forward)
-            else:
-                seconds = timed(forward)[0]
+            seconds, forward_out = timed(forward)
             times[t]["forward"].append(seconds)
-    common = dict(peak_mib=peak_mib, finite=bool(torch.isfinite(first_out).all()))
+            outputs.setdefault(t, (out.detach(), [g.detach() for g in grads], forward_out))
     if args.method == "reference":
-        torch.save(dict(out=first_out, grads=first_grads), args.ref_file)
-    elif os.path.exists(args.ref_file):
-        ref = torch.load(args.ref_file)
-        common["out_err"] = max((o - ref["out"]).abs().max().item() for o in (first_out, forward_out))
-        common["out_rel_err"] = common["out_err"] / ref["out"].abs().max().item()
-        common["grad_rel_err"] = max(
-            ((g - r).abs().max() / r.abs().max()).item() for g, r in zip(first_grads, ref["grads"])
-        )
-    results = {
-        t: dict(common, forward=min(times[t]["forward"]), train=min(times[t]["train"]),
-                threads=default if t == DEFAULT_THREADS else t)
-        for t in settings
-    }
+        out, grads, _ = outputs[settings[0]]
+        torch.save(dict(out=out, grads=grads), args.ref_file)
+    ref = torch.load(args.ref_file) if args.method != "reference" and os.path.exists(args.ref_file) else None
+    results = {}
+    for t in settings:
+        out, grads, forward_out = outputs[t]
+        r = results[t] = dict(forward=min(times[t]["forward"]), train=min(times[t]["train"]), peak_mib=peak_mib,
+                              threads=default if t == DEFAULT_THREADS else t, finite=bool(torch.isfinite(out).all()))
+        if ref is not None:
+            r["out_err"] = max((o - ref["out"]).abs().max().item() for o in (out, forward_out))
+            r["out_rel_err"] = r["out_err"] / ref["out"].abs().max().item()
+            r["grad_rel_err"] = max(((g - e).abs().max() / e.abs().max()).item() for g, e in zip(grads, ref["grads"]))
     print("RESULT " + json.dumps(results), flush=True)
 
 
@@ -300,7 +297,7 @@ def summary_lines(rows) -> list:
 
 
 def scaling_lines(rows) -> list:
-    """Quiet runs: each method's 1-thread time / default-thread time, the per-thread scaling of this machine."""
+    """Runs without competing processes: each method's 1-thread time / default-thread time (per-thread scaling)."""
     quiet = {(r["threads"], r["channels"], r["length"]): r for r in rows if r["load"] == 0}
     lines = []
     for (threads, channels, length), row in quiet.items():
@@ -311,7 +308,8 @@ def scaling_lines(rows) -> list:
             s = single["results"].get(method, {})
             if "failed" not in s and s:
                 speedups = ", ".join(f"{mode} {s[key] / r[key]:.2f}x" for key, mode in MODES)
-                lines.append(f"Scaling, no competing load, {channels} channels, L {length}: {method} at "
+                lines.append(f"Scaling without competing processes of ours (load avg {row['load_avg']:.1f}), "
+                             f"{channels} channels, L {length}: {method} at "
                              f"{thread_label(row)} threads runs {speedups} as fast as at 1 thread")
     return lines
 

@@ -113,10 +113,10 @@ def _one_thread() -> Iterator[None]:
     """Runs the block's torch ops on one intra-op thread and restores the caller's thread count afterwards.
 
     The chunked scan issues thousands of small ops. With several threads each of them ends at a barrier, and on a
-    busy machine a descheduled partner thread stalls that barrier for a scheduler time slice: at 2 threads with three
-    competing processes on 2 cores, forward + backward took up to 72 s instead of 0.4-1.8 s at one thread. On a quiet
-    machine one thread costs little (docs/complexity.md). ``torch.set_num_threads`` is process-wide for MKL, so
-    ops run concurrently from other Python threads also see one thread until the block ends.
+    busy machine a descheduled partner thread stalls that barrier for a scheduler time slice: forward + backward
+    at 2 threads beside 3 busy processes on 2 cores took up to 73 s, against 0.4 s on one thread (docs/complexity.md).
+    ``torch.set_num_threads`` is process-wide for MKL, so ops run concurrently from other Python threads also see
+    one thread until the block ends.
     """
     threads = torch.get_num_threads()
     if threads == 1:
