@@ -42,6 +42,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "baselines.md"
 MODELS = ("HDHKD", "EfficientAD-S")
 MODES = ("train", "infer")
 DEFAULT_THREADS = 0  # --threads value meaning "leave torch's default"
+OPENMP_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # settings the workers inherit
 
 
 def _rss_mib() -> float:
@@ -133,6 +134,7 @@ def run(args) -> tuple[list[dict], dict]:
         "steps": args.steps,
         "warmup": args.warmup,
         "repeats": args.repeats,
+        "env": ", ".join(f"{k}={os.environ[k]}" for k in OPENMP_ENV if k in os.environ) or "none",
     }
     start = time.perf_counter()
     rows = []
@@ -176,7 +178,8 @@ def report(rows: list[dict], context: dict) -> str:
     lines = [
         f"Run {context['date']} on {context['cpu']}; torch {context['torch']}; input {context['size']}x"
         f"{context['size']}; median of {context['repeats']} round(s) of {context['steps']} timed steps after "
-        f"{context['warmup']} warm-up step(s); {context['minutes']:.1f} min in all. Competing processes are "
+        f"{context['warmup']} warm-up step(s); {context['minutes']:.1f} min in all; OpenMP environment: "
+        f"{context['env']}. Competing processes are "
         "single-thread busy loops this script starts; the load average is the 1-minute load when each setting "
         "started, and anything above the competing processes plus our threads is other people's jobs on the "
         "shared machine.",
