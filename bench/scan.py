@@ -18,7 +18,7 @@ machine's load hits them alike). Peak memory is the growth of that process's pea
 allocations go through malloc and show up there. Errors are max |difference| of each setting's first output and
 gradients to the reference's (a gradient's error is relative to its largest |value|).
 
-    python bench/scan.py                # the run in docs/complexity.md (15 min on 2 busy cores)
+    python bench/scan.py                # the run in docs/complexity.md (10-15 min on 2 busy cores)
     python bench/scan.py --sizes 16x16 --channels 96 --loads 0 --repeats 1 --no-doc   # a smoke test
 """
 
