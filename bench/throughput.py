@@ -1,7 +1,7 @@
 """CPU throughput of HDHKD against EfficientAD-S, measured in one run, printed as ratios.
 
-For each model and batch size, two fresh worker processes (one training, one inference) build the model, warm up,
-then time ``--steps`` iterations:
+For each model, batch size and mode, a fresh worker process builds the model, warms up, then times ``--steps``
+iterations:
 
 - training step: ``zero_grad``, loss, ``backward``, ``Adam.step`` on the trainable parameters
   (HDHKD: ``DistillationLoss()(*model(x))``; EfficientAD-S: ``model.loss(x)``, autoencoder branch jittered);
@@ -12,11 +12,13 @@ depend on them). Peak memory is the worker's peak resident set size (``ru_maxrss
 Python/torch baseline and the model's parameters) and its growth over the RSS once model and input are built
 (activations, gradients, optimizer state).
 Workers of the two models are interleaved and ``--repeats`` rounds taken; the median is reported, which keeps a
-shared machine's load bursts from favouring either model.
+shared machine's load bursts from favouring either model. Every setting runs at 1 torch thread and at torch's
+default count, first on its own and then beside competing single-thread busy processes that this script starts
+(``--loads``), so each ratio comes from one run under one load.
 
-    python bench/throughput.py                      # 256x256, batch 1 and 8, 1 thread
+    python bench/throughput.py                      # inference, 256x256, batch 1 and 8, 1 and default threads
     python bench/throughput.py --short              # a quick look: batch 1, 2 steps, 1 round
-    python bench/throughput.py --modes infer        # inference only
+    python bench/throughput.py --modes train infer  # training steps too (slow: HDHKD batch 8 takes ~1 min a step)
     python bench/throughput.py --write-docs         # also replace the results section of docs/baselines.md
 """
 
@@ -33,11 +35,14 @@ from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+from competing import competing_processes
 from hdhkd_monai.markdown import replace_section
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "baselines.md"
 MODELS = ("HDHKD", "EfficientAD-S")
 MODES = ("train", "infer")
+DEFAULT_THREADS = 0  # --threads value meaning "leave torch's default"
+OPENMP_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # settings the workers inherit
 
 
 def _rss_mib() -> float:
@@ -70,7 +75,8 @@ def _worker(name: str, mode: str, batch: int, size: int, steps: int, warmup: int
     """Time one (model, mode, batch) in this fresh process: seconds per step, peak RSS and its growth (MiB)."""
     import torch
 
-    torch.set_num_threads(threads)
+    if threads != DEFAULT_THREADS:
+        torch.set_num_threads(threads)
     model, loss_fn = _build(name, size)
     x = torch.rand(batch, 3, size, size)
     if mode == "train":
@@ -97,13 +103,14 @@ def _worker(name: str, mode: str, batch: int, size: int, steps: int, warmup: int
         step()
     seconds = (time.perf_counter() - start) / steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    return {"seconds": seconds, "peak_mib": peak, "growth_mib": peak - rss_before}
+    threads = torch.get_num_threads()
+    return {"seconds": seconds, "peak_mib": peak, "growth_mib": peak - rss_before, "threads": threads}
 
 
-def measure(name: str, mode: str, batch: int, args) -> dict:
+def measure(name: str, mode: str, batch: int, threads: int, args) -> dict:
     """Run :func:`_worker` in a fresh spawned process (so the peak RSS is its own); its errors propagate."""
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        job = pool.submit(_worker, name, mode, batch, args.size, args.steps, args.warmup, args.threads)
+        job = pool.submit(_worker, name, mode, batch, args.size, args.steps, args.warmup, threads)
         return job.result()
 
 
@@ -123,85 +130,98 @@ def run(args) -> tuple[list[dict], dict]:
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "cpu": f"{_cpu_name()}, {os.cpu_count()} logical cores",
         "torch": torch.__version__,
-        "threads": args.threads,
         "size": args.size,
         "steps": args.steps,
         "warmup": args.warmup,
         "repeats": args.repeats,
-        "load_before": os.getloadavg(),
+        "env": ", ".join(f"{k}={os.environ[k]}" for k in OPENMP_ENV if k in os.environ) or "none",
     }
+    start = time.perf_counter()
     rows = []
-    for batch in args.batch_sizes:
-        for mode in args.modes:
-            samples = {name: [] for name in MODELS}
-            for round_ in range(args.repeats):
-                for name in MODELS if round_ % 2 == 0 else MODELS[::-1]:  # alternate who goes first
-                    result = measure(name, mode, batch, args)
-                    samples[name].append(result)
-                    ms = result["seconds"] * 1e3
-                    print(f"  {name:14s} {mode:5s} batch {batch} round {round_ + 1}: {ms:9.1f} ms", flush=True)
-            for name, results in samples.items():
-                row = {"model": name, "mode": mode, "batch": batch}
-                row["rounds"] = [r["seconds"] for r in results]
-                row["seconds"] = statistics.median(row["rounds"])
-                row["peak_mib"] = max(r["peak_mib"] for r in results)
-                row["growth_mib"] = max(r["growth_mib"] for r in results)
-                rows.append(row)
-    context["load_after"] = os.getloadavg()
+    for load in args.loads:
+        with competing_processes(load):
+            for threads in args.threads:
+                for batch in args.batch_sizes:
+                    for mode in args.modes:
+                        rows += _setting(load, threads, batch, mode, args)
+    context["minutes"] = (time.perf_counter() - start) / 60
     return rows, context
+
+
+def _setting(load: int, threads: int, batch: int, mode: str, args) -> list[dict]:
+    """Both models' rows for one setting, their rounds interleaved."""
+    load_avg = os.getloadavg()[0]
+    samples = {name: [] for name in MODELS}
+    for round_ in range(args.repeats):
+        for name in MODELS if round_ % 2 == 0 else MODELS[::-1]:  # alternate who goes first
+            result = measure(name, mode, batch, threads, args)
+            samples[name].append(result)
+            print(f"  competing {load} threads {result['threads']} {name:14s} {mode:5s} batch {batch} "
+                  f"round {round_ + 1}: {result['seconds'] * 1e3:9.1f} ms", flush=True)
+    rows = []
+    for name, results in samples.items():
+        rounds = [r["seconds"] for r in results]
+        rows.append({
+            "load": load, "load_avg": load_avg, "threads": results[0]["threads"], "default": threads == DEFAULT_THREADS,
+            "model": name, "mode": mode, "batch": batch, "rounds": rounds, "seconds": statistics.median(rounds),
+            "peak_mib": max(r["peak_mib"] for r in results), "growth_mib": max(r["growth_mib"] for r in results),
+        })
+    return rows
+
+
+def _threads_label(row: dict) -> str:
+    return f"default ({row['threads']})" if row["default"] else str(row["threads"])
 
 
 def report(rows: list[dict], context: dict) -> str:
     """Markdown: the measurements, then HDHKD / EfficientAD-S time ratios against the 1.5x target."""
     lines = [
-        f"Run {context['date']} on {context['cpu']}; torch {context['torch']}, {context['threads']} thread(s); "
-        f"input {context['size']}x{context['size']}; median of {context['repeats']} round(s) of {context['steps']} "
-        f"timed steps after {context['warmup']} warm-up steps. Load average (1/5/15 min) before: "
-        + "/".join(f"{v:.1f}" for v in context["load_before"]) + ", after: "
-        + "/".join(f"{v:.1f}" for v in context["load_after"]) + ".",
+        f"Run {context['date']} on {context['cpu']}; torch {context['torch']}; input {context['size']}x"
+        f"{context['size']}; median of {context['repeats']} round(s) of {context['steps']} timed steps after "
+        f"{context['warmup']} warm-up step(s); {context['minutes']:.1f} min in all; OpenMP environment: "
+        f"{context['env']}. Competing processes are "
+        "single-thread busy loops this script starts; the load average is the 1-minute load when each setting "
+        "started, and anything above the competing processes plus our threads is other people's jobs on the "
+        "shared machine.",
         "",
-        _sharing_note(context),
-        "",
-        "| model | mode | batch | ms / step | each round | steps/s | images/s | peak RSS MiB | RSS growth MiB |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| competing processes | load avg | threads | model | mode | batch | ms / step | each round | images/s "
+        "| peak RSS MiB | RSS growth MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         each = ", ".join(f"{t * 1e3:.0f}" for t in r["rounds"])
         lines.append(
-            f"| {r['model']} | {r['mode']} | {r['batch']} | {r['seconds'] * 1e3:.0f} | {each} | "
-            f"{1 / r['seconds']:.2f} | {r['batch'] / r['seconds']:.2f} | {r['peak_mib']:.0f} | {r['growth_mib']:.0f} |"
+            f"| {r['load']} | {r['load_avg']:.1f} | {_threads_label(r)} | {r['model']} | {r['mode']} | {r['batch']} "
+            f"| {r['seconds'] * 1e3:.0f} | {each} | {r['batch'] / r['seconds']:.2f} | {r['peak_mib']:.0f} "
+            f"| {r['growth_mib']:.0f} |"
         )
-    lines += ["", "| mode | batch | HDHKD time / EfficientAD-S time | within 1.5x |", "|---|---|---|---|"]
-    by_key = {(r["model"], r["mode"], r["batch"]): r for r in rows}
-    for mode in sorted({r["mode"] for r in rows}, key=MODES.index):
-        for batch in sorted({r["batch"] for r in rows}):
-            ratio = by_key["HDHKD", mode, batch]["seconds"] / by_key["EfficientAD-S", mode, batch]["seconds"]
-            lines.append(f"| {mode} | {batch} | {ratio:.2f} | {'yes' if ratio <= 1.5 else 'no'} |")
+    lines += [
+        "",
+        "| competing processes | threads | mode | batch | HDHKD time / EfficientAD-S time | within 1.5x |",
+        "|---|---|---|---|---|---|",
+    ]
+    hdhkd = [r for r in rows if r["model"] == "HDHKD"]
+    for r in hdhkd:
+        other = next(o for o in rows if o["model"] == "EfficientAD-S" and
+                     all(o[k] == r[k] for k in ("load", "default", "mode", "batch")))
+        ratio = r["seconds"] / other["seconds"]
+        verdict = "yes" if ratio <= 1.5 else f"no, {100 * (ratio / 1.5 - 1):.0f} % over"
+        lines.append(f"| {r['load']} | {_threads_label(r)} | {r['mode']} | {r['batch']} | {ratio:.2f} | {verdict} |")
     return "\n".join(lines)
-
-
-def _sharing_note(context: dict) -> str:
-    """Say whether other work ran beside the benchmark: load above this run's own threads means it did."""
-    busiest = max(*context["load_before"][:2], *context["load_after"][:2])
-    if busiest > context["threads"] + 0.5:
-        return (
-            f"The machine was shared during the run (load up to {busiest:.1f} on {os.cpu_count()} cores against "
-            f"{context['threads']} thread(s) of ours): absolute numbers are pessimistic and noisy; the interleaved "
-            "ratios are the figure to read."
-        )
-    return "The machine was otherwise idle during the run."
-
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int, default=256, help="input side (default 256, the paper's)")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="what to time (default both)")
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per worker")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=["infer"], help="what to time (default infer)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per worker")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps before timing")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds per (model, mode, batch); median reported")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads per worker")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds per setting; median reported")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, DEFAULT_THREADS],
+                        help="torch intra-op threads per worker, 0 = torch's default (default: 1 0)")
+    parser.add_argument("--loads", type=int, nargs="+", default=[0, 1],
+                        help="numbers of competing single-thread busy processes (default: 0 1)")
     parser.add_argument("--short", action="store_true", help="batch 1, 2 steps, 1 warm-up, 1 round")
     parser.add_argument("--write-docs", action="store_true", help=f"write the results into {DOCS}")
     args = parser.parse_args()

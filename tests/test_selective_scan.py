@@ -169,6 +169,53 @@ def test_inference_path_matches_autograd_path(extras):
             torch.testing.assert_close(b, a.detach(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["forward-backward", "forward-only"])
+def test_scan_runs_on_one_thread_and_restores_the_callers_count(monkeypatch, grad):
+    """The chunked scan runs its ops on one intra-op thread (forward and backward) and gives the caller back its own
+    thread count, at a count above one (as torch's default on a multi-core machine); results stay exact."""
+    seen = []
+    chunk_states = scan_module._chunk_states
+
+    def recording(*args):
+        seen.append(torch.get_num_threads())
+        chunk_states(*args)
+
+    monkeypatch.setattr(scan_module, "_chunk_states", recording)
+    inputs = make_inputs(L=2 * CHUNK + 3) if grad else [t.detach() for t in make_inputs(L=2 * CHUNK + 3)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        out, last = selective_scan(*inputs[:5], D=inputs[5], return_last_state=True, chunk_size=CHUNK)
+        assert torch.get_num_threads() == 3
+        if grad:
+            forward_calls = len(seen)
+            torch.autograd.grad(out.sum() + last.sum(), inputs[:6])
+            assert len(seen) > forward_calls  # the backward recomputed its chunks
+            assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+    assert seen and set(seen) == {1}
+    ref_out, ref_last = selective_scan(*inputs[:5], D=inputs[5], return_last_state=True, backend="reference")
+    assert_close_f32(out, ref_out)
+    assert_close_f32(last, ref_last)
+
+
+def test_scan_restores_the_thread_count_when_it_raises(monkeypatch):
+    def failing(*args):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(scan_module, "_chunk_states", failing)
+    u, delta, A, B, C = (t.detach() for t in make_inputs(L=9)[:5])
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            selective_scan(u, delta, A, B, C, chunk_size=4)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_fast_softplus_matches_torch():
     x = torch.cat([torch.linspace(-87, 40, 100_001), torch.tensor([-1e30, -200.0, 19.99, 20.0, 20.01, 88.0, 89.0])])
     for dtype in (torch.float32, torch.float64):

@@ -14,7 +14,8 @@ Backends:
   D chunk by chunk. No exp(cumsum) ratios (they overflow once ``|sum(delta * A)| > ~88``) and no complex log-space
   scan (it loses gradient accuracy). It reads [batch, dim, L] inputs whose ``dim`` is contiguous (views of
   token-major storage, as SS2D passes them) without a transpose, and returns its output as a view of time-major
-  storage (in general not contiguous).
+  storage (in general not contiguous). It runs on one intra-op thread whatever ``torch.get_num_threads()`` says
+  (see :func:`_one_thread`) and restores the caller's setting on return.
 - ``"reference"``: the plain sequential loop, differentiated by autograd; the ground truth for tests.
 - ``"mamba_ssm"``: mamba-ssm's CUDA kernel, imported lazily; CUDA tensors only.
 - ``"auto"``: ``"mamba_ssm"`` for CUDA tensors when mamba-ssm imports, else ``"torch"``.
@@ -26,9 +27,10 @@ sequential loop when one is. ``torch.jit.trace`` records the chunked forward wit
 traced model is inference-only and fixed to the traced sequence length (hence torch's TracerWarnings).
 """
 
+import contextlib
 import functools
 import warnings
-from typing import Optional, Tuple
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -99,8 +101,32 @@ def selective_scan(
         backend = _resolve_backend(backend, u)
         if backend == "mamba_ssm":
             return _mamba_selective_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-        out, last_state = _scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend == "reference", chunk_size)
+        with _one_thread() if backend == "torch" else contextlib.nullcontext():
+            out, last_state = _scan(
+                u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend == "reference", chunk_size
+            )
         return (out, last_state) if return_last_state else out
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Runs the block's torch ops on one intra-op thread and restores the caller's thread count afterwards.
+
+    The chunked scan issues thousands of small ops. With several threads each of them ends at a barrier, and on a
+    busy machine a descheduled partner thread stalls that barrier for a scheduler time slice: forward + backward
+    at 2 threads beside 3 busy processes on 2 cores took up to 73 s, against 0.4 s on one thread (docs/complexity.md).
+    ``torch.set_num_threads`` is process-wide for MKL, so ops run concurrently from other Python threads also see
+    one thread until the block ends.
+    """
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _default_chunk_size(step_elements: int, target_elements: int = CHUNK_ELEMENTS) -> int:
@@ -408,6 +434,11 @@ class _ChunkedScan(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_y, grad_last):
+        with _one_thread():  # backward runs after selective_scan's own scope has ended
+            return _ChunkedScan._backward(ctx, grad_y, grad_last)
+
+    @staticmethod
+    def _backward(ctx, grad_y, grad_last):
         u, dt, A, B, C, boundary = ctx.saved_tensors
         chunk = ctx.chunk
         L, b, G, N, dg = u.size(0), u.size(1), A.size(0), A.size(1), A.size(2)
