@@ -56,17 +56,13 @@ def load_split(items: list[dict], preprocessing) -> tuple[torch.Tensor, list[int
     return images, [int(i["label"]) for i in items], [str(i["class"]) for i in items]
 
 
-def batches(images: torch.Tensor, size: int):
-    return images.split(size)
-
-
 def build_teacher(args, train: torch.Tensor, log: dict) -> torch.nn.Module:
     if args.teacher == "pretrained":
         teacher = PretrainedTeacher(args.target_backbone, "efficientnet-lite")
     else:
         teacher = PDN("small", padding=True)
         distil = TeacherDistillation(teacher, PatchCoreTarget(args.target_backbone, "efficientnet-lite"))
-        distil.fit_target_stats(batches(train, 16))
+        distil.fit_target_stats(train.split(16))
         optimizer = torch.optim.Adam(teacher.parameters(), lr=1e-4, weight_decay=1e-5)
         generator = torch.Generator().manual_seed(args.seed)
         for _ in range(args.teacher_iterations):
@@ -76,18 +72,18 @@ def build_teacher(args, train: torch.Tensor, log: dict) -> torch.nn.Module:
             loss.backward()
             optimizer.step()
         log["teacher_final_loss"] = loss.item()
-    return fit_teacher_stats(teacher, batches(train, 16)).eval()
+    return fit_teacher_stats(teacher, train.split(16)).eval()
 
 
 def probe(features, train, test, labels) -> float:
-    scores = nearest_neighbour_scores(patch_features(features, batches(train, 16)), patch_features(features, batches(test, 16)))
+    scores = nearest_neighbour_scores(patch_features(features, train.split(16)), patch_features(features, test.split(16)))
     return auroc(labels, scores.numpy())
 
 
 @torch.no_grad()
 def evaluate(model: HDHKD, images: torch.Tensor) -> torch.Tensor:
     model.eval()
-    maps = torch.cat([model.anomaly_map(x) for x in batches(images, 16)])
+    maps = torch.cat([model.anomaly_map(x) for x in images.split(16)])
     model.train()
     return maps
 
