@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     orientation = None if args.orientation.lower() == "none" else args.orientation
     datalist = slice_volumes(volumes, args.out, args.modality, args.axis, orientation, args.min_foreground,
                              args.threshold, args.pet_units, labels, args.normal, args.skip_bad)
-    out = dl.write_datalist(datalist, Path(args.out) / "datalist.json")
+    out = dl.write_datalist(dl.require_splits(datalist, args.source), Path(args.out) / "datalist.json")
     n_volumes = len({it["volume"] for items in datalist.values() for it in items})
     print(f"wrote {out} ({n_volumes} volumes)\n{dl.summary(datalist)}")
 

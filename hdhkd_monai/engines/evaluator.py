@@ -8,13 +8,9 @@ from monai.engines import SupervisedEvaluator
 from monai.engines.utils import IterationEvents
 
 from hdhkd_monai.anomaly_map import AnomalyPrediction, image_score
+from hdhkd_monai.networks.blocks import plain_tensor
 
-__all__ = ["AnomalyEvaluator", "plain_tensor"]
-
-
-def plain_tensor(x: torch.Tensor) -> torch.Tensor:
-    """``x`` without MONAI metadata: networks get plain tensors (MetaTensor tracking slows every op)."""
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
+__all__ = ["AnomalyEvaluator"]
 
 
 class AnomalyEvaluator(SupervisedEvaluator):

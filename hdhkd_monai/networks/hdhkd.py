@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..anomaly_map import discrepancy_map, normalize_map
+from .blocks import plain_tensor
 from .decoders import ConvUpsample, MambaUpNet, UpsampleStem
 from .mfm import ConcatFusion, MultiFeatureModel
 from .pdn import PDN
@@ -117,7 +118,7 @@ class HDHKD(nn.Module):
         student_args: the arguments of :class:`HDHKDStudent` after ``out_channels`` (``backbone``, ``conv_upsample``,
             ``global_decoder``, ... as keywords), documented there; the student's output channels are the teacher's.
 
-    forward: ``x [B, 3, H, W]`` in ``[0, 1]`` with ``H``, ``W`` multiples of 16 ->
+    forward: ``x [B, 3, H, W]`` (a tensor or MONAI ``MetaTensor``) in ``[0, 1]`` with ``H``, ``W`` multiples of 16 ->
     ``(f_t, f_sd)``, both ``[B, C, h, w]`` on the teacher grid; ``f_t`` is the normalised teacher output (no grad).
 
     Buffers ``map_quantiles`` ``[2]`` and ``threshold`` ``[]`` are NaN until calibrated on normal images.
@@ -143,6 +144,7 @@ class HDHKD(nn.Module):
             return self.teacher.normalize(self.teacher(x))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = plain_tensor(x)
         k = self.input_multiple
         bad = x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % k != 0 or x.shape[3] % k != 0
         if not torch.jit.is_tracing() and bad:  # a trace would freeze the check as a constant (and warn)
