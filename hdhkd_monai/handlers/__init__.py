@@ -12,6 +12,7 @@ from hdhkd_monai.handlers.checkpoint import (
     load_network,
     save_checkpoint,
 )
+from hdhkd_monai.handlers.inference import InferenceWriter, output_root
 from hdhkd_monai.handlers.report import EvaluationReport
 from hdhkd_monai.handlers.sampler import ReshuffleOnRestart
 from hdhkd_monai.handlers.scores import ScoreWriter
@@ -24,6 +25,7 @@ __all__ = [
     "CheckpointMismatchError",
     "EvaluationReport",
     "ImageAUROC",
+    "InferenceWriter",
     "IterationValidationHandler",
     "MODEL_CKPT",
     "NamedCheckpointLoader",
@@ -34,5 +36,6 @@ __all__ = [
     "load_checkpoint",
     "load_network",
     "load_teacher",
+    "output_root",
     "save_checkpoint",
 ]

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure  # drawn off-screen (Agg), no pyplot state 
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from hdhkd_monai import metrics
+from hdhkd_monai.handlers.overlay import save_overlay
 from hdhkd_monai.handlers.scores import ScoreWriter, image_path
 
 __all__ = ["EvaluationReport"]
@@ -160,13 +161,5 @@ class EvaluationReport(ScoreWriter):
         vmin, vmax = min(float(m.min()) for m in shown), max(float(m.max()) for m in shown)
         for prefix, entries, sign in (("highest", highest, 1), ("lowest", lowest, -1)):
             for rank, (key, _, path, cls, image, amap) in enumerate(entries, start=1):
-                fig = Figure(figsize=(8, 4))
-                left, right = fig.subplots(1, 2)
-                left.imshow(image, cmap="gray", vmin=0, vmax=1)
-                right.imshow(image, cmap="gray", vmin=0, vmax=1)
-                right.imshow(amap, cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
-                for ax in (left, right):
-                    ax.axis("off")
-                fig.suptitle(f"{Path(path).name}{f' ({cls})' if cls else ''}  score {sign * key:.4g}", fontsize=9)
-                fig.savefig(folder / f"{prefix}_{rank:02d}_{Path(path).stem}.png", dpi=100, bbox_inches="tight")
-    
+                title = f"{Path(path).name}{f' ({cls})' if cls else ''}  score {sign * key:.4g}"
+                save_overlay(folder / f"{prefix}_{rank:02d}_{Path(path).stem}.png", image, amap, title, vmin, vmax)

@@ -7,6 +7,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
@@ -24,21 +25,27 @@ def image_path(item: dict) -> str:
 class ScoreWriter:
     """Collects one row per image from an ``AnomalyEvaluator`` and writes them as a CSV when the run completes.
 
-    Columns: ``path, label, class, score, decision``; ``label``/``class`` are empty for unlabelled images (taken from
-    the data items' ``"label"`` and ``"class"`` keys), ``decision`` is 1 (abnormal) when ``score >= threshold``.
+    Columns: ``path, label, class, score, decision, normal_percentile``; ``label``/``class`` are empty for unlabelled
+    images (taken from the data items' ``"label"`` and ``"class"`` keys), ``decision`` is 1 (abnormal) when
+    ``score >= threshold``, ``normal_percentile`` the share (%) of the normal validation images that scored lower.
 
     Args:
         filename: CSV file to write (its folder is created).
         threshold: decision threshold in the units of the scores: a number, or the ``threshold`` buffer of a
             calibrated model, read when each row is written (so a checkpoint loaded as the run starts sets it).
             NaN (an uncalibrated model) leaves the decision column empty, with a warning.
+        normal_quantiles: the percentiles 0..100 of the normal validation scores (``model.normal_score_quantiles``,
+            read like ``threshold``), or None; NaN or None leave ``normal_percentile`` empty.
     """
 
-    columns = ("path", "label", "class", "score", "decision")
+    columns = ("path", "label", "class", "score", "decision", "normal_percentile")
 
-    def __init__(self, filename: str | Path, threshold: float | torch.Tensor) -> None:
+    def __init__(
+        self, filename: str | Path, threshold: float | torch.Tensor, normal_quantiles: torch.Tensor | None = None
+    ) -> None:
         self.filename = Path(filename)
         self._threshold = threshold
+        self._normal_quantiles = normal_quantiles
         self.rows: list[dict] = []
 
     @property
@@ -63,8 +70,18 @@ class ScoreWriter:
                 "class": cls,
                 "score": score,
                 "decision": "" if math.isnan(threshold) else int(score >= threshold),
+                "normal_percentile": self.normal_percentile(score),
             }
         )
+
+    def normal_percentile(self, score: float) -> float | str:
+        """Share (%) of the normal validation images scoring below ``score``; "" without calibration."""
+        if self._normal_quantiles is None:
+            return ""
+        quantiles = np.asarray(self._normal_quantiles.detach().cpu(), dtype=float)
+        if not np.isfinite(quantiles).all():
+            return ""
+        return round(float(np.interp(score, quantiles, np.linspace(0, 100, quantiles.size))), 1)
 
     def _collect(self, engine: Engine) -> None:
         for data, out in zip(engine.state.batch, engine.state.output):

@@ -17,6 +17,8 @@ from .student import ENCODER_STRIDE, StudentEncoder
 
 __all__ = ["GLOBAL_DECODERS", "HDHKDStudent", "HDHKD", "AnomalyMapNet"]
 
+#: Length of the ``normal_score_quantiles`` buffer: the percentiles 0, 1, ..., 100.
+NORMAL_SCORE_QUANTILES = 101
 #: Choices of ``global_decoder`` (Table VII) and the UpNet token mixer each one uses.
 GLOBAL_DECODERS = {"mamba": "ss2d", "transformer": "attention", "fcn": "dense", "conv": "conv"}
 
@@ -121,7 +123,9 @@ class HDHKD(nn.Module):
     forward: ``x [B, 3, H, W]`` (a tensor or MONAI ``MetaTensor``) in ``[0, 1]`` with ``H``, ``W`` multiples of 16 ->
     ``(f_t, f_sd)``, both ``[B, C, h, w]`` on the teacher grid; ``f_t`` is the normalised teacher output (no grad).
 
-    Buffers ``map_quantiles`` ``[2]`` and ``threshold`` ``[]`` are NaN until calibrated on normal images.
+    Buffers ``map_quantiles`` ``[2]``, ``threshold`` ``[]`` and ``normal_score_quantiles``
+    ``[NORMAL_SCORE_QUANTILES]`` (the percentiles 0..100 of the normal validation images' scores, from which
+    inference reports where a score falls among normal images) are NaN until calibrated on normal images.
     """
 
     def __init__(self, teacher: PDN, **student_args):
@@ -132,6 +136,7 @@ class HDHKD(nn.Module):
         self.input_multiple = ENCODER_STRIDE
         self.register_buffer("map_quantiles", torch.full((2,), float("nan")))
         self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.register_buffer("normal_score_quantiles", torch.full((NORMAL_SCORE_QUANTILES,), float("nan")))
 
     def train(self, mode: bool = True) -> "HDHKD":
         super().train(mode)
