@@ -28,7 +28,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from torch import nn
 
-from hdhkd_monai.state_dict import CheckpointMismatchError, load_weights, torch_file
+from hdhkd_monai.state_dict import CheckpointMismatchError, SettingsMismatchError, load_weights, torch_file
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -115,6 +115,8 @@ class NamedCheckpointLoader(CheckpointLoader):
             raise FileNotFoundError(f"checkpoint not found: {self.load_path}")
         try:
             super().__call__(engine)
+        except SettingsMismatchError as e:  # the model's own check: it lists the settings that differ
+            raise SettingsMismatchError(f"{self.load_path}: {e}") from None
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointMismatchError(f"{self.load_path}: does not fit the configured objects: {e}") from e
 
