@@ -16,7 +16,7 @@ from hdhkd_monai.handlers.inference import InferenceWriter, output_root
 from hdhkd_monai.handlers.report import EvaluationReport
 from hdhkd_monai.handlers.sampler import ReshuffleOnRestart
 from hdhkd_monai.handlers.scores import ScoreWriter
-from hdhkd_monai.handlers.teacher import TeacherStatsHandler, load_teacher
+from hdhkd_monai.handlers.teacher import FitTeacherStats, TeacherStatsHandler, load_teacher
 from hdhkd_monai.handlers.validation import IterationValidationHandler
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "CalibrationHandler",
     "CheckpointMismatchError",
     "EvaluationReport",
+    "FitTeacherStats",
     "ImageAUROC",
     "InferenceWriter",
     "IterationValidationHandler",
