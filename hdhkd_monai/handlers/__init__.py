@@ -14,7 +14,7 @@ from hdhkd_monai.handlers.checkpoint import (
 )
 from hdhkd_monai.handlers.inference import InferenceWriter, output_root
 from hdhkd_monai.handlers.report import EvaluationReport
-from hdhkd_monai.handlers.sampler import ReshuffleOnRestart
+from hdhkd_monai.handlers.sampler import ReshuffleOnRestart, SeededShuffle
 from hdhkd_monai.handlers.scores import ScoreWriter
 from hdhkd_monai.handlers.teacher import FitTeacherStats, TeacherStatsHandler, load_teacher
 from hdhkd_monai.handlers.validation import IterationValidationHandler
@@ -33,6 +33,7 @@ __all__ = [
     "ResumeFromCheckpoint",
     "ReshuffleOnRestart",
     "ScoreWriter",
+    "SeededShuffle",
     "TeacherStatsHandler",
     "load_checkpoint",
     "load_network",

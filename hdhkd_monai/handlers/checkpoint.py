@@ -121,6 +121,33 @@ class NamedCheckpointLoader(CheckpointLoader):
             raise CheckpointMismatchError(f"{self.load_path}: does not fit the configured objects: {e}") from e
 
 
+def engine_position(engine: Engine) -> dict:
+    """What resuming needs besides the state dicts: the iteration, and the random state (dropout draws from it)."""
+    position = {"iteration": engine.state.iteration, "rng_state": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        position["cuda_rng_state"] = torch.cuda.get_rng_state_all()
+    return position
+
+
+def restore_position(engine: Engine, position: Mapping) -> int:
+    """Set ``engine`` back to :func:`engine_position`'s ``position``: iteration, random state, and the data order
+    when the loader's sampler can start mid-pass (:class:`~hdhkd_monai.handlers.SeededShuffle`). Returns the
+    iteration."""
+    iteration = int(position["iteration"])
+    engine.state.iteration = iteration
+    engine.state.epoch = iteration // engine.state.epoch_length
+    if "rng_state" in position:
+        torch.set_rng_state(position["rng_state"])
+    if "cuda_rng_state" in position and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(position["cuda_rng_state"])
+    loader = engine.state.dataloader
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_position"):
+        batches = len(loader)  # per pass; the loader restarts when it runs out
+        sampler.set_position(iteration // batches, (iteration % batches) * loader.batch_size)
+    return iteration
+
+
 class AtomicCheckpointSaver:
     """Ignite handler saving ``save_dict`` into one file, atomically (:func:`save_checkpoint`).
 
@@ -128,6 +155,7 @@ class AtomicCheckpointSaver:
     truncated ``last.pt``/``model.pt``, and its interval checkpoints get numbered names rather than one ``last.pt``
     to resume from.
 
+    Stale temporary files of the same checkpoint (a run killed while saving) are removed when the engine starts.
     It saves every ``save_interval`` iterations and/or when the engine completes (``save_final``), and/or, on an
     evaluator, whenever the key metric improves (``key_metric_name``). A NaN key metric (validation without abnormal
     images) cannot rank models; then every validation is saved, so the file always holds the latest one.
@@ -140,8 +168,9 @@ class AtomicCheckpointSaver:
         save_final: save when the engine completes.
         key_metric_name: save at the end of an evaluator epoch when ``engine.state.metrics[key_metric_name]`` is
             the highest so far.
-        engine_key: also save ``{"iteration": n}`` of the engine this handler is attached to under this name,
-            so that :class:`ResumeFromCheckpoint` can continue from there.
+        engine_key: also save the position of the engine this handler is attached to (:func:`engine_position`:
+            iteration and random state) under this name, so that :class:`ResumeFromCheckpoint` can continue from
+            there.
 
     ``state_dict()``/``load_state_dict()`` carry the best metric so far, so a resumed run keeps ranking correctly.
     """
@@ -165,6 +194,7 @@ class AtomicCheckpointSaver:
         self.best = -math.inf
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._remove_stale_temporaries)
         if self.save_interval > 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), self.save)
         if self.save_final:
@@ -172,8 +202,14 @@ class AtomicCheckpointSaver:
         if self.key_metric_name is not None:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._save_if_best)
 
+    def _remove_stale_temporaries(self, engine: Engine) -> None:
+        """Temporary files of this checkpoint left by a run killed while saving (see :func:`save_checkpoint`)."""
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+            engine.logger.info(f"removed {stale}, left by an interrupted save")
+
     def save(self, engine: Engine) -> None:
-        extra = {self.engine_key: {"iteration": engine.state.iteration}} if self.engine_key else None
+        extra = {self.engine_key: engine_position(engine)} if self.engine_key else None
         save_checkpoint(self.save_dict, self.path, extra)
         engine.logger.info(f"saved checkpoint {self.path}")
 
@@ -197,8 +233,9 @@ class AtomicCheckpointSaver:
 class ResumeFromCheckpoint:
     """Ignite handler that, when training starts, continues from a checkpoint written by
     :class:`AtomicCheckpointSaver` with ``engine_key``: it loads ``load_dict`` (network, optimizer, scheduler, ...)
-    and sets the trainer's iteration, so an iteration-based run (``max_epochs=1``, ``epoch_length`` iterations)
-    goes on where it stopped. Without a file at ``load_path`` (or with ``enabled=False``) training starts afresh.
+    and sets the trainer's iteration, random state and data order (:func:`restore_position`), so an iteration-based
+    run (``max_epochs=1``, ``epoch_length`` iterations) goes on where it stopped, with the batches and dropout draws
+    the uninterrupted run would have had. Without a file at ``load_path`` (or with ``enabled=False``) training starts afresh.
     Not MONAI's ``CheckpointLoader``, which restores the saved ``epoch_length`` and so cannot extend a finished run
     to more iterations, and fails on a missing file instead of starting afresh.
 
@@ -228,9 +265,7 @@ class ResumeFromCheckpoint:
         checkpoint = load_checkpoint(self.load_path, self.load_dict, map_location=device)
         if self.engine_key not in checkpoint:
             raise CheckpointMismatchError(f"{self.load_path}: has no {self.engine_key!r} entry to resume from")
-        iteration = int(checkpoint[self.engine_key]["iteration"])
-        engine.state.iteration = iteration
-        engine.state.epoch = iteration // engine.state.epoch_length
+        iteration = restore_position(engine, checkpoint[self.engine_key])
         engine.logger.warning(
             f"resumed from {self.load_path} at iteration {iteration} of {engine.state.epoch_length * engine.state.max_epochs}"
             " (set resume=false to start over)"
