@@ -419,6 +419,25 @@ def datalist_split(datalist: str | Path, split: str) -> list[dict]:
     return items
 
 
+def absent_classes(items: list[dict]) -> list[str]:
+    """Which of "normal (label 0)" and "abnormal (label 1)" no item has: AUROC needs neither missing."""
+    labels = {item.get("label") for item in items}
+    return [name for label, name in ((0, "normal (label 0)"), (1, "abnormal (label 1)")) if label not in labels]
+
+
+def evaluation_items(datalist: str | Path, split: str = "test", scores_only: bool = False) -> list[dict]:
+    """The items of ``split`` (:func:`datalist_split`) for an evaluation: it needs normal (label 0) and abnormal
+    (label 1) images, or AUROC and the other metrics are not computable, which :class:`BadInputError` says before
+    any work; with ``scores_only`` the split is scored as it is."""
+    items = datalist_split(datalist, split)
+    absent = absent_classes(items)
+    if absent and not scores_only:
+        raise BadInputError(datalist, f"the {split!r} split has no {' and no '.join(absent)} images: AUROC and the "
+                                      "other metrics are not computable; add them, or set scores_only to true to "
+                                      "write the scores alone")
+    return items
+
+
 def image_items(source: str | Path, split: str = "test") -> list[dict]:
     """Items ``{"image": path}`` for inference or teacher distillation, from any of:
 

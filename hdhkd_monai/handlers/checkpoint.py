@@ -157,8 +157,9 @@ class AtomicCheckpointSaver:
 
     Stale temporary files of the same checkpoint (a run killed while saving) are removed when the engine starts.
     It saves every ``save_interval`` iterations and/or when the engine completes (``save_final``), and/or, on an
-    evaluator, whenever the key metric improves (``key_metric_name``). A NaN key metric (validation without abnormal
-    images) cannot rank models; then every validation is saved, so the file always holds the latest one.
+    evaluator, whenever the key metric improves (``key_metric_name``). A key metric that is absent or NaN (a
+    validation split without abnormal images, where the evaluator has no key metric) cannot rank models; then every
+    validation is saved, so the file always holds the latest one.
 
     Args:
         save_dir: folder of the checkpoint.
@@ -214,12 +215,10 @@ class AtomicCheckpointSaver:
         engine.logger.info(f"saved checkpoint {self.path}")
 
     def _save_if_best(self, engine: Engine) -> None:
-        value = float(engine.state.metrics[self.key_metric_name])
-        if math.isnan(value):
-            engine.logger.warning(f"{self.key_metric_name} is NaN (no abnormal validation images?): saving anyway")
-        elif value <= self.best:
-            return
-        else:
+        value = float(engine.state.metrics.get(self.key_metric_name, math.nan))
+        if not math.isnan(value):
+            if value <= self.best:
+                return
             self.best = value
         self.save(engine)
 

@@ -53,12 +53,22 @@ class EvaluationReport(ScoreWriter):
         threshold: the decision threshold from the normal validation images (``model.threshold``; see
             :class:`ScoreWriter`).
         n_heatmaps: how many highest- and lowest-scoring images get an overlay.
+        scores_only: write ``scores.csv`` and the heat-maps alone, no metrics (a test set of one class).
+        normal_quantiles: see :class:`ScoreWriter`.
     """
 
-    def __init__(self, output_dir: str | Path, threshold: float | torch.Tensor, n_heatmaps: int = 4) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        threshold: float | torch.Tensor,
+        n_heatmaps: int = 4,
+        scores_only: bool = False,
+        normal_quantiles: torch.Tensor | None = None,
+    ) -> None:
         self.output_dir = Path(output_dir)
-        super().__init__(self.output_dir / "scores.csv", threshold)
+        super().__init__(self.output_dir / "scores.csv", threshold, normal_quantiles)
         self.n_heatmaps = n_heatmaps
+        self.scores_only = scores_only
         self._reset(None)
 
     def _reset(self, engine: Engine | None) -> None:
@@ -90,11 +100,15 @@ class EvaluationReport(ScoreWriter):
     def _complete(self, engine: Engine) -> None:
         super()._complete(engine)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._plot_heatmaps()
+        if self.scores_only:
+            logger.info("scores only (scores_only=true): no metrics computed; scores and heat-maps in %s",
+                        self.output_dir)
+            return
         report = self.compute_metrics()
         with open(self.output_dir / "metrics.json", "w") as f:
             json.dump(_json_safe(report), f, indent=2)
         self._plot_curves()
-        self._plot_heatmaps()
         image = report["image"]
         logger.info(
             "test AUROC %.4f AUPRC %.4f F1 %.4f ACC %.4f SEN %.4f SPE %.4f (threshold %.4g); report in %s",
