@@ -455,15 +455,15 @@ def image_items(source: str | Path, split: str = "test") -> list[dict]:
         if not files:
             raise BadInputError(source, f"no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
         return _items(files)
-    if _is_image(source):
-        if not source.is_file():
-            raise BadInputError(source, "image file not found")
-        return _items([source])
     if not source.exists() and glob.has_magic(str(source)):
         files = [Path(p) for p in glob.glob(str(source), recursive=True) if _is_image(Path(p))]
         if not files:
             raise BadInputError(source, f"no image files match this pattern (looked for {', '.join(IMAGE_SUFFIXES)})")
         return _items(files)
+    if _is_image(source):
+        if not source.is_file():
+            raise BadInputError(source, "image file not found")
+        return _items([source])
     if not source.is_file():
         raise BadInputError(source, "no such folder or file")
     if source.suffix.lower() == ".json":
