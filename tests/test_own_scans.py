@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -250,3 +251,24 @@ def test_a_killed_and_resumed_run_has_the_loss_curve_of_an_uninterrupted_one(pha
     np.testing.assert_allclose([resumed[i] for i in range(5, 9)], [uninterrupted[i] for i in range(5, 9)],
                                rtol=1e-5)
     assert not math.isclose(uninterrupted[5], uninterrupted[1])  # the curve moves: equality is not trivial
+
+
+# --- volumes ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("modality", ["oct", "mri"])  # stored order; reoriented to LPS and back
+def test_slice_maps_go_back_to_the_source_volume_voxel_for_voxel(tmp_path, modality):
+    data = np.random.default_rng(0).random((6, 5, 3)).astype(np.float32)  # [i, j, k]
+    affine = np.array([[-0.5, 0, 0, 10], [0, 0.7, 0, -5], [0, 0, 2.0, 3], [0, 0, 0, 1]])  # L, A, S: LPS flips j
+    source = tmp_path / "scan.nii.gz"
+    nib.save(nib.Nifti1Image(data, affine), source)
+    items = slices.slice_inputs([{"image": str(source)}, {"image": "flat.png"}], tmp_path / "slices", modality)
+    assert [it["slice"] for it in items] == [0, 1, 2, -1] and items[0]["source"] == str(source)
+    cut = np.stack([np.load(it["image"]) for it in items[:3]])  # what the network sees, slice by slice
+    array, back = slices.map_in_source_space(cut, source, modality)  # a "map" equal to the slices
+    np.testing.assert_allclose(back, affine)
+    # OCT slices keep the stored order (min-max scaled); MRI slices were cut in LPS order, j flipped, and come back
+    in_source_order = cut.transpose(2, 1, 0) if modality == "oct" else cut.transpose(2, 1, 0)[:, ::-1]
+    np.testing.assert_allclose(array, in_source_order)
+    if modality == "oct":
+        np.testing.assert_allclose(array, (data - data.min()) / np.ptp(data), rtol=1e-5)

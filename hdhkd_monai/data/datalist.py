@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from hdhkd_monai.data.errors import BadFileLog, BadInputError, cli_logging, logger
-from hdhkd_monai.data.volumes import VOLUME_SUFFIXES, is_volume, volume_name
+from hdhkd_monai.data.volumes import INFERENCE_VOLUME_SUFFIXES, VOLUME_SUFFIXES, is_volume, volume_name, volume_suffix
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".dcm")
 SPLITS = ("training", "validation", "test")
@@ -438,10 +438,11 @@ def evaluation_items(datalist: str | Path, split: str = "test", scores_only: boo
     return items
 
 
-def image_items(source: str | Path, split: str = "test") -> list[dict]:
+def image_items(source: str | Path, split: str = "test", volumes: bool = False) -> list[dict]:
     """Items ``{"image": path}`` for inference or teacher distillation, from any of:
 
-    - one image file (suffixes of :data:`IMAGE_SUFFIXES`);
+    - one image file (suffixes of :data:`IMAGE_SUFFIXES`; with ``volumes``, also the volume files of
+      :data:`~hdhkd_monai.data.volumes.INFERENCE_VOLUME_SUFFIXES`, which inference cuts into slices);
     - a folder: every image file below it (recursively), in natural order, e.g. an ImageNet folder for the teacher;
     - a glob pattern (``/data/*/scan_*.png``, ``**`` recursive);
     - a ``.json`` datalist: the items of ``split`` (labels and classes kept);
@@ -450,17 +451,18 @@ def image_items(source: str | Path, split: str = "test") -> list[dict]:
     Raises ``BadInputError`` naming the folder or file when it does not exist or yields no images.
     """
     source = Path(source)
+    wanted = _is_input if volumes else _is_image
     if source.is_dir():
-        files = [p for p in source.rglob("*") if _is_image(p)]
+        files = [p for p in source.rglob("*") if wanted(p)]
         if not files:
             raise BadInputError(source, f"no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
         return _items(files)
     if not source.exists() and glob.has_magic(str(source)):
-        files = [Path(p) for p in glob.glob(str(source), recursive=True) if _is_image(Path(p))]
+        files = [Path(p) for p in glob.glob(str(source), recursive=True) if wanted(Path(p))]
         if not files:
             raise BadInputError(source, f"no image files match this pattern (looked for {', '.join(IMAGE_SUFFIXES)})")
         return _items(files)
-    if _is_image(source):
+    if wanted(source):
         if not source.is_file():
             raise BadInputError(source, "image file not found")
         return _items([source])
@@ -483,6 +485,10 @@ def image_items(source: str | Path, split: str = "test") -> list[dict]:
 
 def _is_image(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _is_input(path: Path) -> bool:
+    return _is_image(path) or volume_suffix(path) in INFERENCE_VOLUME_SUFFIXES
 
 
 def _items(files: list[Path]) -> list[dict]:

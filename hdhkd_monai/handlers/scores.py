@@ -25,9 +25,11 @@ def image_path(item: dict) -> str:
 class ScoreWriter:
     """Collects one row per image from an ``AnomalyEvaluator`` and writes them as a CSV when the run completes.
 
-    Columns: ``path, label, class, score, decision, normal_percentile``; ``label``/``class`` are empty for unlabelled
-    images (taken from the data items' ``"label"`` and ``"class"`` keys), ``decision`` is 1 (abnormal) when
-    ``score >= threshold``, ``normal_percentile`` the share (%) of the normal validation images that scored lower.
+    Columns: ``path, slice, label, class, score, decision, normal_percentile``; ``path`` is the item's ``"source"``
+    (the volume an inference slice was cut from) or else the image file, ``slice`` the item's ``"slice"`` index (empty
+    for a 2-D image, whose items have none or -1); ``label``/``class`` are empty for unlabelled images (taken from the data items' ``"label"``
+    and ``"class"`` keys), ``decision`` is 1 (abnormal) when ``score >= threshold``, ``normal_percentile`` the share
+    (%) of the normal validation images that scored lower.
 
     Args:
         filename: CSV file to write (its folder is created).
@@ -38,7 +40,7 @@ class ScoreWriter:
             read like ``threshold``), or None; NaN or None leave ``normal_percentile`` empty.
     """
 
-    columns = ("path", "label", "class", "score", "decision", "normal_percentile")
+    columns = ("path", "slice", "label", "class", "score", "decision", "normal_percentile")
 
     def __init__(
         self, filename: str | Path, threshold: float | torch.Tensor, normal_quantiles: torch.Tensor | None = None
@@ -60,12 +62,13 @@ class ScoreWriter:
     def _reset(self, engine: Engine) -> None:
         self.rows = []
 
-    def add(self, path: str, label, cls: str, score: float) -> None:
-        """One image's row; ``label`` None for an unlabelled image."""
+    def add(self, path: str, label, cls: str, score: float, index="") -> None:
+        """One image's row; ``label`` None for an unlabelled image, ``index`` the slice index of a volume's slice."""
         score, threshold = float(score), self.threshold
         self.rows.append(
             {
                 "path": path,
+                "slice": "" if index == "" or int(index) < 0 else int(index),
                 "label": "" if label is None else int(label),
                 "class": cls,
                 "score": score,
@@ -85,7 +88,8 @@ class ScoreWriter:
 
     def _collect(self, engine: Engine) -> None:
         for data, out in zip(engine.state.batch, engine.state.output):
-            self.add(image_path(out), data.get("label"), data.get("class", ""), out["score"])
+            path = data.get("source") or image_path(out)
+            self.add(path, data.get("label"), data.get("class", ""), out["score"], data.get("slice", ""))
 
     def _complete(self, engine: Engine) -> None:
         if math.isnan(self.threshold):
