@@ -16,6 +16,7 @@ __all__ = [
     "CheckpointMismatchError",
     "SettingsMismatchError",
     "check_settings",
+    "flat_settings",
     "load_weights",
     "read_state_dict",
     "torch_file",
@@ -32,12 +33,12 @@ class SettingsMismatchError(CheckpointMismatchError):
     """A checkpoint made with other settings than the configured ones (image size, teacher, score top-k, ...)."""
 
 
-def _flat(settings: Mapping, prefix: str = "") -> dict:
+def flat_settings(settings: Mapping, prefix: str = "") -> dict:
     """``{"a": {"b": 1}} -> {"a.b": 1}``, tuples as lists (as a checkpoint stores them)."""
     flat = {}
     for key, value in settings.items():
         if isinstance(value, Mapping):
-            flat.update(_flat(value, f"{prefix}{key}."))
+            flat.update(flat_settings(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
     return flat
@@ -46,7 +47,7 @@ def _flat(settings: Mapping, prefix: str = "") -> dict:
 def check_settings(stored: Mapping, configured: Mapping, what: str = "the checkpoint") -> None:
     """Raise :class:`SettingsMismatchError` listing every key whose value differs between the settings ``stored``
     with ``what`` and the ``configured`` ones, with both values; nested dicts are compared key by key."""
-    stored, configured = _flat(stored), _flat(configured)
+    stored, configured = flat_settings(stored), flat_settings(configured)
     differ = [
         f"{key}: {what} has {stored.get(key, '(absent)')!r}, this configuration {configured.get(key, '(absent)')!r}"
         for key in sorted(set(stored) | set(configured))

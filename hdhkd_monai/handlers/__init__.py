@@ -11,6 +11,7 @@ from hdhkd_monai.handlers.checkpoint import (
     load_checkpoint,
     load_network,
     save_checkpoint,
+    stored_settings,
 )
 from hdhkd_monai.handlers.inference import InferenceWriter, output_root
 from hdhkd_monai.handlers.report import EvaluationReport
@@ -40,4 +41,5 @@ __all__ = [
     "load_teacher",
     "output_root",
     "save_checkpoint",
+    "stored_settings",
 ]

@@ -28,7 +28,13 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from torch import nn
 
-from hdhkd_monai.state_dict import CheckpointMismatchError, SettingsMismatchError, load_weights, torch_file
+from hdhkd_monai.state_dict import (
+    CheckpointMismatchError,
+    SettingsMismatchError,
+    flat_settings,
+    load_weights,
+    torch_file,
+)
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -39,6 +45,7 @@ __all__ = [
     "load_checkpoint",
     "load_network",
     "save_checkpoint",
+    "stored_settings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,6 +111,21 @@ def load_network(network: nn.Module, path: str | Path, key: str) -> nn.Module:
     """``network`` with the weights and buffers of entry ``key`` of the checkpoint at ``path`` (for configs)."""
     load_checkpoint(path, {key: network})
     return network
+
+
+def stored_settings(path: str | Path) -> dict:
+    """The settings the trained model at ``path`` (a :data:`MODEL_CKPT`) was made with, flat: ``image_size``,
+    ``backbone``, ..., ``teacher.type``, ... (``HDHKD.settings``) and, once calibrated, ``score_top_k``; for configs
+    that take them from the checkpoint rather than from the user. ``{}`` when there is no file yet (a config building
+    the network before training gets its defaults)."""
+    if not Path(path).is_file():
+        return {}
+    state = torch_file(path).get("model", {})
+    extra = state.get("model._extra_state") if isinstance(state, Mapping) else None
+    if extra is None:
+        raise CheckpointMismatchError(f"{path}: carries no settings (written by an older version?); train it again")
+    calibration = extra["calibration"] or {}
+    return {**flat_settings(extra["settings"]), **{k: v for k, v in calibration.items() if k == "score_top_k"}}
 
 
 class NamedCheckpointLoader(CheckpointLoader):
