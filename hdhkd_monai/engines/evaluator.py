@@ -44,7 +44,9 @@ class AnomalyEvaluator(SupervisedEvaluator):
         """A model calibrated with another score top-k has a threshold in other units: stop, naming both values."""
         calibration = getattr(getattr(self.network, "model", self.network), "calibration", None)
         if calibration is not None:
-            check_settings({"score_top_k": calibration["score_top_k"]}, {"score_top_k": self.top_k}, "the model")
+            source = getattr(engine.state, "checkpoint", None)  # set by NamedCheckpointLoader
+            what = f"the model ({source})" if source else "the model"
+            check_settings({"score_top_k": calibration["score_top_k"]}, {"score_top_k": self.top_k}, what)
 
     def _iteration(self, engine: AnomalyEvaluator, batchdata: dict) -> dict:
         if batchdata is None or "image" not in batchdata:

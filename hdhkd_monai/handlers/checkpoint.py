@@ -135,6 +135,7 @@ class NamedCheckpointLoader(CheckpointLoader):
     def __call__(self, engine: Engine) -> None:
         if not Path(self.load_path).is_file():
             raise FileNotFoundError(f"checkpoint not found: {self.load_path}")
+        engine.state.checkpoint = self.load_path  # for later checks' errors (AnomalyEvaluator's score top-k)
         try:
             super().__call__(engine)
         except SettingsMismatchError as e:  # the model's own check: it lists the settings that differ

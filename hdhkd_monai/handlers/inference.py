@@ -124,8 +124,9 @@ class InferenceWriter(ScoreWriter):
             else:
                 self.map_saver(out["pred"])
                 name, title = relative_stem(path, self.root), Path(path).name
+            flagged = "" if math.isnan(threshold) else ("  flagged abnormal" if score >= threshold else "  normal")
             save_overlay(self.output_dir / "overlays" / f"{name}_overlay.png", image, amap,
-                         f"{title}  score {score:.4g}", 0.0 if vmax else None, vmax, threshold)
+                         f"{title}  score {score:.4g}{flagged}", 0.0 if vmax else None, vmax, threshold)
 
     def _complete(self, engine: Engine) -> None:
         super()._complete(engine)
