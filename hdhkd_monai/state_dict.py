@@ -49,7 +49,7 @@ def check_settings(stored: Mapping, configured: Mapping, what: str = "the checkp
     with ``what`` and the ``configured`` ones, with both values; nested dicts are compared key by key."""
     stored, configured = flat_settings(stored), flat_settings(configured)
     differ = [
-        f"{key}: {what} has {stored.get(key, '(absent)')!r}, this configuration {configured.get(key, '(absent)')!r}"
+        f"{key}: made with {stored.get(key, '(absent)')!r}, now {configured.get(key, '(absent)')!r}"
         for key in sorted(set(stored) | set(configured))
         if stored.get(key, "(absent)") != configured.get(key, "(absent)")
     ]

@@ -22,7 +22,8 @@ from hdhkd_monai.data import datalist as dl
 from hdhkd_monai.data import slices
 from hdhkd_monai.data.errors import BadInputError
 from hdhkd_monai.engines import AnomalyEvaluator
-from hdhkd_monai.handlers import AtomicCheckpointSaver, output_root, save_checkpoint
+from hdhkd_monai.data.transforms import ct_slice, oct_bscan, preprocessing_fingerprint
+from hdhkd_monai.handlers import AtomicCheckpointSaver, NamedCheckpointLoader, output_root, save_checkpoint
 from hdhkd_monai.launcher import CONFIGS, REPO, read_config
 from hdhkd_monai.networks import HDHKD, PDN, AnomalyMapNet
 from hdhkd_monai.pretrained import default_weights
@@ -94,8 +95,8 @@ def test_backbone_weights_follow_the_backbone():
 @pytest.mark.parametrize(
     "other, named",
     [
-        (dict(image_size=64), "image_size: the checkpoint has 32, this configuration 64"),
-        (dict(padding=True), "teacher.padding: the checkpoint has False, this configuration True"),
+        (dict(image_size=64), "image_size: made with 32, now 64"),
+        (dict(padding=True), "teacher.padding: made with False, now True"),
     ],
 )
 def test_a_checkpoint_loaded_with_other_settings_names_each_difference(tmp_path, other, named):
@@ -115,7 +116,7 @@ def test_scoring_with_another_top_k_than_calibrated_is_named_before_any_image():
     evaluator = AnomalyEvaluator(device=torch.device("cpu"), val_data_loader=[{"image": torch.rand(1, 3, 32, 32)}],
                                  network=AnomalyMapNet(net), top_k=5)
     evaluator.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(1))
-    with pytest.raises(SettingsMismatchError, match="score_top_k: the model has 50, this configuration 5"):
+    with pytest.raises(SettingsMismatchError, match="made with: score_top_k: made with 50, now 5"):
         evaluator.run()
     assert not seen
 
@@ -272,3 +273,17 @@ def test_slice_maps_go_back_to_the_source_volume_voxel_for_voxel(tmp_path, modal
     np.testing.assert_allclose(array, in_source_order)
     if modality == "oct":
         np.testing.assert_allclose(array, (data - data.min()) / np.ptp(data), rtol=1e-5)
+
+
+def test_a_model_run_with_another_preprocessing_is_named(tmp_path):
+    """The data set's config file forgotten at inference (a CT model through the OCT pipeline): model.pt stores
+    what its preprocessing makes of a probe slice, and the loader compares."""
+    lung, oct_ = (preprocessing_fingerprint(p) for p in (ct_slice(64, "lung"), oct_bscan(64)))
+    assert lung != oct_ and lung == preprocessing_fingerprint(ct_slice(64, "lung"))
+    assert preprocessing_fingerprint(oct_bscan(32))[0] == [3, 32, 32]
+    net = nn.Linear(2, 1)
+    save_checkpoint({"model": net}, tmp_path / "model.pt", extra={"preprocessing": lung})
+    engine = Engine(lambda e, b: None)
+    NamedCheckpointLoader(tmp_path / "model.pt", {"model": net}, expected={"preprocessing": oct_}).attach(engine)
+    with pytest.raises(SettingsMismatchError, match=r"model\.pt was made with: preprocessing: made with \[\[3, 64, 64\], 0\.8"):
+        engine.run([0])

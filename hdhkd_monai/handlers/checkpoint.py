@@ -31,6 +31,7 @@ from torch import nn
 from hdhkd_monai.state_dict import (
     CheckpointMismatchError,
     SettingsMismatchError,
+    check_settings,
     flat_settings,
     load_weights,
     torch_file,
@@ -129,8 +130,18 @@ def stored_settings(path: str | Path) -> dict:
 
 
 class NamedCheckpointLoader(CheckpointLoader):
-    """:class:`monai.handlers.CheckpointLoader` whose errors name the checkpoint file: a missing file, or one whose
-    entries do not fit the configured objects (a checkpoint of another architecture or workflow)."""
+    """:class:`monai.handlers.CheckpointLoader` whose errors name the checkpoint file: a missing file, one whose
+    entries do not fit the configured objects (a checkpoint of another architecture or workflow), or one whose
+    plain entries differ from ``expected`` (e.g. ``{"preprocessing": preprocessing_fingerprint(...)}``).
+
+    Args:
+        expected: ``{entry: value}`` the checkpoint must hold (a :class:`SettingsMismatchError` lists those that
+            differ); the other arguments are ``CheckpointLoader``'s.
+    """
+
+    def __init__(self, *args, expected: Mapping[str, Any] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.expected = dict(expected or {})
 
     def __call__(self, engine: Engine) -> None:
         if not Path(self.load_path).is_file():
@@ -142,6 +153,9 @@ class NamedCheckpointLoader(CheckpointLoader):
             raise SettingsMismatchError(f"{self.load_path}: {e}") from None
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointMismatchError(f"{self.load_path}: does not fit the configured objects: {e}") from e
+        if self.expected:
+            stored = torch_file(self.load_path)
+            check_settings({k: stored.get(k, "(absent)") for k in self.expected}, self.expected, str(self.load_path))
 
 
 def engine_position(engine: Engine) -> dict:
@@ -195,6 +209,7 @@ class AtomicCheckpointSaver:
         engine_key: also save the position of the engine this handler is attached to (:func:`engine_position`:
             iteration and random state) under this name, so that :class:`ResumeFromCheckpoint` can continue from
             there.
+        extra: entries saved as they are beside the state dicts (``model.pt``'s ``preprocessing`` fingerprint).
 
     ``state_dict()``/``load_state_dict()`` carry the best metric so far, so a resumed run keeps ranking correctly.
     """
@@ -208,8 +223,10 @@ class AtomicCheckpointSaver:
         save_final: bool = False,
         key_metric_name: str | None = None,
         engine_key: str | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(save_dir) / filename
+        self.extra = dict(extra or {})
         self.save_dict = dict(save_dict)
         self.save_interval = save_interval
         self.save_final = save_final
@@ -233,7 +250,7 @@ class AtomicCheckpointSaver:
             engine.logger.info(f"removed {stale}, left by an interrupted save")
 
     def save(self, engine: Engine) -> None:
-        extra = {self.engine_key: engine_position(engine)} if self.engine_key else None
+        extra = {**self.extra, **({self.engine_key: engine_position(engine)} if self.engine_key else {})}
         save_checkpoint(self.save_dict, self.path, extra)
         engine.logger.info(f"saved checkpoint {self.path}")
 
