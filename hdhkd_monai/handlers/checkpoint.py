@@ -4,9 +4,12 @@ A checkpoint file is a dict ``{name: obj.state_dict()}`` (``torch.save``), plus 
 trainer's name when it is saved for resuming. The bundle writes three (in ``ckpt_dir``):
 
 - ``teacher.pt``: ``{"teacher": PDN}``, the distilled teacher with its output statistics;
-- :data:`MODEL_CKPT`: ``{"model": AnomalyMapNet}``, the best student by validation AUROC, calibrated
-  (``map_quantiles``/``threshold`` buffers); ``network_def`` of ``inference.json`` loads it as is;
-- ``last.pt``: ``{"model", "optimizer", "lr_scheduler", "best_checkpoint", "trainer"}``, for resuming.
+- :data:`MODEL_CKPT`: ``{"model": AnomalyMapNet, "preprocessing": fingerprint}``, the best student by validation
+  AUROC (the latest one without abnormal validation images), calibrated (``map_quantiles``/``threshold``/
+  ``normal_score_quantiles`` buffers) and carrying the settings it was made with (``HDHKD``'s extra state; read back
+  by :func:`stored_settings`); ``network_def`` of ``inference.json`` loads it as is;
+- ``last.pt``: ``{"model", "optimizer", "lr_scheduler", "best_checkpoint", "trainer"}``, for resuming; ``"trainer"``
+  holds the iteration and the random state (:func:`engine_position`).
 
 Evaluation and inference load :data:`MODEL_CKPT` with MONAI's ``CheckpointLoader`` (:class:`NamedCheckpointLoader` only
 adds the file to its errors); training saves and resumes with the two handlers here, whose docstrings say what
