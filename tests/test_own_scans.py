@@ -24,8 +24,9 @@ from hdhkd_monai.data.errors import BadInputError
 from hdhkd_monai.engines import AnomalyEvaluator
 from hdhkd_monai.data.transforms import ct_slice, oct_bscan, preprocessing_fingerprint
 from hdhkd_monai.handlers import AtomicCheckpointSaver, NamedCheckpointLoader, output_root, save_checkpoint
+from hdhkd_monai.__main__ import main as entry_point
 from hdhkd_monai.launcher import CONFIGS, REPO, read_config
-from hdhkd_monai.networks import HDHKD, PDN, AnomalyMapNet
+from hdhkd_monai.networks import HDHKD, PDN, SS2D, AnomalyMapNet
 from hdhkd_monai.pretrained import default_weights
 from hdhkd_monai.quiet import one_line_error
 from hdhkd_monai.state_dict import SettingsMismatchError
@@ -81,6 +82,9 @@ def test_a_metatensor_from_the_monai_transforms_goes_through_the_network():
     with torch.no_grad():
         plain = net.anomaly_map(x)
         meta = net.anomaly_map(MetaTensor(x, meta={"filename_or_obj": "scan.png"}))
+        tokens = torch.rand(1, 4, 4, 8)
+        scanned = SS2D(8, d_state=4).eval()
+        torch.testing.assert_close(scanned(MetaTensor(tokens)), scanned(tokens))  # the scan alone too
     torch.testing.assert_close(meta, plain)
 
 
@@ -215,6 +219,9 @@ def test_the_project_entry_point_is_quiet_and_fails_in_one_line(tmp_path):
         f"error: {tmp_path / 'scan.png'}: image file not found (--debug shows the traceback)"
     ]
     assert "parsing config_file" not in done.stdout + done.stderr and "Traceback" not in done.stderr
+    with pytest.raises(RuntimeError) as debug:  # --debug: the whole chain, as MONAI raises it
+        entry_point([*cmd[3:], "--debug"])
+    assert isinstance(debug.value.__cause__, BadInputError)
 
 
 # --- resume is exact ----------------------------------------------------------------------------------------------
