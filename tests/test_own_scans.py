@@ -23,7 +23,13 @@ from hdhkd_monai.data import slices
 from hdhkd_monai.data.errors import BadInputError
 from hdhkd_monai.engines import AnomalyEvaluator
 from hdhkd_monai.data.transforms import ct_slice, oct_bscan, preprocessing_fingerprint
-from hdhkd_monai.handlers import AtomicCheckpointSaver, NamedCheckpointLoader, output_root, save_checkpoint
+from hdhkd_monai.handlers import (
+    AtomicCheckpointSaver,
+    EvaluationReport,
+    NamedCheckpointLoader,
+    output_root,
+    save_checkpoint,
+)
 from hdhkd_monai.__main__ import main as entry_point
 from hdhkd_monai.launcher import CONFIGS, REPO, read_config
 from hdhkd_monai.networks import HDHKD, PDN, SS2D, AnomalyMapNet
@@ -294,3 +300,27 @@ def test_a_model_run_with_another_preprocessing_is_named(tmp_path):
     NamedCheckpointLoader(tmp_path / "model.pt", {"model": net}, expected={"preprocessing": oct_}).attach(engine)
     with pytest.raises(SettingsMismatchError, match=r"model\.pt was made with: preprocessing: made with \[\[3, 64, 64\], 0\.8"):
         engine.run([0])
+
+
+def test_scores_only_writes_scores_and_heatmaps_without_metrics(tmp_path):
+    outputs = [{"image": MetaTensor(torch.rand(3, 8, 8), meta={"filename_or_obj": f"/x/img{i}.png"}),
+                "pred": torch.rand(1, 8, 8), "score": float(i)} for i in range(3)]
+    engine = Engine(lambda e, batch: [outputs[item["i"]] for item in batch])
+    EvaluationReport(tmp_path, threshold=1.0, n_heatmaps=1, scores_only=True).attach(engine)
+    engine.run([[{"i": i, "label": 1, "class": "AMD"} for i in range(3)]], max_epochs=1)  # abnormal images only
+    assert len((tmp_path / "scores.csv").read_text().splitlines()) == 1 + 3
+    assert len(list((tmp_path / "heatmaps").glob("*.png"))) == 2
+    assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "roc.png").exists()
+
+
+def test_without_a_key_metric_every_validation_is_saved(tmp_path):
+    """A normal-only validation split has no AUROC: model.pt then holds the latest calibrated model."""
+    net = nn.Linear(2, 1)
+    saver = AtomicCheckpointSaver(tmp_path, {"net": net}, "model.pt", key_metric_name="val_auroc")
+    engine = Engine(lambda e, b: net.weight.data.fill_(e.state.epoch))
+    saver.attach(engine)
+    written = []
+    engine.add_event_handler(Events.EPOCH_COMPLETED, lambda e: written.append(
+        float(torch.load(tmp_path / "model.pt", weights_only=True)["net"]["weight"][0, 0])))
+    engine.run([0], max_epochs=3)
+    assert written == [1.0, 2.0, 3.0]
