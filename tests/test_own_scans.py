@@ -20,7 +20,7 @@ from torch import nn
 
 from hdhkd_monai.data import datalist as dl
 from hdhkd_monai.data import slices
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.data.errors import BadInputError, run_cli
 from hdhkd_monai.engines import AnomalyEvaluator
 from hdhkd_monai.data.transforms import ct_slice, oct_bscan, preprocessing_fingerprint
 from hdhkd_monai.handlers import (
@@ -324,3 +324,12 @@ def test_without_a_key_metric_every_validation_is_saved(tmp_path):
         float(torch.load(tmp_path / "model.pt", weights_only=True)["net"]["weight"][0, 0])))
     engine.run([0], max_epochs=3)
     assert written == [1.0, 2.0, 3.0]
+
+
+def test_the_data_tools_print_a_bad_input_as_one_line(tmp_path, capsys):
+    (tmp_path / "train" / "NORMAL").mkdir(parents=True)
+    (tmp_path / "train" / "NORMAL" / "scan.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    assert run_cli(dl.main, ["kermany", str(tmp_path), "--out", str(tmp_path / "datalist.json")]) == 1
+    assert capsys.readouterr().err.splitlines() == [f"error: {tmp_path / 'train' / 'NORMAL' / 'scan.png'}: "
+                                                    "unreadable image (UnidentifiedImageError: cannot identify "
+                                                    f"image file '{tmp_path / 'train' / 'NORMAL' / 'scan.png'}')"]

@@ -28,13 +28,14 @@ import glob
 import json
 import os
 import re
+import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from hdhkd_monai.data.errors import BadFileLog, BadInputError, cli_logging, logger
+from hdhkd_monai.data.errors import BadFileLog, BadInputError, cli_logging, logger, run_cli
 from hdhkd_monai.data.volumes import INFERENCE_VOLUME_SUFFIXES, VOLUME_SUFFIXES, is_volume, volume_name, volume_suffix
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".dcm")
@@ -540,4 +541,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from nibabel import orientations
 from tqdm import tqdm
 
 from hdhkd_monai.data import datalist as dl
-from hdhkd_monai.data.errors import BadFileLog, BadInputError, cli_logging, logger
+from hdhkd_monai.data.errors import BadFileLog, BadInputError, cli_logging, logger, run_cli
 from hdhkd_monai.data.volumes import FOREGROUND, MODALITIES, normalize, read_volume, reorient, slices, suv_from_sidecar
 from hdhkd_monai.data.volumes import INFERENCE_VOLUME_SUFFIXES, volume_name, volume_suffix
 
@@ -208,4 +209,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))
