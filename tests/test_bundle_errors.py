@@ -65,16 +65,18 @@ def test_an_empty_datalist_split_is_named(phantom):
     assert f"{datalist}: the 'training' split is empty" in error_text(excinfo)
 
 
-@pytest.mark.parametrize("workflows", [("train", "evaluate"), ("inference",)])
-def test_a_student_checkpoint_of_another_backbone_is_named(phantom, workflows):
+@pytest.mark.parametrize(
+    "workflows, overrides",
+    [(("train", "evaluate"), {}), (("inference",), {"backbone": "tf_efficientnet_lite0"})],  # inference reads it
+)
+def test_a_student_checkpoint_of_another_backbone_is_named(phantom, workflows, overrides):
     checkpoint = phantom / "models" / "model.pt"
     network = _network_def(phantom, backbone="resnet34", backbone_weights=None)
     save_checkpoint({"model": network}, checkpoint)
     with pytest.raises(Exception) as excinfo:
-        run_workflow(workflows, phantom)  # configured with the default backbone, tf_efficientnet_lite0
-    text = error_text(excinfo)
-    assert f"{checkpoint}: does not fit the configured objects" in text
-    assert "AnomalyMapNet" in text and "model.student.encoder" in text
+        run_workflow(workflows, phantom, **overrides)  # configured with the default backbone, tf_efficientnet_lite0
+    assert (f"{checkpoint}: settings differ from those the checkpoint was made with: "
+            "backbone: made with 'resnet34', now 'tf_efficientnet_lite0'") in error_text(excinfo)
 
 
 def test_a_checkpoint_of_another_workflow_is_named(phantom):

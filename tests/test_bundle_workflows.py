@@ -181,6 +181,52 @@ def test_inference_workflow_from_a_folder_and_a_file_list(trained, tmp_path):
     assert len(list((tmp_path / "png" / "maps").glob("*.png"))) == len(images)
 
 
+def test_inference_on_own_scans_keeps_each_input_size_geometry_and_every_output(trained, tmp_path):
+    """One run on a folder holding B-scans of other sizes than the network's, two of them named alike in different
+    folders, and a NIfTI volume of the same name: a map per input at its own size (the volume's with its affine),
+    an overlay per image and slice, and nothing overwritten."""
+    import nibabel as nib
+
+    root, _, _ = trained
+    drusen = sorted((root / "data" / "test" / "DRUSEN").glob("*.png"))
+    scans, out = tmp_path / "scans", tmp_path / "out"
+    sizes = {"a/scan.png": (40, 96), "b/c/scan.png": (80, 48)}  # (rows, columns)
+    for rel, (rows, cols) in sizes.items():
+        (scans / rel).parent.mkdir(parents=True)
+        Image.open(drusen[0]).resize((cols, rows), Image.BILINEAR).save(scans / rel)
+    bscans = np.stack([np.asarray(Image.open(p), np.float32) / 255 for p in drusen[:3]])  # [k, rows, cols]
+    affine = np.diag([0.5, 0.5, 2.0, 1.0])
+    (scans / "v").mkdir()
+    nib.save(nib.Nifti1Image(bscans.transpose(2, 1, 0), affine), scans / "v" / "scan.nii.gz")
+    log = run(("inference",), root, input=scans, output_dir=out)
+
+    assert re.search(r"scored 5 images, \d flagged abnormal .*\(1 volumes", log)
+    for rel, shape in sizes.items():
+        stem = rel.removesuffix(".png")
+        assert nib.load(out / "maps" / f"{stem}_anomaly_map.nii.gz").shape == shape
+        assert (out / "overlays" / f"{stem}_overlay.png").is_file()
+    # geometry: the map at the image's size, brought back to the network's, is the network's map of that image
+    native = nib.load(out / "maps" / "a" / "scan_anomaly_map.nii.gz").get_fdata().astype(np.float32)
+    back = torch.nn.functional.interpolate(torch.from_numpy(native)[None, None], size=(64, 64), mode="bilinear")
+    reference = _reference_map(root, scans / "a" / "scan.png")
+    assert np.corrcoef(back.numpy().ravel(), reference.ravel())[0, 1] > 0.9
+    volume_map = nib.load(out / "maps" / "v" / "scan_anomaly_map.nii.gz")
+    assert volume_map.shape == (64, 64, 3) and np.allclose(volume_map.affine, affine)
+    assert sorted(p.name for p in (out / "overlays" / "v" / "scan").iterdir()) == [
+        f"slice_{k:04d}_overlay.png" for k in range(3)
+    ]
+    with open(out / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len({(r["path"], r["slice"]) for r in rows}) == len(rows) == 5
+    assert all(0 <= float(r["normal_percentile"]) <= 100 and r["decision"] in ("0", "1") for r in rows)
+    with open(out / "volumes.csv") as f:
+        (volume,) = list(csv.DictReader(f))
+    assert float(volume["score"]) == max(float(r["score"]) for r in rows if r["slice"])
+    # the calibration the threshold belongs to travels with the model
+    calibration = _load(root / "models" / "model.pt")["model"]["model._extra_state"]["calibration"]
+    assert calibration["score_top_k"] == int(0.05 * TINY["image_size"] ** 2)
+
+
 def test_multi_gpu_train_runs_two_processes_on_gloo(trained, tmp_path):
     root, _, _ = trained
     (tmp_path / "data").symlink_to(root / "data")

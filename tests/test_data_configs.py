@@ -16,7 +16,7 @@ from hdhkd_monai.launcher import read_config
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
 BASE = REPO_ROOT / "bundle" / "hdhkd_oct_anomaly" / "configs" / "train.json"
-CONTRACT_KEYS = {"bundle_root", "dataset_dir", "datalist", "output_dir", "ckpt_dir", "image_size", "preprocessing",
+CONTRACT_KEYS = {"bundle_root", "dataset_dir", "datalist", "output_dir", "ckpt_dir", "image_size", "preprocessing", "modality",
                  "backbone", "teacher_ckpt", "max_iterations", "batch_size", "val_interval"}
 
 

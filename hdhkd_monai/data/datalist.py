@@ -24,17 +24,19 @@ from __future__ import annotations
 
 import argparse
 import csv
+import glob
 import json
 import os
 import re
+import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from hdhkd_monai.data.errors import BadFileLog, BadInputError, cli_logging, logger
-from hdhkd_monai.data.volumes import VOLUME_SUFFIXES, is_volume, volume_name
+from hdhkd_monai.data.errors import BadFileLog, BadInputError, cli_logging, logger, run_cli
+from hdhkd_monai.data.volumes import INFERENCE_VOLUME_SUFFIXES, VOLUME_SUFFIXES, is_volume, volume_name, volume_suffix
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".dcm")
 SPLITS = ("training", "validation", "test")
@@ -60,19 +62,35 @@ def patient_id(path: str | Path, cls: str | None = None) -> str:
 
 
 def check_image(path: Path) -> None:
-    """Read the header of an image file; raise :class:`BadInputError` naming it when it cannot be read."""
-    try:
-        if path.suffix.lower() == ".npy":
-            np.load(path, mmap_mode="r")
-        elif path.suffix.lower() == ".dcm":
-            import pydicom
+    """Decode an image file with the reader the workflows use (:class:`~hdhkd_monai.data.transforms.SliceReader`:
+    the whole file, its shape and its values), so a truncated or corrupt file is found here and not mid-training;
+    raise :class:`BadInputError` naming it when it cannot be used."""
+    from hdhkd_monai.data.transforms import SliceReader  # imported on use: it loads MONAI's transforms
 
-            pydicom.dcmread(path, stop_before_pixels=True)
-        else:
-            with Image.open(path) as image:
-                image.size
-    except Exception as exc:  # every library raises its own type for a bad file
-        raise BadInputError(path, f"unreadable image ({type(exc).__name__}: {exc})") from exc
+    SliceReader().get_data(Path(path))
+
+
+def decodable_images(paths: list[Path], log: BadFileLog) -> list[Path]:
+    """The paths of ``paths`` that pass :func:`check_image`, in order; the bad ones raise or are skipped by ``log``.
+    Files are decoded in parallel threads (the decoders release the GIL), so a check costs about one decode per
+    file divided by the cores."""
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        errors = list(pool.map(_check_error, paths))
+    good = []
+    for path, error in zip(paths, errors):
+        with log.guard(path):
+            if error is not None:
+                raise error
+            good.append(path)
+    return good
+
+
+def _check_error(path: Path) -> BadInputError | None:
+    try:
+        check_image(path)
+    except BadInputError as error:
+        return error
+    return None
 
 
 def list_images(folder: str | Path, log: BadFileLog | None = None, volumes: bool = False) -> list[Path]:
@@ -88,13 +106,8 @@ def list_images(folder: str | Path, log: BadFileLog | None = None, volumes: bool
         if not found:
             raise BadInputError(folder, f"no volumes (looked for {', '.join(VOLUME_SUFFIXES)} and series folders)")
         return found
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
-                   key=natural_key)
-    good = []
-    for path in files:
-        with log.guard(path):
-            check_image(path)
-            good.append(path)
+    files = sorted((p for p in folder.iterdir() if _is_image(p)), key=natural_key)
+    good = decodable_images(files, log)
     if not good:
         found = "no image files" if not files else "no readable image files"
         raise BadInputError(folder, f"{found} (looked for {', '.join(IMAGE_SUFFIXES)})")
@@ -341,6 +354,16 @@ def csv_datalist(csv_path: str | Path, val_fraction: float = 0.1, test_fraction:
     return {"training": train, "validation": validation + held, "test": test}
 
 
+def require_splits(datalist: dict, source: str | Path) -> dict:
+    """``datalist`` when none of its splits is empty; else :class:`BadInputError` naming ``source`` and the empty
+    splits, at build time rather than when training finds them (every workflow needs all three)."""
+    empty = [name for name in SPLITS if not datalist.get(name)]
+    if empty:
+        raise BadInputError(source, f"the {', '.join(map(repr, empty))} split(s) would be empty "
+                                    f"({summary(datalist).replace(chr(10), '; ')}); no datalist written")
+    return datalist
+
+
 def summary(datalist: dict) -> str:
     """One line per split: the image count and the count per class."""
     lines = []
@@ -389,33 +412,69 @@ def datalist_split(datalist: str | Path, split: str) -> list[dict]:
     if not items:
         raise BadInputError(path, f"the {split!r} split is empty")
     base = path.parent.resolve()
-    return [{k: (str(base / v) if k in _PATH_KEYS and v else v) for k, v in item.items()} for item in items]
+    items = [{k: (str(base / v) if k in _PATH_KEYS and v else v) for k, v in item.items()} for item in items]
+    for item in items:  # every file, before a workflow starts: not when the loader reaches it mid-run
+        for key in _PATH_KEYS:
+            if item.get(key) and not Path(item[key]).exists():
+                raise BadInputError(item[key], f"{key} file not found (listed in the {split!r} split of {path})")
+    return items
 
 
-def image_items(source: str | Path, split: str = "test") -> list[dict]:
+def absent_classes(items: list[dict]) -> list[str]:
+    """Which of "normal (label 0)" and "abnormal (label 1)" no item has: AUROC needs neither missing."""
+    labels = {item.get("label") for item in items}
+    return [name for label, name in ((0, "normal (label 0)"), (1, "abnormal (label 1)")) if label not in labels]
+
+
+def evaluation_items(datalist: str | Path, split: str = "test", scores_only: bool = False) -> list[dict]:
+    """The items of ``split`` (:func:`datalist_split`) for an evaluation: it needs normal (label 0) and abnormal
+    (label 1) images, or AUROC and the other metrics are not computable, which :class:`BadInputError` says before
+    any work; with ``scores_only`` the split is scored as it is."""
+    items = datalist_split(datalist, split)
+    absent = absent_classes(items)
+    if absent and not scores_only:
+        raise BadInputError(datalist, f"the {split!r} split has no {' and no '.join(absent)} images: AUROC and the "
+                                      "other metrics are not computable; add them, or set scores_only to true to "
+                                      "write the scores alone")
+    return items
+
+
+def image_items(source: str | Path, split: str = "test", volumes: bool = False) -> list[dict]:
     """Items ``{"image": path}`` for inference or teacher distillation, from any of:
 
-    - a folder: every image file below it (recursively; suffixes of :data:`IMAGE_SUFFIXES`), in natural order,
-      e.g. an ImageNet folder for the teacher;
+    - one image file (suffixes of :data:`IMAGE_SUFFIXES`; with ``volumes``, also the volume files of
+      :data:`~hdhkd_monai.data.volumes.INFERENCE_VOLUME_SUFFIXES`, which inference cuts into slices);
+    - a folder: every image file below it (recursively), in natural order, e.g. an ImageNet folder for the teacher;
+    - a glob pattern (``/data/*/scan_*.png``, ``**`` recursive);
     - a ``.json`` datalist: the items of ``split`` (labels and classes kept);
     - any other file: a list of image paths, one a line (relative to the list's folder; ``#`` starts a comment).
 
     Raises ``BadInputError`` naming the folder or file when it does not exist or yields no images.
     """
     source = Path(source)
+    wanted = _is_input if volumes else _is_image
     if source.is_dir():
-        files = sorted(
-            (p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
-            key=natural_key,
-        )
+        files = [p for p in source.rglob("*") if wanted(p)]
         if not files:
             raise BadInputError(source, f"no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
-        return [{"image": str(p.resolve())} for p in files]
+        return _items(files)
+    if not source.exists() and glob.has_magic(str(source)):
+        files = [Path(p) for p in glob.glob(str(source), recursive=True) if wanted(Path(p))]
+        if not files:
+            raise BadInputError(source, f"no image files match this pattern (looked for {', '.join(IMAGE_SUFFIXES)})")
+        return _items(files)
+    if wanted(source):
+        if not source.is_file():
+            raise BadInputError(source, "image file not found")
+        return _items([source])
     if not source.is_file():
         raise BadInputError(source, "no such folder or file")
     if source.suffix.lower() == ".json":
         return datalist_split(source, split)
-    lines = [line.split("#", 1)[0].strip() for line in source.read_text().splitlines()]
+    try:
+        lines = [line.split("#", 1)[0].strip() for line in source.read_text().splitlines()]
+    except UnicodeDecodeError as e:
+        raise BadInputError(source, f"neither an image ({', '.join(IMAGE_SUFFIXES)}) nor a text list of images") from e
     paths = [source.parent / line for line in lines if line]
     if not paths:
         raise BadInputError(source, "the image list is empty")
@@ -423,6 +482,18 @@ def image_items(source: str | Path, split: str = "test") -> list[dict]:
     if missing:
         raise BadInputError(source, f"{len(missing)} listed image(s) not found, e.g. {missing[0]}")
     return [{"image": str(p.resolve())} for p in paths]
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+
+
+def _is_input(path: Path) -> bool:
+    return _is_image(path) or volume_suffix(path) in INFERENCE_VOLUME_SUFFIXES
+
+
+def _items(files: list[Path]) -> list[dict]:
+    return [{"image": str(p.resolve())} for p in sorted(files, key=natural_key)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -464,9 +535,10 @@ def main(argv: list[str] | None = None) -> None:
         datalist = folders_datalist(args.root, args.normal, test_fraction=args.test_fraction, **shared)
     else:
         datalist = csv_datalist(args.csv, test_fraction=args.test_fraction, **shared)
-    out = write_datalist(datalist, args.out, args.relative)
+    out = write_datalist(require_splits(datalist, args.root if args.layout != "csv" else args.csv), args.out,
+                         args.relative)
     print(f"wrote {out}\n{summary(datalist)}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

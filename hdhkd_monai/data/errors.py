@@ -8,6 +8,7 @@ through :class:`BadFileLog` instead: each skipped file is logged as a warning an
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 logger = logging.getLogger("hdhkd_monai.data")
@@ -16,6 +17,17 @@ logger = logging.getLogger("hdhkd_monai.data")
 def cli_logging() -> None:
     """Show the data package's log (skipped files and their count) on the console of a command-line tool."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+def run_cli(main, argv: list[str] | None = None) -> int:
+    """Run a data command-line tool's ``main``: a :class:`BadInputError` prints as one line, ``error: <path>:
+    <problem>``, with exit status 1, instead of a traceback."""
+    try:
+        main(argv)
+    except BadInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
 
 
 class BadInputError(ValueError):

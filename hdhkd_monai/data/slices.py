@@ -28,15 +28,17 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
+from nibabel import orientations
 from tqdm import tqdm
 
 from hdhkd_monai.data import datalist as dl
-from hdhkd_monai.data.errors import BadFileLog, BadInputError, cli_logging, logger
-from hdhkd_monai.data.volumes import FOREGROUND, MODALITIES, normalize, read_volume, slices, suv_from_sidecar
-from hdhkd_monai.data.volumes import volume_name, volume_suffix
+from hdhkd_monai.data.errors import BadFileLog, BadInputError, cli_logging, logger, run_cli
+from hdhkd_monai.data.volumes import FOREGROUND, MODALITIES, normalize, read_volume, reorient, slices, suv_from_sidecar
+from hdhkd_monai.data.volumes import INFERENCE_VOLUME_SUFFIXES, volume_name, volume_suffix
 
 # Reorient volumes that have an affine to this axis code before slicing; OCT affines are rarely meaningful.
 DEFAULT_ORIENTATION = {"oct": None, "mri": "LPS", "ct": "LPS", "pet": "LPS"}
@@ -129,6 +131,42 @@ def slice_volumes(volume_datalist: dict, out_dir: str | Path, modality: str, axi
     return result
 
 
+def slice_inputs(items: list[dict], out_dir: str | Path, modality: str) -> list[dict]:
+    """Inference inputs with every volume (:data:`INFERENCE_VOLUME_SUFFIXES`) replaced by its slices, cut and
+    normalised as :func:`slice_volumes` does for training (``DEFAULT_ORIENTATION[modality]``, axis 0, every slice)
+    and written to ``out_dir/<n>_<volume name>/<slice>.npy``; a slice item is ``{"image": npy, "source": volume,
+    "slice": index}``. Other items get ``"source"`` (their image) and ``"slice"`` -1, so that every item has the same
+    keys (a batch mixing images and slices collates by the keys of its first item).
+    :func:`map_in_source_space` puts the slice maps back."""
+    result = []
+    for n, item in enumerate(items):
+        source = Path(item["image"])
+        if volume_suffix(source) not in INFERENCE_VOLUME_SUFFIXES:
+            result.append({**item, "source": item["image"], "slice": -1})
+            continue
+        array = normalize(read_volume(source, DEFAULT_ORIENTATION[modality]), modality)
+        folder = Path(out_dir) / f"{n}_{volume_name(source)}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for index, image in slices(array):
+            np.save(folder / f"{index:04d}.npy", image.astype(np.float32))
+            result.append({**item, "image": str(folder / f"{index:04d}.npy"), "source": str(source), "slice": index})
+    return result
+
+
+def map_in_source_space(anomaly_map: np.ndarray, source: str | Path, modality: str) -> tuple[np.ndarray, np.ndarray]:
+    """The map ``[k, rows, cols]`` of the slices :func:`slice_inputs` cut from ``source``, as an array in the source
+    file's voxel order ``[i, j, k]`` and the source's affine (identity when its format has none), for a NIfTI that
+    overlays the source voxel for voxel."""
+    stored = read_volume(source)
+    orientation = DEFAULT_ORIENTATION[modality]
+    if orientation and stored.affine is not None:
+        _, cut_affine = reorient(stored.array, stored.affine, orientation)
+        anomaly_map, _ = reorient(anomaly_map, cut_affine, "".join(orientations.aff2axcodes(stored.affine)))
+    if anomaly_map.shape != stored.array.shape:
+        raise ValueError(f"{source}: map of shape {anomaly_map.shape} for a volume of shape {stored.array.shape}")
+    return anomaly_map.transpose(2, 1, 0), np.eye(4) if stored.affine is None else stored.affine
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Cut volumes into 2-D .npy slices and write a slice datalist.")
     parser.add_argument("layout", choices=("kermany", "folders", "csv"),
@@ -165,10 +203,10 @@ def main(argv: list[str] | None = None) -> None:
     orientation = None if args.orientation.lower() == "none" else args.orientation
     datalist = slice_volumes(volumes, args.out, args.modality, args.axis, orientation, args.min_foreground,
                              args.threshold, args.pet_units, labels, args.normal, args.skip_bad)
-    out = dl.write_datalist(datalist, Path(args.out) / "datalist.json")
+    out = dl.write_datalist(dl.require_splits(datalist, args.source), Path(args.out) / "datalist.json")
     n_volumes = len({it["volume"] for items in datalist.values() for it in items})
     print(f"wrote {out} ({n_volumes} volumes)\n{dl.summary(datalist)}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

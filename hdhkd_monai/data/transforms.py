@@ -23,6 +23,7 @@ Arrays keep image row/column order ([H, W], as PIL and numpy index them; MONAI's
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -203,6 +204,21 @@ def pet_slice(image_size: int, suv_max: float | None = 10.0) -> Compose:
         return _pipeline(image_size, [_unit_range()])
     return _pipeline(image_size, [_unit_range(0.0, suv_max)],
                      display_images=False, purpose=f"pet_slice(suv_max={suv_max}) expects SUV values")
+
+
+def preprocessing_fingerprint(pipeline: Compose) -> list:
+    """What ``pipeline`` makes of a fixed probe slice (a ramp over -1500..1500, the range of HU, SUV and [0, 1]
+    values): its output shape and two weighted means, rounded to 4 decimals. Pipelines that differ in size, channel
+    layout, window or intensity scaling give different fingerprints, so a model can be checked against the
+    preprocessing it was trained with (``model.pt`` stores it; see ``NamedCheckpointLoader``)."""
+    rows, cols = 48, 40  # not square, so a transposed layout shows
+    ramp = np.linspace(-1500, 1500, rows * cols, dtype=np.float32).reshape(rows, cols)
+    with tempfile.TemporaryDirectory() as folder:
+        probe = Path(folder) / "probe.npy"
+        np.save(probe, ramp * np.linspace(0, 1, cols, dtype=np.float32))
+        image = pipeline({"image": str(probe)})["image"].as_tensor().double()
+    weights = torch.linspace(0, 1, image.shape[-1], dtype=torch.double)
+    return [list(image.shape), round(float(image.mean()), 4), round(float((image * weights).mean()), 4)]
 
 
 class EnsureMaskd(MapTransform):

@@ -28,6 +28,9 @@ from hdhkd_monai.data import dicom
 from hdhkd_monai.data.errors import BadInputError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".tif", ".tiff", ".dcm", ".npy")
+#: Volume formats inference takes directly (``slices.slice_inputs``); TIFF, ``.npy`` and ``.dcm`` inputs are 2-D
+#: images there, and DICOM series are sliced with ``python -m hdhkd_monai.data.slices`` first.
+INFERENCE_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 MODALITIES = ("oct", "mri", "ct", "pet")
 # Foreground thresholds, in the units each modality's slices are written in (see normalize()).
 FOREGROUND = {"oct": 0.15, "mri": 0.05, "ct": -500.0, "pet": 0.1}

@@ -5,16 +5,14 @@ from __future__ import annotations
 import torch
 from monai.data import MetaTensor
 from monai.engines import SupervisedEvaluator
+from ignite.engine import Events
 from monai.engines.utils import IterationEvents
 
 from hdhkd_monai.anomaly_map import AnomalyPrediction, image_score
+from hdhkd_monai.networks.blocks import plain_tensor
+from hdhkd_monai.state_dict import check_settings
 
-__all__ = ["AnomalyEvaluator", "plain_tensor"]
-
-
-def plain_tensor(x: torch.Tensor) -> torch.Tensor:
-    """``x`` without MONAI metadata: networks get plain tensors (MetaTensor tracking slows every op)."""
-    return x.as_tensor() if isinstance(x, MetaTensor) else x
+__all__ = ["AnomalyEvaluator"]
 
 
 class AnomalyEvaluator(SupervisedEvaluator):
@@ -27,6 +25,9 @@ class AnomalyEvaluator(SupervisedEvaluator):
     ``"pred"`` (the map, carrying the image's metadata so ``SaveImaged`` can name its file), ``"score"`` and
     ``"label"`` when the batch has one; MONAI decollates it into one entry per image.
 
+    A model whose ``calibration`` (``HDHKD``, set by ``CalibrationHandler`` and kept in its checkpoint) was made
+    with another ``top_k`` stops the run when it starts, with a ``SettingsMismatchError`` naming both values.
+
     Args:
         top_k: a bare map's image score is its maximum (``None``) or the mean of its ``top_k`` largest pixels.
         args, kwargs: the arguments of ``SupervisedEvaluator`` (``device``, ``val_data_loader``, ``network``, ...);
@@ -36,6 +37,16 @@ class AnomalyEvaluator(SupervisedEvaluator):
     def __init__(self, *args, top_k: int | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.top_k = top_k
+        # after the handlers given (the checkpoint loader among them), so it sees the loaded model
+        self.add_event_handler(Events.STARTED, self._check_calibration)
+
+    def _check_calibration(self, engine: AnomalyEvaluator) -> None:
+        """A model calibrated with another score top-k has a threshold in other units: stop, naming both values."""
+        calibration = getattr(getattr(self.network, "model", self.network), "calibration", None)
+        if calibration is not None:
+            source = getattr(engine.state, "checkpoint", None)  # set by NamedCheckpointLoader
+            what = f"the model ({source})" if source else "the model"
+            check_settings({"score_top_k": calibration["score_top_k"]}, {"score_top_k": self.top_k}, what)
 
     def _iteration(self, engine: AnomalyEvaluator, batchdata: dict) -> dict:
         if batchdata is None or "image" not in batchdata:

@@ -11,11 +11,13 @@ from hdhkd_monai.handlers.checkpoint import (
     load_checkpoint,
     load_network,
     save_checkpoint,
+    stored_settings,
 )
+from hdhkd_monai.handlers.inference import InferenceWriter, output_root
 from hdhkd_monai.handlers.report import EvaluationReport
-from hdhkd_monai.handlers.sampler import ReshuffleOnRestart
+from hdhkd_monai.handlers.sampler import ReshuffleOnRestart, SeededShuffle
 from hdhkd_monai.handlers.scores import ScoreWriter
-from hdhkd_monai.handlers.teacher import TeacherStatsHandler, load_teacher
+from hdhkd_monai.handlers.teacher import FitTeacherStats, TeacherStatsHandler, load_teacher
 from hdhkd_monai.handlers.validation import IterationValidationHandler
 
 __all__ = [
@@ -23,16 +25,21 @@ __all__ = [
     "CalibrationHandler",
     "CheckpointMismatchError",
     "EvaluationReport",
+    "FitTeacherStats",
     "ImageAUROC",
+    "InferenceWriter",
     "IterationValidationHandler",
     "MODEL_CKPT",
     "NamedCheckpointLoader",
     "ResumeFromCheckpoint",
     "ReshuffleOnRestart",
     "ScoreWriter",
+    "SeededShuffle",
     "TeacherStatsHandler",
     "load_checkpoint",
     "load_network",
     "load_teacher",
+    "output_root",
     "save_checkpoint",
+    "stored_settings",
 ]

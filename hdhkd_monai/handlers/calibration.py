@@ -19,7 +19,11 @@ class CalibrationHandler:
     - ``model.map_quantiles`` <- the ``low``/``high`` quantiles of all normal-image map pixels (EfficientAD's map
       normalisation, 0.9 and 0.995): normalised maps are ``0.1 * (m - q_low) / (q_high - q_low)``;
     - ``model.threshold`` <- the ``threshold_quantile`` quantile of the normal images' scores in normalised units,
-      so about ``1 - threshold_quantile`` of normal images are called abnormal (the specificity it aims at).
+      so about ``1 - threshold_quantile`` of normal images are called abnormal (the specificity it aims at);
+    - ``model.normal_score_quantiles`` and ``model.calibration`` (when the model keeps them, as ``HDHKD`` does) <-
+      the percentiles of those scores, from which inference reports each new image's percentile among the normal
+      validation images, and the settings calibrated with (the evaluator's ``top_k``, ``low``/``high``,
+      ``threshold_quantile``), which evaluation and inference check theirs against.
 
     The evaluator must produce raw maps (``AnomalyMapNet(model, normalize=False)``) under ``"pred"``, with ``"score"``
     and ``"label"``. The image score (the map's maximum or top-k mean) commutes with the increasing affine
@@ -91,5 +95,13 @@ class CalibrationHandler:
             engine.state.metrics.update(map_q_low=float(quantiles[0]), map_q_high=float(quantiles[1]))
         threshold = torch.quantile(scores, self.threshold_quantile)
         self.model.threshold.copy_(threshold.to(self.model.threshold))
+        if hasattr(self.model, "calibration"):  # HDHKD keeps these with its checkpoint; the baselines do not
+            grid = torch.linspace(0, 1, self.model.normal_score_quantiles.numel())
+            self.model.normal_score_quantiles.copy_(torch.quantile(scores, grid).to(self.model.normal_score_quantiles))
+            self.model.calibration = {
+                "score_top_k": getattr(engine, "top_k", None),
+                "map_quantiles": [self.low, self.high],
+                "threshold_quantile": self.threshold_quantile,
+            }
         engine.state.metrics.update(threshold=float(threshold), calibration_normals=n)
         self._reset(engine)

@@ -4,9 +4,12 @@ A checkpoint file is a dict ``{name: obj.state_dict()}`` (``torch.save``), plus 
 trainer's name when it is saved for resuming. The bundle writes three (in ``ckpt_dir``):
 
 - ``teacher.pt``: ``{"teacher": PDN}``, the distilled teacher with its output statistics;
-- :data:`MODEL_CKPT`: ``{"model": AnomalyMapNet}``, the best student by validation AUROC, calibrated
-  (``map_quantiles``/``threshold`` buffers); ``network_def`` of ``inference.json`` loads it as is;
-- ``last.pt``: ``{"model", "optimizer", "lr_scheduler", "best_checkpoint", "trainer"}``, for resuming.
+- :data:`MODEL_CKPT`: ``{"model": AnomalyMapNet, "preprocessing": fingerprint}``, the best student by validation
+  AUROC (the latest one without abnormal validation images), calibrated (``map_quantiles``/``threshold``/
+  ``normal_score_quantiles`` buffers) and carrying the settings it was made with (``HDHKD``'s extra state; read back
+  by :func:`stored_settings`); ``network_def`` of ``inference.json`` loads it as is;
+- ``last.pt``: ``{"model", "optimizer", "lr_scheduler", "best_checkpoint", "trainer"}``, for resuming; ``"trainer"``
+  holds the iteration and the random state (:func:`engine_position`).
 
 Evaluation and inference load :data:`MODEL_CKPT` with MONAI's ``CheckpointLoader`` (:class:`NamedCheckpointLoader` only
 adds the file to its errors); training saves and resumes with the two handlers here, whose docstrings say what
@@ -28,7 +31,14 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from torch import nn
 
-from hdhkd_monai.state_dict import CheckpointMismatchError, load_weights, torch_file
+from hdhkd_monai.state_dict import (
+    CheckpointMismatchError,
+    SettingsMismatchError,
+    check_settings,
+    flat_settings,
+    load_weights,
+    torch_file,
+)
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -39,6 +49,7 @@ __all__ = [
     "load_checkpoint",
     "load_network",
     "save_checkpoint",
+    "stored_settings",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,17 +117,75 @@ def load_network(network: nn.Module, path: str | Path, key: str) -> nn.Module:
     return network
 
 
+def stored_settings(path: str | Path) -> dict:
+    """The settings the trained model at ``path`` (a :data:`MODEL_CKPT`) was made with, flat: ``image_size``,
+    ``backbone``, ..., ``teacher.type``, ... (``HDHKD.settings``) and, once calibrated, ``score_top_k``; for configs
+    that take them from the checkpoint rather than from the user. ``{}`` when there is no file yet (a config building
+    the network before training gets its defaults)."""
+    if not Path(path).is_file():
+        return {}
+    state = torch_file(path).get("model", {})
+    extra = state.get("model._extra_state") if isinstance(state, Mapping) else None
+    if extra is None:
+        raise CheckpointMismatchError(f"{path}: carries no settings (written by an older version?); train it again")
+    calibration = extra["calibration"] or {}
+    return {**flat_settings(extra["settings"]), **{k: v for k, v in calibration.items() if k == "score_top_k"}}
+
+
 class NamedCheckpointLoader(CheckpointLoader):
-    """:class:`monai.handlers.CheckpointLoader` whose errors name the checkpoint file: a missing file, or one whose
-    entries do not fit the configured objects (a checkpoint of another architecture or workflow)."""
+    """:class:`monai.handlers.CheckpointLoader` whose errors name the checkpoint file: a missing file, one whose
+    entries do not fit the configured objects (a checkpoint of another architecture or workflow), or one whose
+    plain entries differ from ``expected`` (e.g. ``{"preprocessing": preprocessing_fingerprint(...)}``).
+
+    Args:
+        expected: ``{entry: value}`` the checkpoint must hold (a :class:`SettingsMismatchError` lists those that
+            differ); the other arguments are ``CheckpointLoader``'s.
+    """
+
+    def __init__(self, *args, expected: Mapping[str, Any] | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.expected = dict(expected or {})
 
     def __call__(self, engine: Engine) -> None:
         if not Path(self.load_path).is_file():
             raise FileNotFoundError(f"checkpoint not found: {self.load_path}")
+        engine.state.checkpoint = self.load_path  # for later checks' errors (AnomalyEvaluator's score top-k)
         try:
             super().__call__(engine)
+        except SettingsMismatchError as e:  # the model's own check: it lists the settings that differ
+            raise SettingsMismatchError(f"{self.load_path}: {e}") from None
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointMismatchError(f"{self.load_path}: does not fit the configured objects: {e}") from e
+        if self.expected:
+            stored = torch_file(self.load_path)
+            check_settings({k: stored.get(k, "(absent)") for k in self.expected}, self.expected, str(self.load_path))
+
+
+def engine_position(engine: Engine) -> dict:
+    """What resuming needs besides the state dicts: the iteration, and the random state (dropout draws from it)."""
+    position = {"iteration": engine.state.iteration, "rng_state": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        position["cuda_rng_state"] = torch.cuda.get_rng_state_all()
+    return position
+
+
+def restore_position(engine: Engine, position: Mapping) -> int:
+    """Set ``engine`` back to :func:`engine_position`'s ``position``: iteration, random state, and the data order
+    when the loader's sampler can start mid-pass (:class:`~hdhkd_monai.handlers.SeededShuffle`). Returns the
+    iteration."""
+    iteration = int(position["iteration"])
+    engine.state.iteration = iteration
+    engine.state.epoch = iteration // engine.state.epoch_length
+    if "rng_state" in position:
+        torch.set_rng_state(position["rng_state"])
+    if "cuda_rng_state" in position and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(position["cuda_rng_state"])
+    loader = engine.state.dataloader
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_position"):
+        batches = len(loader)  # per pass; the loader restarts when it runs out
+        sampler.set_position(iteration // batches, (iteration % batches) * loader.batch_size)
+    return iteration
 
 
 class AtomicCheckpointSaver:
@@ -126,9 +195,11 @@ class AtomicCheckpointSaver:
     truncated ``last.pt``/``model.pt``, and its interval checkpoints get numbered names rather than one ``last.pt``
     to resume from.
 
+    Stale temporary files of the same checkpoint (a run killed while saving) are removed when the engine starts.
     It saves every ``save_interval`` iterations and/or when the engine completes (``save_final``), and/or, on an
-    evaluator, whenever the key metric improves (``key_metric_name``). A NaN key metric (validation without abnormal
-    images) cannot rank models; then every validation is saved, so the file always holds the latest one.
+    evaluator, whenever the key metric improves (``key_metric_name``). A key metric that is absent or NaN (a
+    validation split without abnormal images, where the evaluator has no key metric) cannot rank models; then every
+    validation is saved, so the file always holds the latest one.
 
     Args:
         save_dir: folder of the checkpoint.
@@ -138,8 +209,10 @@ class AtomicCheckpointSaver:
         save_final: save when the engine completes.
         key_metric_name: save at the end of an evaluator epoch when ``engine.state.metrics[key_metric_name]`` is
             the highest so far.
-        engine_key: also save ``{"iteration": n}`` of the engine this handler is attached to under this name,
-            so that :class:`ResumeFromCheckpoint` can continue from there.
+        engine_key: also save the position of the engine this handler is attached to (:func:`engine_position`:
+            iteration and random state) under this name, so that :class:`ResumeFromCheckpoint` can continue from
+            there.
+        extra: entries saved as they are beside the state dicts (``model.pt``'s ``preprocessing`` fingerprint).
 
     ``state_dict()``/``load_state_dict()`` carry the best metric so far, so a resumed run keeps ranking correctly.
     """
@@ -153,8 +226,10 @@ class AtomicCheckpointSaver:
         save_final: bool = False,
         key_metric_name: str | None = None,
         engine_key: str | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         self.path = Path(save_dir) / filename
+        self.extra = dict(extra or {})
         self.save_dict = dict(save_dict)
         self.save_interval = save_interval
         self.save_final = save_final
@@ -163,6 +238,7 @@ class AtomicCheckpointSaver:
         self.best = -math.inf
 
     def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._remove_stale_temporaries)
         if self.save_interval > 0:
             engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), self.save)
         if self.save_final:
@@ -170,18 +246,22 @@ class AtomicCheckpointSaver:
         if self.key_metric_name is not None:
             engine.add_event_handler(Events.EPOCH_COMPLETED, self._save_if_best)
 
+    def _remove_stale_temporaries(self, engine: Engine) -> None:
+        """Temporary files of this checkpoint left by a run killed while saving (see :func:`save_checkpoint`)."""
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+            engine.logger.info(f"removed {stale}, left by an interrupted save")
+
     def save(self, engine: Engine) -> None:
-        extra = {self.engine_key: {"iteration": engine.state.iteration}} if self.engine_key else None
+        extra = {**self.extra, **({self.engine_key: engine_position(engine)} if self.engine_key else {})}
         save_checkpoint(self.save_dict, self.path, extra)
         engine.logger.info(f"saved checkpoint {self.path}")
 
     def _save_if_best(self, engine: Engine) -> None:
-        value = float(engine.state.metrics[self.key_metric_name])
-        if math.isnan(value):
-            engine.logger.warning(f"{self.key_metric_name} is NaN (no abnormal validation images?): saving anyway")
-        elif value <= self.best:
-            return
-        else:
+        value = float(engine.state.metrics.get(self.key_metric_name, math.nan))
+        if not math.isnan(value):
+            if value <= self.best:
+                return
             self.best = value
         self.save(engine)
 
@@ -195,8 +275,9 @@ class AtomicCheckpointSaver:
 class ResumeFromCheckpoint:
     """Ignite handler that, when training starts, continues from a checkpoint written by
     :class:`AtomicCheckpointSaver` with ``engine_key``: it loads ``load_dict`` (network, optimizer, scheduler, ...)
-    and sets the trainer's iteration, so an iteration-based run (``max_epochs=1``, ``epoch_length`` iterations)
-    goes on where it stopped. Without a file at ``load_path`` (or with ``enabled=False``) training starts afresh.
+    and sets the trainer's iteration, random state and data order (:func:`restore_position`), so an iteration-based
+    run (``max_epochs=1``, ``epoch_length`` iterations) goes on where it stopped, with the batches and dropout draws
+    the uninterrupted run would have had. Without a file at ``load_path`` (or with ``enabled=False``) training starts afresh.
     Not MONAI's ``CheckpointLoader``, which restores the saved ``epoch_length`` and so cannot extend a finished run
     to more iterations, and fails on a missing file instead of starting afresh.
 
@@ -226,9 +307,7 @@ class ResumeFromCheckpoint:
         checkpoint = load_checkpoint(self.load_path, self.load_dict, map_location=device)
         if self.engine_key not in checkpoint:
             raise CheckpointMismatchError(f"{self.load_path}: has no {self.engine_key!r} entry to resume from")
-        iteration = int(checkpoint[self.engine_key]["iteration"])
-        engine.state.iteration = iteration
-        engine.state.epoch = iteration // engine.state.epoch_length
+        iteration = restore_position(engine, checkpoint[self.engine_key])
         engine.logger.warning(
             f"resumed from {self.load_path} at iteration {iteration} of {engine.state.epoch_length * engine.state.max_epochs}"
             " (set resume=false to start over)"

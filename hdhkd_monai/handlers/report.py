@@ -16,6 +16,7 @@ from matplotlib.figure import Figure  # drawn off-screen (Agg), no pyplot state 
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from hdhkd_monai import metrics
+from hdhkd_monai.handlers.overlay import save_overlay
 from hdhkd_monai.handlers.scores import ScoreWriter, image_path
 
 __all__ = ["EvaluationReport"]
@@ -52,12 +53,22 @@ class EvaluationReport(ScoreWriter):
         threshold: the decision threshold from the normal validation images (``model.threshold``; see
             :class:`ScoreWriter`).
         n_heatmaps: how many highest- and lowest-scoring images get an overlay.
+        scores_only: write ``scores.csv`` and the heat-maps alone, no metrics (a test set of one class).
+        normal_quantiles: see :class:`ScoreWriter`.
     """
 
-    def __init__(self, output_dir: str | Path, threshold: float | torch.Tensor, n_heatmaps: int = 4) -> None:
+    def __init__(
+        self,
+        output_dir: str | Path,
+        threshold: float | torch.Tensor,
+        n_heatmaps: int = 4,
+        scores_only: bool = False,
+        normal_quantiles: torch.Tensor | None = None,
+    ) -> None:
         self.output_dir = Path(output_dir)
-        super().__init__(self.output_dir / "scores.csv", threshold)
+        super().__init__(self.output_dir / "scores.csv", threshold, normal_quantiles)
         self.n_heatmaps = n_heatmaps
+        self.scores_only = scores_only
         self._reset(None)
 
     def _reset(self, engine: Engine | None) -> None:
@@ -89,11 +100,15 @@ class EvaluationReport(ScoreWriter):
     def _complete(self, engine: Engine) -> None:
         super()._complete(engine)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._plot_heatmaps()
+        if self.scores_only:
+            logger.info("scores only (scores_only=true): no metrics computed; scores and heat-maps in %s",
+                        self.output_dir)
+            return
         report = self.compute_metrics()
         with open(self.output_dir / "metrics.json", "w") as f:
             json.dump(_json_safe(report), f, indent=2)
         self._plot_curves()
-        self._plot_heatmaps()
         image = report["image"]
         logger.info(
             "test AUROC %.4f AUPRC %.4f F1 %.4f ACC %.4f SEN %.4f SPE %.4f (threshold %.4g); report in %s",
@@ -160,13 +175,5 @@ class EvaluationReport(ScoreWriter):
         vmin, vmax = min(float(m.min()) for m in shown), max(float(m.max()) for m in shown)
         for prefix, entries, sign in (("highest", highest, 1), ("lowest", lowest, -1)):
             for rank, (key, _, path, cls, image, amap) in enumerate(entries, start=1):
-                fig = Figure(figsize=(8, 4))
-                left, right = fig.subplots(1, 2)
-                left.imshow(image, cmap="gray", vmin=0, vmax=1)
-                right.imshow(image, cmap="gray", vmin=0, vmax=1)
-                right.imshow(amap, cmap="jet", alpha=0.5, vmin=vmin, vmax=vmax)
-                for ax in (left, right):
-                    ax.axis("off")
-                fig.suptitle(f"{Path(path).name}{f' ({cls})' if cls else ''}  score {sign * key:.4g}", fontsize=9)
-                fig.savefig(folder / f"{prefix}_{rank:02d}_{Path(path).stem}.png", dpi=100, bbox_inches="tight")
-    
+                title = f"{Path(path).name}{f' ({cls})' if cls else ''}  score {sign * key:.4g}"
+                save_overlay(folder / f"{prefix}_{rank:02d}_{Path(path).stem}.png", image, amap, title, vmin, vmax)

@@ -1,12 +1,44 @@
-"""A new shuffle each time an iteration-based trainer restarts its distributed data loader."""
+"""Data order of an iteration-based trainer, whose loader cycles inside one long epoch: a new shuffle each pass,
+and (single process) an order that a resumed run can take up exactly where the interrupted one stopped."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sized
+
+import torch
 from ignite.engine import Engine, Events
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-__all__ = ["ReshuffleOnRestart"]
+__all__ = ["ReshuffleOnRestart", "SeededShuffle"]
+
+
+class SeededShuffle(Sampler[int]):
+    """A random order of ``data_source``'s indices for each pass over it, pass ``p`` drawn from ``seed + p`` with its
+    own generator: the data order is a function of the iteration alone, whatever else uses the random state.
+
+    :meth:`set_position` makes the next pass pass ``p`` starting at its ``start``-th index, which is how
+    :class:`~hdhkd_monai.handlers.ResumeFromCheckpoint` continues a killed run with the batches the uninterrupted
+    run would have seen.
+    """
+
+    def __init__(self, data_source: Sized, seed: int = 0) -> None:
+        self.size = len(data_source)
+        self.seed = seed
+        self.pass_index = 0
+        self.start = 0
+
+    def __len__(self) -> int:
+        return self.size
+
+    def set_position(self, pass_index: int, start: int) -> None:
+        self.pass_index, self.start = pass_index, start
+
+    def __iter__(self) -> Iterator[int]:
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.pass_index))
+        start, self.start = self.start, 0
+        self.pass_index += 1
+        return iter(order[start:].tolist())
 
 
 class ReshuffleOnRestart:

@@ -7,6 +7,7 @@ import logging
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
@@ -24,21 +25,29 @@ def image_path(item: dict) -> str:
 class ScoreWriter:
     """Collects one row per image from an ``AnomalyEvaluator`` and writes them as a CSV when the run completes.
 
-    Columns: ``path, label, class, score, decision``; ``label``/``class`` are empty for unlabelled images (taken from
-    the data items' ``"label"`` and ``"class"`` keys), ``decision`` is 1 (abnormal) when ``score >= threshold``.
+    Columns: ``path, slice, label, class, score, decision, normal_percentile``; ``path`` is the item's ``"source"``
+    (the volume an inference slice was cut from) or else the image file, ``slice`` the item's ``"slice"`` index (empty
+    for a 2-D image, whose items have none or -1); ``label``/``class`` are empty for unlabelled images (taken from the data items' ``"label"``
+    and ``"class"`` keys), ``decision`` is 1 (abnormal) when ``score >= threshold``, ``normal_percentile`` the share
+    (%) of the normal validation images that scored lower.
 
     Args:
         filename: CSV file to write (its folder is created).
         threshold: decision threshold in the units of the scores: a number, or the ``threshold`` buffer of a
             calibrated model, read when each row is written (so a checkpoint loaded as the run starts sets it).
             NaN (an uncalibrated model) leaves the decision column empty, with a warning.
+        normal_quantiles: the percentiles 0..100 of the normal validation scores (``model.normal_score_quantiles``,
+            read like ``threshold``), or None; NaN or None leave ``normal_percentile`` empty.
     """
 
-    columns = ("path", "label", "class", "score", "decision")
+    columns = ("path", "slice", "label", "class", "score", "decision", "normal_percentile")
 
-    def __init__(self, filename: str | Path, threshold: float | torch.Tensor) -> None:
+    def __init__(
+        self, filename: str | Path, threshold: float | torch.Tensor, normal_quantiles: torch.Tensor | None = None
+    ) -> None:
         self.filename = Path(filename)
         self._threshold = threshold
+        self._normal_quantiles = normal_quantiles
         self.rows: list[dict] = []
 
     @property
@@ -53,22 +62,34 @@ class ScoreWriter:
     def _reset(self, engine: Engine) -> None:
         self.rows = []
 
-    def add(self, path: str, label, cls: str, score: float) -> None:
-        """One image's row; ``label`` None for an unlabelled image."""
+    def add(self, path: str, label, cls: str, score: float, index="") -> None:
+        """One image's row; ``label`` None for an unlabelled image, ``index`` the slice index of a volume's slice."""
         score, threshold = float(score), self.threshold
         self.rows.append(
             {
                 "path": path,
+                "slice": "" if index == "" or int(index) < 0 else int(index),
                 "label": "" if label is None else int(label),
                 "class": cls,
                 "score": score,
                 "decision": "" if math.isnan(threshold) else int(score >= threshold),
+                "normal_percentile": self.normal_percentile(score),
             }
         )
 
+    def normal_percentile(self, score: float) -> float | str:
+        """Share (%) of the normal validation images scoring below ``score``; "" without calibration."""
+        if self._normal_quantiles is None:
+            return ""
+        quantiles = np.asarray(self._normal_quantiles.detach().cpu(), dtype=float)
+        if not np.isfinite(quantiles).all():
+            return ""
+        return round(float(np.interp(score, quantiles, np.linspace(0, 100, quantiles.size))), 1)
+
     def _collect(self, engine: Engine) -> None:
         for data, out in zip(engine.state.batch, engine.state.output):
-            self.add(image_path(out), data.get("label"), data.get("class", ""), out["score"])
+            path = data.get("source") or image_path(out)
+            self.add(path, data.get("label"), data.get("class", ""), out["score"], data.get("slice", ""))
 
     def _complete(self, engine: Engine) -> None:
         if math.isnan(self.threshold):

@@ -11,7 +11,7 @@ from torch import nn
 from hdhkd_monai.distill import TeacherDistillation, fit_teacher_stats
 from hdhkd_monai.handlers.checkpoint import load_network
 
-__all__ = ["TEACHER_COMMAND", "TeacherStatsHandler", "load_teacher"]
+__all__ = ["FitTeacherStats", "TEACHER_COMMAND", "TeacherStatsHandler", "load_teacher"]
 
 #: The workflow that writes ``teacher.pt``, as run from the bundle root.
 TEACHER_COMMAND = (
@@ -61,3 +61,32 @@ class TeacherStatsHandler:
     def _store_teacher_stats(self, engine: Engine) -> None:
         fit_teacher_stats(self.distillation.teacher, self.images, max_images=self.max_images)
         engine.logger.info("stored the teacher's output statistics in its feat_mean/feat_std buffers")
+
+
+class FitTeacherStats:
+    """On the student trainer, when training starts: fit the frozen pretrained teacher's feature statistics on the
+    training images (:func:`~hdhkd_monai.distill.fit_teacher_stats`).
+
+    A handler rather than a step of building the network, so that evaluation, which builds the same network from
+    ``train.json`` and then loads ``model.pt`` (whose teacher carries the statistics), does not fit them again.
+    Attach it before the resume handler: a resumed run then takes the statistics from its checkpoint.
+
+    Args:
+        teacher: the teacher (``feat_mean``/``feat_std`` buffers).
+        images: a data loader of ``{"image": [B, 3, H, W]}`` batches.
+        max_images: how many images the statistics use (``None``: all of them).
+        enabled: ``False`` for a teacher whose statistics come with it (the paper's distilled PDN, ``teacher.pt``).
+    """
+
+    def __init__(self, teacher: nn.Module, images: Iterable, max_images: int | None = None, enabled: bool = True):
+        self.teacher = teacher
+        self.images = images
+        self.max_images = max_images
+        self.enabled = enabled
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
+            engine.add_event_handler(Events.STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        fit_teacher_stats(self.teacher, self.images, max_images=self.max_images)

@@ -11,10 +11,12 @@ from typing import List
 import torch
 import torch.nn.functional as F
 from einops.layers.torch import Rearrange
+from monai.data import MetaTensor
 from monai.networks.blocks import Convolution
 from torch import nn
 
 __all__ = [
+    "plain_tensor",
     "conv_block",
     "resize",
     "PatchExpand",
@@ -23,6 +25,14 @@ __all__ = [
     "AttentionMixer",
     "DenseMixer",
 ]
+
+
+def plain_tensor(x: torch.Tensor) -> torch.Tensor:
+    """``x`` without MONAI metadata: the output of MONAI transforms is a ``MetaTensor``, which some ops reject (the
+    selective scan's ``new_empty``) and whose metadata tracking slows every op. TorchScript sees plain tensors only."""
+    if not torch.jit.is_scripting() and isinstance(x, MetaTensor):
+        return x.as_tensor()
+    return x
 
 
 def conv_block(

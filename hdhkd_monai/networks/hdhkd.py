@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -9,6 +10,8 @@ import torch
 from torch import nn
 
 from ..anomaly_map import discrepancy_map, normalize_map
+from ..state_dict import check_settings
+from .blocks import plain_tensor
 from .decoders import ConvUpsample, MambaUpNet, UpsampleStem
 from .mfm import ConcatFusion, MultiFeatureModel
 from .pdn import PDN
@@ -16,6 +19,10 @@ from .student import ENCODER_STRIDE, StudentEncoder
 
 __all__ = ["GLOBAL_DECODERS", "HDHKDStudent", "HDHKD", "AnomalyMapNet"]
 
+#: Student arguments that do not change a trained model's output (initialisation, regularisation, scan kernel).
+_NOT_MEANING = ("out_channels", "backbone_weights", "dropout", "scan_backend")
+#: Length of the ``normal_score_quantiles`` buffer: the percentiles 0, 1, ..., 100.
+NORMAL_SCORE_QUANTILES = 101
 #: Choices of ``global_decoder`` (Table VII) and the UpNet token mixer each one uses.
 GLOBAL_DECODERS = {"mamba": "ss2d", "transformer": "attention", "fcn": "dense", "conv": "conv"}
 
@@ -117,20 +124,41 @@ class HDHKD(nn.Module):
         student_args: the arguments of :class:`HDHKDStudent` after ``out_channels`` (``backbone``, ``conv_upsample``,
             ``global_decoder``, ... as keywords), documented there; the student's output channels are the teacher's.
 
-    forward: ``x [B, 3, H, W]`` in ``[0, 1]`` with ``H``, ``W`` multiples of 16 ->
+    forward: ``x [B, 3, H, W]`` (a tensor or MONAI ``MetaTensor``) in ``[0, 1]`` with ``H``, ``W`` multiples of 16 ->
     ``(f_t, f_sd)``, both ``[B, C, h, w]`` on the teacher grid; ``f_t`` is the normalised teacher output (no grad).
 
-    Buffers ``map_quantiles`` ``[2]`` and ``threshold`` ``[]`` are NaN until calibrated on normal images.
+    The checkpoint carries ``settings`` (the teacher's type and arguments, the student's arguments that change the
+    output) and ``calibration`` (what :class:`~hdhkd_monai.handlers.CalibrationHandler` calibrated with: score
+    top-k, map quantiles, threshold quantile) as the module's extra state; loading a checkpoint made with other
+    settings raises :class:`~hdhkd_monai.state_dict.SettingsMismatchError` listing each difference.
+
+    Buffers ``map_quantiles`` ``[2]``, ``threshold`` ``[]`` and ``normal_score_quantiles``
+    ``[NORMAL_SCORE_QUANTILES]`` (the percentiles 0..100 of the normal validation images' scores, from which
+    inference reports where a score falls among normal images) are NaN until calibrated on normal images.
     """
 
     def __init__(self, teacher: PDN, **student_args):
         super().__init__()
         self.teacher = teacher.requires_grad_(False).eval()
         self.student = HDHKDStudent(teacher.out_channels, **student_args)
+        self.settings = {
+            **_meaning_settings(student_args),
+            "teacher": {"type": type(teacher).__name__, **getattr(teacher, "settings", {})},
+        }
+        self.calibration: Optional[dict] = None
         self.border = teacher.border
         self.input_multiple = ENCODER_STRIDE
         self.register_buffer("map_quantiles", torch.full((2,), float("nan")))
         self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.register_buffer("normal_score_quantiles", torch.full((NORMAL_SCORE_QUANTILES,), float("nan")))
+
+    def get_extra_state(self) -> dict:
+        return {"settings": self.settings, "calibration": self.calibration}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Loading a checkpoint: its settings must equal this network's (else a named error lists each one)."""
+        check_settings(state["settings"], self.settings)
+        self.calibration = state["calibration"]
 
     def train(self, mode: bool = True) -> "HDHKD":
         super().train(mode)
@@ -143,6 +171,7 @@ class HDHKD(nn.Module):
             return self.teacher.normalize(self.teacher(x))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        x = plain_tensor(x)
         k = self.input_multiple
         bad = x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % k != 0 or x.shape[3] % k != 0
         if not torch.jit.is_tracing() and bad:  # a trace would freeze the check as a constant (and warn)
@@ -154,6 +183,14 @@ class HDHKD(nn.Module):
         """Raw anomaly map ``[B, 1, H, W]``: channel mean of ``(f_t - f_sd)**2``, bilinear to the input size."""
         f_t, f_sd = self.forward(x)
         return discrepancy_map(f_t, f_sd, x.shape[-2:], self.border)
+
+
+def _meaning_settings(student_args: dict) -> dict:
+    """The student's arguments (defaults filled in) that change what a trained model's maps mean; the ones that only
+    affect initialisation or speed (``backbone_weights``, ``dropout``, ``scan_backend``) are left out."""
+    bound = inspect.signature(HDHKDStudent).bind_partial(0, **student_args)
+    bound.apply_defaults()
+    return {k: v for k, v in bound.arguments.items() if k not in _NOT_MEANING}
 
 
 class AnomalyMapNet(nn.Module):

@@ -54,6 +54,7 @@ class PDN(TeacherFeatureStats):
             raise ValueError(f"PDN size must be 'small' or 'medium', got {size!r}")
         self.features = nn.Sequential(*layers)
         self.size, self.padding = size, padding
+        self.settings = {"size": size, "out_channels": out_channels, "padding": bool(padding), "in_channels": in_channels}
         self.stride = 4
         self.border = 0 if padding else 4
 

@@ -36,6 +36,8 @@ class PretrainedTeacher(TeacherFeatureStats):
     ) -> None:
         super().__init__(out_channels)
         self.target = PatchCoreTarget(backbone, weights, layers, out_channels)
+        self.settings = {"backbone": backbone, "weights": None if weights is None else str(weights),
+                         "layers": list(layers), "out_channels": out_channels}
         self.stride = self.target.stride
         self.border = 0  # zero-padded convolutions: one cell per stride over the whole image
 

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .blocks import plain_tensor
 from .selective_scan import selective_scan
 
 __all__ = ["SS2D"]
@@ -35,7 +36,7 @@ class SS2D(nn.Module):
             ``dt_init_floor``) through the bias of the ``delta`` projection.
         scan_backend: ``backend`` passed to :func:`~hdhkd_monai.networks.selective_scan.selective_scan`.
 
-    forward: ``[B, H, W, d_model] -> [B, H, W, d_model]``.
+    forward: ``[B, H, W, d_model] -> [B, H, W, d_model]`` (a ``MetaTensor`` input gives a plain tensor).
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class SS2D(nn.Module):
         return (rows.view(h, w, b, d) + cols.view(w, h, b, d).transpose(0, 1)).permute(2, 0, 1, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = plain_tensor(x)
         b, h, w, _ = x.shape
         k, d, n, r = self.directions, self.d_inner, self.d_state, self.dt_rank
         x, z = self.in_proj(x).chunk(2, dim=-1)

@@ -14,7 +14,8 @@ class TeacherFeatureStats(nn.Module):
 
     Buffers ``feat_mean`` and ``feat_std`` ``[1, out_channels, 1, 1]`` (0 and 1 until
     :func:`hdhkd_monai.distill.fit_teacher_stats` sets them on normal images) travel with the checkpoint, so that
-    :meth:`normalize` gives the student the same targets at training and at inference.
+    :meth:`normalize` gives the student the same targets at training and at inference. Subclasses set ``settings``,
+    the constructor arguments that identify them, which ``HDHKD`` stores with its checkpoint.
     """
 
     def __init__(self, out_channels: int) -> None:
