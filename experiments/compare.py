@@ -5,7 +5,8 @@
 A and B are per-image score CSVs of the same test images: a row folder of the runner (its ``eval/scores.csv``), a
 baseline's folder ``OUT/baselines/<name>`` (the same layout), or any ``scores.csv`` of the evaluation workflow.
 Prints both AUROCs, their difference and its paired, stratified bootstrap interval
-(:func:`hdhkd_monai.metrics.paired_auroc_bootstrap`), and the fraction of resamples in which A beats B.
+(:func:`hdhkd_monai.metrics.paired_auroc_bootstrap`), the fraction of resamples in which A beats B, and how alike the
+two methods rank the images (Spearman's rank correlation of their scores: near 1, they find the same images odd).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from hdhkd_monai.metrics import paired_auroc_bootstrap
 
@@ -52,11 +54,12 @@ def paired(a: dict, b: dict, name_a: str, name_b: str) -> tuple[np.ndarray, np.n
 
 def compare_runs(a: Path, b: Path, resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
     """:func:`~hdhkd_monai.metrics.paired_auroc_bootstrap` of two scores CSVs (or row folders) of the same images,
-    with their image counts ``n_normal`` and ``n_abnormal``."""
+    with their image counts ``n_normal`` and ``n_abnormal`` and the ``rank_correlation`` of the two scores."""
     labels, scores_a, scores_b = paired(read_scores(a), read_scores(b), str(a), str(b))
     n_abnormal = int(labels.sum())
     return {**paired_auroc_bootstrap(labels, scores_a, scores_b, resamples, confidence, seed),
-            "n_normal": labels.size - n_abnormal, "n_abnormal": n_abnormal}  # fmt: skip
+            "n_normal": labels.size - n_abnormal, "n_abnormal": n_abnormal,
+            "rank_correlation": float(spearmanr(scores_a, scores_b).statistic)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -74,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"B {args.b}: AUROC {100 * r['auroc_b']:.2f}\n"
         f"A - B = {100 * r['diff']:+.2f} points, {100 * args.confidence:.0f}% interval "
         f"[{100 * r['low']:+.2f}, {100 * r['high']:+.2f}] ({args.resamples} paired resamples of "
-        f"{r['n_normal']} normal / {r['n_abnormal']} abnormal images); A better in {100 * r['p_a_better']:.1f}%"
+        f"{r['n_normal']} normal / {r['n_abnormal']} abnormal images); A better in {100 * r['p_a_better']:.1f}%\n"
+        f"rank correlation of the two scores (Spearman): {r['rank_correlation']:.2f}"
     )
     return r
 

@@ -30,6 +30,17 @@ def test_compare_pairs_rows_by_image_path(tmp_path, capsys):
     result = compare.main([str(tmp_path / "row"), str(tmp_path / "b.csv"), "--resamples", "200"])
     assert result["diff"] > 0.3 and result["low"] > 0 and result["p_a_better"] == 1.0
     assert "A better in 100.0%" in capsys.readouterr().out
+    assert result["rank_correlation"] < 0.9
+
+
+def test_compare_reports_how_alike_the_two_rankings_are(tmp_path):
+    scores = np.linspace(0, 1, 30)
+    labels = (scores > 0.4).astype(int)
+    a = _write(tmp_path / "a.csv", labels, scores)
+    same_order = _write(tmp_path / "b.csv", labels, scores**3)  # another scale, the same ranking
+    reversed_order = _write(tmp_path / "c.csv", labels, -scores)
+    assert compare.main([str(a), str(same_order), "--resamples", "50"])["rank_correlation"] == pytest.approx(1.0)
+    assert compare.main([str(a), str(reversed_order), "--resamples", "50"])["rank_correlation"] == pytest.approx(-1.0)
 
 
 def test_compare_refuses_different_images_or_labels(tmp_path):
