@@ -25,6 +25,10 @@ There it uses pure-torch code only (custom autograd Functions and optional impor
 forward when no gradient is needed, which is what an exported inference model runs, and the differentiable
 sequential loop when one is. ``torch.jit.trace`` records the chunked forward with the time loop unrolled, so a
 traced model is inference-only and fixed to the traced sequence length (hence torch's TracerWarnings).
+
+ONNX: during ``torch.onnx.export`` the "torch" backend runs :func:`_export_scan`, a functional form of the same
+forward-only recurrence (chunked Hillis-Steele scan) without the in-place slice writes the tracer turns into
+``index_put``; its graph keeps the batch axis dynamic and is fixed to the traced sequence length.
 """
 
 import contextlib
@@ -46,6 +50,9 @@ BACKENDS = ("auto", "torch", "reference", "mamba_ssm")
 # (dim 768, L 4096): the default 32 steps at batch 1 and 4 at batch 8 were within 5% of the best length tried
 # (8 ... 128 at batch 1, 1 ... 16 at batch 8).
 CHUNK_ELEMENTS = 400_000
+# Time steps per chunk of the ONNX export form (:func:`_export_scan`): 8 doubling steps each; at 256x256 input (SS2D's
+# L = 4096) 16 chunks per scan keep the graph small, and a chunk's [T, batch, dim, N] tensors stay ~6 MiB per image.
+EXPORT_CHUNK = 256
 
 
 def selective_scan(
@@ -78,7 +85,8 @@ def selective_scan(
         return_last_state: also return the final state h_L.
         backend: one of :data:`BACKENDS`.
         chunk_size: time steps per chunk of the "torch" backend (not part of mamba-ssm's signature); by default
-            about ``CHUNK_ELEMENTS / (batch * dim * N)``, a power of two in [4, 256]. Results do not depend on it.
+            about ``CHUNK_ELEMENTS / (batch * dim * N)``, a power of two in [4, 256], and ``EXPORT_CHUNK`` in ONNX
+            export. Results do not depend on it.
 
     Returns:
         out [batch, dim, L] in ``u``'s dtype (from the "torch" backend a non-contiguous view), or
@@ -101,9 +109,11 @@ def selective_scan(
         backend = _resolve_backend(backend, u)
         if backend == "mamba_ssm":
             return _mamba_selective_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        # ONNX export traces the functional form (torch.onnx.is_in_onnx_export does not compile under TorchScript).
+        export = backend == "torch" and torch.onnx.is_in_onnx_export()
         with _one_thread() if backend == "torch" else contextlib.nullcontext():
             out, last_state = _scan(
-                u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend == "reference", chunk_size
+                u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend == "reference", chunk_size, export
             )
         return (out, last_state) if return_last_state else out
 
@@ -217,8 +227,10 @@ def _scan(
     delta_softplus: bool,
     reference: bool,
     chunk_size: Optional[int],
+    export: bool = False,
 ) -> Tuple[Tensor, Tensor]:
-    """Pure-torch selective scan: input preparation and output gating around the chosen core."""
+    """Pure-torch selective scan: input preparation and output gating around the chosen core (``export``: the
+    functional form :func:`_export_scan`, for ONNX)."""
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     if chunk_size is None:
         chunk = _default_chunk_size(u.size(0) * u.size(1) * A.size(1))
@@ -244,7 +256,10 @@ def _scan(
         or (D is not None and D.requires_grad)
         or (delta_bias is not None and delta_bias.requires_grad)
     )
-    if not reference and (not needs_grad or torch.jit.is_tracing()):
+    if export and not reference:
+        chunk = EXPORT_CHUNK if chunk_size is None else chunk
+        y, last_state = _export_scan(uf, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
+    elif not reference and (not needs_grad or torch.jit.is_tracing()):
         if needs_grad:  # a trace must record the same graph with and without grad (its check reruns under no_grad)
             warnings.warn("selective_scan: a traced scan is inference-only; no gradient flows through it.")
         y, last_state = _chunked_scan_inference(uf, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
@@ -338,6 +353,56 @@ def _chunked_scan_inference(
         delta_softplus,
     )
     return _from_time_major(y), _channel_major(last_state)
+
+
+def _export_scan(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor],
+    delta_bias: Optional[Tensor],
+    delta_softplus: bool,
+    chunk: int,
+) -> Tuple[Tensor, Tensor]:
+    """The forward-only scan in functional form, for ONNX export: no in-place writes into slices (the tracer records
+    those as ``index_put``/``copy_``), and every shape follows the input's, so the batch axis stays dynamic.
+
+    u, delta [b, d, L]; A [d, N]; B, C [b, G, N, L] -> y [b, d, L] (including the D skip), h_L [b, d, N]. The time
+    axis is cut into chunks of ``chunk`` steps; inside a chunk the recurrence is a Hillis-Steele scan of
+    ``log2(chunk)`` doubling steps over the pairs (exp(delta_t A), delta_t B_t u_t) (products of decays in (0, 1]: no
+    overflow), and the state at the chunk's end carries into the next chunk. Equals :func:`_chunked_scan_inference`
+    to float rounding (the products are summed in another order).
+    """
+    G = B.size(1)
+    L, dg = u.size(2), u.size(1) // G  # the batch size is left as -1 in views: a trace would freeze a read one
+    dt = delta if delta_bias is None else delta + delta_bias.unsqueeze(-1)
+    if delta_softplus:
+        dt = F.softplus(dt)
+    dt_t = dt.permute(2, 0, 1).reshape(L, -1, G, 1, dg)
+    u_t = u.permute(2, 0, 1).reshape(L, -1, G, 1, dg)
+    A_s = _state_major(A, G)  # [G, N, dg]
+    B_t = B.permute(3, 0, 1, 2).unsqueeze(-1)  # [L, b, G, N, 1]
+    C_t = C.permute(3, 0, 1, 2).unsqueeze(-2)  # [L, b, G, 1, N]
+    h = torch.zeros_like(A_s * dt_t[0])  # [b, G, N, dg]
+    ys = []
+    for s in range(0, L, chunk):
+        dt_c = dt_t[s : s + chunk]
+        decay = torch.exp(dt_c * A_s)  # [T, b, G, N, dg]
+        state = dt_c * u_t[s : s + chunk] * B_t[s : s + chunk]
+        k = 1
+        while k < decay.size(0):  # after the step for k: state_t = sum over the last 2k steps; decay their product
+            state = state + decay * torch.cat([torch.zeros_like(state[:k]), state[:-k]])
+            decay = decay * torch.cat([torch.ones_like(decay[:k]), decay[:-k]])
+            k *= 2
+        states = state + decay * h
+        ys.append(torch.matmul(C_t[s : s + chunk], states))  # [T, b, G, 1, dg]
+        h = states[-1]
+    y = torch.cat(ys).reshape(L, -1, G * dg)
+    if D is not None:
+        y = y + u.permute(2, 0, 1) * D
+    return y.permute(1, 2, 0), _channel_major(h)
 
 
 def _state_major(x: Tensor, groups: int) -> Tensor:
