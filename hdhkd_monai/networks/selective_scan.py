@@ -110,10 +110,12 @@ def selective_scan(
         if backend == "mamba_ssm":
             return _mamba_selective_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
         # ONNX export traces the functional form (torch.onnx.is_in_onnx_export does not compile under TorchScript).
-        export = backend == "torch" and torch.onnx.is_in_onnx_export()
+        export_chunk = 0
+        if backend == "torch" and torch.onnx.is_in_onnx_export():
+            export_chunk = EXPORT_CHUNK if chunk_size is None else chunk_size
         with _one_thread() if backend == "torch" else contextlib.nullcontext():
             out, last_state = _scan(
-                u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend == "reference", chunk_size, export
+                u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend == "reference", chunk_size, export_chunk
             )
         return (out, last_state) if return_last_state else out
 
@@ -227,10 +229,10 @@ def _scan(
     delta_softplus: bool,
     reference: bool,
     chunk_size: Optional[int],
-    export: bool = False,
+    export_chunk: int = 0,
 ) -> Tuple[Tensor, Tensor]:
-    """Pure-torch selective scan: input preparation and output gating around the chosen core (``export``: the
-    functional form :func:`_export_scan`, for ONNX)."""
+    """Pure-torch selective scan: input preparation and output gating around the chosen core (with a positive
+    ``export_chunk``, the functional form :func:`_export_scan` in chunks of that many steps, for ONNX)."""
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     if chunk_size is None:
         chunk = _default_chunk_size(u.size(0) * u.size(1) * A.size(1))
@@ -256,9 +258,8 @@ def _scan(
         or (D is not None and D.requires_grad)
         or (delta_bias is not None and delta_bias.requires_grad)
     )
-    if export and not reference:
-        chunk = EXPORT_CHUNK if chunk_size is None else chunk
-        y, last_state = _export_scan(uf, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
+    if export_chunk > 0 and not reference:
+        y, last_state = _export_scan(uf, delta, A, B, C, D, delta_bias, delta_softplus, export_chunk)
     elif not reference and (not needs_grad or torch.jit.is_tracing()):
         if needs_grad:  # a trace must record the same graph with and without grad (its check reruns under no_grad)
             warnings.warn("selective_scan: a traced scan is inference-only; no gradient flows through it.")
@@ -355,6 +356,7 @@ def _chunked_scan_inference(
     return _from_time_major(y), _channel_major(last_state)
 
 
+@torch.jit.unused  # TorchScript compiles a stub: scripted models run the chunked scan
 def _export_scan(
     u: Tensor,
     delta: Tensor,
