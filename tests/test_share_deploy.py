@@ -9,10 +9,14 @@ unzips the package into an empty folder; the tests use that folder.
 import csv
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import time
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,6 +35,9 @@ SETTINGS = {k: TINY[k] for k in ("image_size", "num_modules", "decoder_channels"
 SCHEMA = SHARED_DATA.parent / "monai" / "meta_schema_20240725.json"
 #: Real B-scans for inference: two normal, two abnormal, from the NEH set (PROVENANCE.md in ../shared/data).
 REAL_IMAGES = ("neh-oct/test/NORMAL", "neh-oct/test/AMD")
+#: The python of the MONAI Label environment, which monailabel_app/make_env.sh makes and prints (.ci/run sets it).
+MONAILABEL_PYTHON = os.environ.get("HDHKD_MONAILABEL_PYTHON")
+SERVER_START_S = 300
 
 
 def _next_version() -> str:
@@ -129,3 +136,88 @@ def test_zoo_checks_and_inference_on_real_images_in_a_fresh_process(package, sha
             image = preprocessing({"image": path})["image"].as_tensor()[None]
             expected = image_score(exported(image), top_k=parser.get_parsed_content("score_top_k"))
             assert score == pytest.approx(float(expected), rel=1e-4, abs=1e-6)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_server(server: subprocess.Popen, url: str, log: Path) -> None:
+    import requests
+
+    deadline = time.monotonic() + SERVER_START_S
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"monailabel start_server exited with {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(f"{url}/info/", timeout=5).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"monailabel start_server did not answer within {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.mark.slow
+def test_monailabel_server_answers_with_the_bundles_map_and_score(package, shared_data, tmp_path):
+    """A real ``monailabel start_server`` with monailabel_app/ and the packed phantom bundle, on 127.0.0.1: a real
+    OCT B-scan posted to /infer/<model> comes back as a float heat-map NIfTI at the image's size and a JSON score and
+    decision, equal to the bundle's own inference (its map brought to the image's size, its scores.csv row)."""
+    import nibabel as nib
+    import requests
+    from monai.bundle import run as run_workflow
+    from monai.transforms import Resize
+    from PIL import Image
+
+    if not MONAILABEL_PYTHON:
+        pytest.skip("set HDHKD_MONAILABEL_PYTHON to the python monailabel_app/make_env.sh prints (.ci/run does)")
+    root, _, _ = package
+    image = sorted((shared_data / REAL_IMAGES[1]).iterdir())[0]
+    port, bin_dir = _free_port(), Path(MONAILABEL_PYTHON).parent
+    url, log = f"http://127.0.0.1:{port}", tmp_path / "server.log"
+    (tmp_path / "studies").mkdir()
+    env = {
+        **_only_the_package(tmp_path),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",  # monailabel's launcher runs the `python` on PATH
+        **{f"MONAI_LABEL_TASKS_{task}": "false" for task in ("TRAIN", "STRATEGY", "SCORING", "BATCH_INFER")},
+    }
+    command = [str(bin_dir / "monailabel"), "start_server", "--app", str(REPO / "monailabel_app"),
+               "--studies", str(tmp_path / "studies"), "--conf", "bundle", str(root),
+               "--host", "127.0.0.1", "--port", str(port)]
+    with open(log, "w") as out:
+        server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for_server(server, url, log)
+        answers = {}
+        for output in ("json", "image"):
+            with open(image, "rb") as f:
+                response = requests.post(f"{url}/infer/{BUNDLE.name}", params={"output": output},
+                                         files={"file": (image.name, f)}, data={"params": "{}"}, timeout=300)
+            assert response.ok, f"{response.status_code} {response.text[:500]}\n{log.read_text()[-3000:]}"
+            answers[output] = response
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the launcher script and the server it started
+        server.wait(timeout=60)
+    result = answers["json"].json()
+    (tmp_path / "map.nii.gz").write_bytes(answers["image"].content)
+    served = nib.load(tmp_path / "map.nii.gz")
+    assert served.get_data_dtype() == np.float32
+
+    (tmp_path / "images.txt").write_text(f"{image}\n")
+    run_workflow(config_file=str(root / "configs" / "inference.json"), meta_file=str(root / "configs" / "metadata.json"),
+                 bundle_root=str(root), input=str(tmp_path / "images.txt"), output_dir=str(tmp_path / "out"))
+    with open(tmp_path / "out" / "scores.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    threshold = float(torch.load(root / "models" / "model.pt", weights_only=True)["model"]["model.threshold"])
+    assert result["score"] == pytest.approx(float(row["score"]), rel=1e-4, abs=1e-6)
+    assert result["threshold"] == pytest.approx(threshold) and result["decision"] == int(row["decision"])
+
+    width, height = Image.open(image).size
+    (bundle_map,) = (tmp_path / "out" / "maps").glob("*")  # both maps as nibabel reads them: [H, W]
+    bundle_array = torch.from_numpy(nib.load(bundle_map).get_fdata(dtype=np.float32).squeeze())
+    expected = Resize((height, width), mode="bilinear")(bundle_array[None])[0]
+    got = served.get_fdata(dtype=np.float32)
+    assert got.shape == (height, width)
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-4, atol=1e-4 * float(np.abs(got).max()))

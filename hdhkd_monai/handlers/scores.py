@@ -10,9 +10,14 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["ScoreWriter", "image_path"]
+__all__ = ["ScoreWriter", "decision", "image_path"]
 
 logger = logging.getLogger(__name__)
+
+
+def decision(score: float, threshold: float) -> int:
+    """1 (abnormal) when the image score reaches the calibrated threshold, else 0."""
+    return int(score >= threshold)
 
 
 def image_path(item: dict) -> str:
@@ -62,7 +67,7 @@ class ScoreWriter:
                 "label": "" if label is None else int(label),
                 "class": cls,
                 "score": score,
-                "decision": "" if math.isnan(threshold) else int(score >= threshold),
+                "decision": "" if math.isnan(threshold) else decision(score, threshold),
             }
         )
 
