@@ -18,6 +18,10 @@ if [[ -f "$env_dir/.hdhkd-key" && "$(cat "$env_dir/.hdhkd-key")" == "$key" ]] \
     echo "$env_dir/bin/python"
     exit 0
 fi
+if [[ -e "$env_dir" && ! -f "$env_dir/.hdhkd-key" ]]; then
+    echo "$env_dir exists and is not an environment this script made; give another ENV_DIR" >&2
+    exit 1
+fi
 rm -rf "$env_dir"
 python -m venv "$env_dir"
 env_site="$("$env_dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
