@@ -26,7 +26,7 @@ REQUIRED = ("configs/inference.json", "configs/metadata.json", "models/model.pt"
 class HDHKDApp(MONAILabelApp):
     def __init__(self, app_dir: str, studies: str, conf: Dict[str, str]) -> None:
         if "bundle" not in conf:
-            raise ValueError("the app needs the bundle folder: --conf bundle <folder with configs/ and models/model.pt>")
+            raise ValueError("the app needs the bundle: --conf bundle <folder with configs/ and models/model.pt>")
         self.bundle = Path(conf["bundle"]).resolve()
         missing = [name for name in REQUIRED if not (self.bundle / name).is_file()]
         if missing:

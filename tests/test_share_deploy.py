@@ -206,7 +206,8 @@ def test_monailabel_server_answers_with_the_bundles_map_and_score(package, share
     assert served.get_data_dtype() == np.float32
 
     (tmp_path / "images.txt").write_text(f"{image}\n")
-    run_workflow(config_file=str(root / "configs" / "inference.json"), meta_file=str(root / "configs" / "metadata.json"),
+    configs = root / "configs"
+    run_workflow(config_file=str(configs / "inference.json"), meta_file=str(configs / "metadata.json"),
                  bundle_root=str(root), input=str(tmp_path / "images.txt"), output_dir=str(tmp_path / "out"))
     with open(tmp_path / "out" / "scores.csv") as f:
         (row,) = list(csv.DictReader(f))

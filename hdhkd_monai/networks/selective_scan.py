@@ -27,14 +27,14 @@ sequential loop when one is. ``torch.jit.trace`` records the chunked forward wit
 traced model is inference-only and fixed to the traced sequence length (hence torch's TracerWarnings).
 
 ONNX: during ``torch.onnx.export`` the "torch" backend runs :func:`_export_scan`, a functional form of the same
-forward-only recurrence (chunked Hillis-Steele scan) without the in-place slice writes the tracer turns into
-``index_put``; its graph keeps the batch axis dynamic and is fixed to the traced sequence length.
+forward-only recurrence (a blocked parallel scan, no loop over time) without the in-place slice writes that the
+tracer turns into ``index_put``; its graph keeps the batch axis dynamic and is fixed to the traced sequence length.
 """
 
 import contextlib
 import functools
 import warnings
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -50,9 +50,13 @@ BACKENDS = ("auto", "torch", "reference", "mamba_ssm")
 # (dim 768, L 4096): the default 32 steps at batch 1 and 4 at batch 8 were within 5% of the best length tried
 # (8 ... 128 at batch 1, 1 ... 16 at batch 8).
 CHUNK_ELEMENTS = 400_000
-# Time steps per chunk of the ONNX export form (:func:`_export_scan`): 8 doubling steps each; at 256x256 input (SS2D's
-# L = 4096) 16 chunks per scan keep the graph small, and a chunk's [T, batch, dim, N] tensors stay ~6 MiB per image.
-EXPORT_CHUNK = 256
+# Time steps per chunk of the ONNX export form (:func:`_export_scan`): it makes log2(chunk) passes over whole-sequence
+# tensors and log2(L / chunk) over chunk-end tensors, chunk times smaller, so small chunks cost the least. Measured on
+# the default bundle network at 256x256 (SS2D's L = 4096), batch 1, one onnxruntime thread, 2-core AMD EPYC at load 4:
+# chunks of 4, 8, 16, 64 exported in 5.7, 5.1, 5.3, 8.7 s and ran in 1.24, 1.30, 1.48, 1.93 s (eager 0.37 s). A
+# sequential loop over chunks of 32 (the first form tried) took 39-103 s to export: the exporter slows down with the
+# graph's node count, which that loop multiplies by L / chunk.
+EXPORT_CHUNK = 8
 
 
 def selective_scan(
@@ -369,42 +373,55 @@ def _export_scan(
     chunk: int,
 ) -> Tuple[Tensor, Tensor]:
     """The forward-only scan in functional form, for ONNX export: no in-place writes into slices (the tracer records
-    those as ``index_put``/``copy_``), and every shape follows the input's, so the batch axis stays dynamic.
+    those as ``index_put``/``copy_``), no loop over time (the graph stays small whatever L), and every shape follows
+    the input's, so the batch axis stays dynamic.
 
-    u, delta [b, d, L]; A [d, N]; B, C [b, G, N, L] -> y [b, d, L] (including the D skip), h_L [b, d, N]. The time
-    axis is cut into chunks of ``chunk`` steps; inside a chunk the recurrence is a Hillis-Steele scan of
-    ``log2(chunk)`` doubling steps over the pairs (exp(delta_t A), delta_t B_t u_t) (products of decays in (0, 1]: no
-    overflow), and the state at the chunk's end carries into the next chunk. Equals :func:`_chunked_scan_inference`
-    to float rounding (the products are summed in another order).
+    u, delta [b, d, L]; A [d, N]; B, C [b, G, N, L] -> y [b, d, L] (including the D skip), h_L [b, d, N]. A blocked
+    parallel scan: the time axis is cut into chunks of ``chunk`` steps (the last one padded with steps that keep the
+    state), every chunk is scanned from a zero state at once, the chunks' end states are scanned across chunks, and
+    each chunk then adds its incoming state times its cumulative decay. Both scans are :func:`_doubling_scan`s.
+    Equals :func:`_chunked_scan_inference` to float rounding (the products are summed in another order).
     """
     G = B.size(1)
     L, dg = u.size(2), u.size(1) // G  # the batch size is left as -1 in views: a trace would freeze a read one
+    T = min(chunk, L)
+    n = (L + T - 1) // T
     dt = delta if delta_bias is None else delta + delta_bias.unsqueeze(-1)
     if delta_softplus:
         dt = F.softplus(dt)
-    dt_t = dt.permute(2, 0, 1).reshape(L, -1, G, 1, dg)
-    u_t = u.permute(2, 0, 1).reshape(L, -1, G, 1, dg)
-    A_s = _state_major(A, G)  # [G, N, dg]
-    B_t = B.permute(3, 0, 1, 2).unsqueeze(-1)  # [L, b, G, N, 1]
-    C_t = C.permute(3, 0, 1, 2).unsqueeze(-2)  # [L, b, G, 1, N]
-    h = torch.zeros_like(A_s * dt_t[0])  # [b, G, N, dg]
-    ys = []
-    for s in range(0, L, chunk):
-        dt_c = dt_t[s : s + chunk]
-        decay = torch.exp(dt_c * A_s)  # [T, b, G, N, dg]
-        state = dt_c * u_t[s : s + chunk] * B_t[s : s + chunk]
-        k = 1
-        while k < decay.size(0):  # after the step for k: state_t = sum over the last 2k steps; decay their product
-            state = state + decay * torch.cat([torch.zeros_like(state[:k]), state[:-k]])
-            decay = decay * torch.cat([torch.ones_like(decay[:k]), decay[:-k]])
-            k *= 2
-        states = state + decay * h
-        ys.append(torch.matmul(C_t[s : s + chunk], states))  # [T, b, G, 1, dg]
-        h = states[-1]
-    y = torch.cat(ys).reshape(L, -1, G * dg)
+
+    def blocks(x: Tensor, shape: List[int]) -> Tensor:
+        """[b, ..., L] -> [n, T, b, *shape], the padding steps zero (a zero step size keeps the state)."""
+        x = x.movedim(x.dim() - 1, 0)  # (an ONNX trace of movedim(-1, 0) gives an invalid Transpose)
+        if n * T > L:
+            x = torch.cat([x, torch.zeros_like(x[: n * T - L])])
+        return x.reshape([n, T, -1] + shape)
+
+    dt_b = blocks(dt, [G, 1, dg])
+    decay = torch.exp(dt_b * _state_major(A, G))  # [n, T, b, G, N, dg]
+    state = dt_b * blocks(u, [G, 1, dg]) * blocks(B, [G, B.size(2), 1])
+    decay, state = _doubling_scan(decay, state, 1)  # within each chunk, from a zero state
+    _, ends = _doubling_scan(decay[:, -1], state[:, -1], 0)  # the state at each chunk's end
+    incoming = torch.cat([torch.zeros_like(ends[:1]), ends[:-1]])
+    h = state + decay * incoming.unsqueeze(1)
+    y = torch.matmul(blocks(C, [G, 1, C.size(2)]), h).reshape(n * T, -1, G * dg)[:L]  # y_t = C_t h_t
     if D is not None:
         y = y + u.permute(2, 0, 1) * D
-    return y.permute(1, 2, 0), _channel_major(h)
+    return y.permute(1, 2, 0), _channel_major(ends[-1])
+
+
+def _doubling_scan(decay: Tensor, state: Tensor, dim: int) -> Tuple[Tensor, Tensor]:
+    """Hillis-Steele scan of ``h_t = decay_t h_{t-1} + state_t`` (``h`` zero before the first step) along ``dim``, in
+    ``ceil(log2(length))`` doubling steps: returns (the product of the decays up to t, h_t). Decays lie in (0, 1], so
+    their products cannot overflow."""
+    length, k = decay.size(dim), 1
+    while k < length:  # after the step for k, state_t sums the last 2k steps and decay_t is their decays' product
+        earlier_state = torch.cat([torch.zeros_like(state.narrow(dim, 0, k)), state.narrow(dim, 0, length - k)], dim)
+        earlier_decay = torch.cat([torch.ones_like(decay.narrow(dim, 0, k)), decay.narrow(dim, 0, length - k)], dim)
+        state = state + decay * earlier_state
+        decay = decay * earlier_decay
+        k *= 2
+    return decay, state
 
 
 def _state_major(x: Tensor, groups: int) -> Tensor:
