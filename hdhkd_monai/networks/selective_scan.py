@@ -262,9 +262,7 @@ def _scan(
         or (D is not None and D.requires_grad)
         or (delta_bias is not None and delta_bias.requires_grad)
     )
-    if export_chunk > 0 and not reference:
-        y, last_state = _export_scan(uf, delta, A, B, C, D, delta_bias, delta_softplus, export_chunk)
-    elif not reference and (not needs_grad or torch.jit.is_tracing()):
+    if not reference and export_chunk == 0 and (not needs_grad or torch.jit.is_tracing()):
         if needs_grad:  # a trace must record the same graph with and without grad (its check reruns under no_grad)
             warnings.warn("selective_scan: a traced scan is inference-only; no gradient flows through it.")
         y, last_state = _chunked_scan_inference(uf, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
@@ -273,7 +271,9 @@ def _scan(
             delta = delta + delta_bias.unsqueeze(-1)
         if delta_softplus:
             delta = F.softplus(delta)
-        if reference or torch.jit.is_scripting():
+        if export_chunk > 0 and not reference:
+            y, last_state = _export_scan(uf, delta, A, B, C, export_chunk)
+        elif reference or torch.jit.is_scripting():
             # No autograd Function in TorchScript: gradients come from autograd through the sequential loop.
             y, last_state = _reference_scan(uf, delta, A, B, C)
         else:
@@ -361,34 +361,22 @@ def _chunked_scan_inference(
 
 
 @torch.jit.unused  # TorchScript compiles a stub: scripted models run the chunked scan
-def _export_scan(
-    u: Tensor,
-    delta: Tensor,
-    A: Tensor,
-    B: Tensor,
-    C: Tensor,
-    D: Optional[Tensor],
-    delta_bias: Optional[Tensor],
-    delta_softplus: bool,
-    chunk: int,
-) -> Tuple[Tensor, Tensor]:
-    """The forward-only scan in functional form, for ONNX export: no in-place writes into slices (the tracer records
-    those as ``index_put``/``copy_``), no loop over time (the graph stays small whatever L), and every shape follows
-    the input's, so the batch axis stays dynamic.
+def _export_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tuple[Tensor, Tensor]:
+    """The scan in functional form, for ONNX export: no in-place writes into slices (the tracer records those as
+    ``index_put``/``copy_``), no loop over time (the graph stays small whatever L), and every shape follows the
+    input's, so the batch axis stays dynamic.
 
-    u, delta [b, d, L]; A [d, N]; B, C [b, G, N, L] -> y [b, d, L] (including the D skip), h_L [b, d, N]. A blocked
-    parallel scan: the time axis is cut into chunks of ``chunk`` steps (the last one padded with steps that keep the
-    state), every chunk is scanned from a zero state at once, the chunks' end states are scanned across chunks, and
-    each chunk then adds its incoming state times its cumulative decay. Both scans are :func:`_doubling_scan`s.
-    Equals :func:`_chunked_scan_inference` to float rounding (the products are summed in another order).
+    u, delta (the step sizes, bias and softplus applied) [b, d, L]; A [d, N]; B, C [b, G, N, L] -> y [b, d, L],
+    h_L [b, d, N]. A blocked parallel scan: the time axis is cut into chunks of ``chunk`` steps (the last one padded
+    with steps that keep the state), every chunk is scanned from a zero state at once, the chunks' end states are
+    scanned across chunks, and each chunk then adds its incoming state times its cumulative decay. Both scans are
+    :func:`_doubling_scan`\ s. Equals :func:`_chunked_scan_inference` to float rounding (the products are summed in
+    another order).
     """
     G = B.size(1)
     L, dg = u.size(2), u.size(1) // G  # the batch size is left as -1 in views: a trace would freeze a read one
     T = min(chunk, L)
     n = (L + T - 1) // T
-    dt = delta if delta_bias is None else delta + delta_bias.unsqueeze(-1)
-    if delta_softplus:
-        dt = F.softplus(dt)
 
     def blocks(x: Tensor, shape: List[int]) -> Tensor:
         """[b, ..., L] -> [n, T, b, *shape], the padding steps zero (a zero step size keeps the state)."""
@@ -397,16 +385,14 @@ def _export_scan(
             x = torch.cat([x, torch.zeros_like(x[: n * T - L])])
         return x.reshape([n, T, -1] + shape)
 
-    dt_b = blocks(dt, [G, 1, dg])
-    decay = torch.exp(dt_b * _state_major(A, G))  # [n, T, b, G, N, dg]
-    state = dt_b * blocks(u, [G, 1, dg]) * blocks(B, [G, B.size(2), 1])
+    dt = blocks(delta, [G, 1, dg])
+    decay = torch.exp(dt * _state_major(A, G))  # [n, T, b, G, N, dg]
+    state = dt * blocks(u, [G, 1, dg]) * blocks(B, [G, B.size(2), 1])
     decay, state = _doubling_scan(decay, state, 1)  # within each chunk, from a zero state
     _, ends = _doubling_scan(decay[:, -1], state[:, -1], 0)  # the state at each chunk's end
     incoming = torch.cat([torch.zeros_like(ends[:1]), ends[:-1]])
     h = state + decay * incoming.unsqueeze(1)
     y = torch.matmul(blocks(C, [G, 1, C.size(2)]), h).reshape(n * T, -1, G * dg)[:L]  # y_t = C_t h_t
-    if D is not None:
-        y = y + u.permute(2, 0, 1) * D
     return y.permute(1, 2, 0), _channel_major(ends[-1])
 
 
