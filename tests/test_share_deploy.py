@@ -9,6 +9,7 @@ unzips the package into an empty folder; the tests use that folder.
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -183,7 +184,8 @@ def test_monailabel_server_answers_with_the_bundles_map_and_score(package, share
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",  # monailabel's launcher runs the `python` on PATH
         **{f"MONAI_LABEL_TASKS_{task}": "false" for task in ("TRAIN", "STRATEGY", "SCORING", "BATCH_INFER")},
     }
-    command = [str(bin_dir / "monailabel"), "start_server", "--app", str(REPO / "monailabel_app"),
+    app = shutil.copytree(REPO / "monailabel_app", tmp_path / "app")  # the server writes its logs into the app
+    command = [str(bin_dir / "monailabel"), "start_server", "--app", str(app),
                "--studies", str(tmp_path / "studies"), "--conf", "bundle", str(root),
                "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "w") as out:
