@@ -11,8 +11,9 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 env_dir="${1:-${HDHKD_MONAILABEL_ENV:-$HOME/.cache/hdhkd-monai/monailabel-env}}"
-base_site="$(python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-key="$(cat "$here/requirements.txt" - <<<"$base_site" | sha256sum | cut -d' ' -f1)"
+# the calling python's site-packages folders (a venv's own and, with --system-site-packages, its base's)
+base_sites="$(python -c 'import site; print("\n".join(site.getsitepackages()))')"
+key="$(cat "$here/requirements.txt" - <<<"$base_sites" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$env_dir/.hdhkd-key" && "$(cat "$env_dir/.hdhkd-key")" == "$key" ]] \
     && "$env_dir/bin/python" -c "import monailabel" 2>/dev/null; then
     echo "$env_dir/bin/python"
@@ -25,7 +26,7 @@ fi
 rm -rf "$env_dir"
 python -m venv "$env_dir"
 env_site="$("$env_dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-echo "import site; site.addsitedir('$base_site')" > "$env_site/hdhkd-base-site.pth"
+while read -r dir; do echo "import site; site.addsitedir('$dir')"; done <<<"$base_sites" > "$env_site/hdhkd-base-site.pth"
 "$env_dir/bin/python" -m pip install -q -r "$here/requirements.txt" >&2
 echo "$key" > "$env_dir/.hdhkd-key"
 echo "$env_dir/bin/python"
