@@ -108,7 +108,7 @@ def test_zoo_checks_and_inference_on_real_images_in_a_fresh_process(package, sha
     root, _, _ = package
     if not SCHEMA.is_file():
         pytest.skip(f"Model Zoo schema not found at {SCHEMA}")
-    images = [sorted((shared_data / folder).iterdir())[i] for folder in REAL_IMAGES for i in (0, 1)]
+    images = [sorted((shared_data / folder).iterdir())[i].resolve() for folder in REAL_IMAGES for i in (0, 1)]
     (tmp_path / "images.txt").write_text("\n".join(str(p) for p in images) + "\n")
     script = textwrap.dedent(f"""
         from monai.bundle import ckpt_export, run, verify_metadata, verify_net_in_out
