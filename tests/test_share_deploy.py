@@ -25,6 +25,7 @@ import torch
 
 from conftest import SHARED_DATA
 from hdhkd_monai import zoo
+from hdhkd_monai.data.errors import BadInputError
 from hdhkd_monai.anomaly_map import image_score
 from hdhkd_monai.launcher import BUNDLE, CONFIGS, REPO
 from test_bundle_workflows import TINY, run, write_phantom_data
@@ -91,6 +92,16 @@ def test_onnx_in_the_package_carries_the_calibration(package):
     state = torch.load(trained / "models" / "model.pt", map_location="cpu", weights_only=True)["model"]
     assert float(props["threshold"]) == pytest.approx(float(state["model.threshold"]))
     assert json.loads(props["map_quantiles"]) == pytest.approx(state["model.map_quantiles"].tolist())
+
+
+def test_pack_names_a_missing_model_and_an_unknown_setting(tmp_path):
+    with pytest.raises(BadInputError, match=r"model\.pt: no trained model here"):
+        zoo.pack(tmp_path, tmp_path / "package.zip", _next_version(), "x")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "model.pt").touch()  # never read: the settings are checked before the exports
+    with pytest.raises(ValueError, match="setting 'no_such_key': no config in .* has this key"):
+        zoo.pack(tmp_path, tmp_path / "package.zip", _next_version(), "x", {"no_such_key": 1})
+    assert not (tmp_path / "package.zip").exists()
 
 
 def _only_the_package(tmp_path) -> dict:
