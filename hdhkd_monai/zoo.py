@@ -5,8 +5,8 @@
     hdhkd_oct_anomaly/
         configs/        this clone's bundle configs, with the settings the model was trained with (--set) written in
         models/         model.pt (the trained, calibrated checkpoint), model.ts (ckpt_export), model.onnx (onnx_export)
-        docs/           README.md (data, training recipe, measured metrics; plus this model's own numbers) and the
-                        data licence (not the Zoo schema copy, which serves the repository's tests)
+        docs/           README.md (data, training recipe, measured metrics; plus this model's own numbers), the
+                        data licence and the Zoo schema copy (the README's verify_metadata command reads it)
         LICENSE
         large_files.yml the models with their sha256 (and URLs under --url-base, where a maintainer uploads them)
 
@@ -170,7 +170,7 @@ def pack(
         root = Path(tmp) / BUNDLE.name
         configs = root / "configs"
         shutil.copytree(CONFIGS, configs)
-        shutil.copytree(BUNDLE / "docs", root / "docs", ignore=shutil.ignore_patterns("meta_schema_*.json"))
+        shutil.copytree(BUNDLE / "docs", root / "docs")
         shutil.copy2(BUNDLE / "LICENSE", root)
         _apply_settings(configs, settings)
         _set_version(configs / "metadata.json", version, changelog)
