@@ -27,8 +27,9 @@ sequential loop when one is. ``torch.jit.trace`` records the chunked forward wit
 traced model is inference-only and fixed to the traced sequence length (hence torch's TracerWarnings).
 
 ONNX: during ``torch.onnx.export`` the "torch" backend runs :func:`_export_scan`, a functional form of the same
-forward-only recurrence (a blocked parallel scan, no loop over time) without the in-place slice writes that the
-tracer turns into ``index_put``; its graph keeps the batch axis dynamic and is fixed to the traced sequence length.
+forward-only recurrence (a chunked parallel scan whose graph does not grow with the sequence) without the in-place
+slice writes that the tracer turns into ``index_put``; its graph keeps the batch axis dynamic and is fixed to the
+traced sequence length.
 """
 
 import contextlib
@@ -50,13 +51,13 @@ BACKENDS = ("auto", "torch", "reference", "mamba_ssm")
 # (dim 768, L 4096): the default 32 steps at batch 1 and 4 at batch 8 were within 5% of the best length tried
 # (8 ... 128 at batch 1, 1 ... 16 at batch 8).
 CHUNK_ELEMENTS = 400_000
-# Time steps per chunk of the ONNX export form (:func:`_export_scan`): it makes log2(chunk) passes over whole-sequence
-# tensors and log2(L / chunk) over chunk-end tensors, chunk times smaller, so small chunks cost the least. Measured on
-# the default bundle network at 256x256 (SS2D's L = 4096), batch 1, one onnxruntime thread, 2-core AMD EPYC at load 4:
-# chunks of 4, 8, 16, 64 exported in 5.7, 5.1, 5.3, 8.7 s and ran in 1.24, 1.30, 1.48, 1.93 s (eager 0.37 s). A
-# sequential loop over chunks of 32 (the first form tried) took 39-103 s to export: the exporter slows down with the
-# graph's node count, which that loop multiplies by L / chunk.
-EXPORT_CHUNK = 8
+# Time steps per chunk of the ONNX export form (:func:`_export_scan`). Measured on the default bundle network at
+# 256x256 (SS2D's L = 4096), batch 1, one onnxruntime thread, 2-core AMD EPYC at load 3.7-3.8: chunks of 8, 16, 32,
+# 64 exported in 2.6, 2.1, 2.0, 2.0 s and ran in 0.55, 0.50, 0.46, 0.49 s (eager PyTorch 0.24 s). Forms tried before:
+# a loop over chunks of 32 with a doubling scan in each took 39-103 s to export (the exporter slows down with the
+# graph's node count, which that loop multiplies by L / chunk); a doubling scan inside all chunks at once exported in
+# 5 s but ran in 1.3 s (eager 0.37 s), its log2(chunk) passes over whole-sequence tensors costing memory bandwidth.
+EXPORT_CHUNK = 32
 
 
 def selective_scan(
@@ -363,15 +364,15 @@ def _chunked_scan_inference(
 @torch.jit.unused  # TorchScript compiles a stub: scripted models run the chunked scan
 def _export_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tuple[Tensor, Tensor]:
     """The scan in functional form, for ONNX export: no in-place writes into slices (the tracer records those as
-    ``index_put``/``copy_``), no loop over time (the graph stays small whatever L), and every shape follows the
-    input's, so the batch axis stays dynamic.
+    ``index_put``/``copy_``), no loop over the whole sequence (the graph stays small whatever L), and every shape
+    follows the input's, so the batch axis stays dynamic.
 
     u, delta (the step sizes, bias and softplus applied) [b, d, L]; A [d, N]; B, C [b, G, N, L] -> y [b, d, L],
-    h_L [b, d, N]. A blocked parallel scan: the time axis is cut into chunks of ``chunk`` steps (the last one padded
-    with steps that keep the state), every chunk is scanned from a zero state at once, the chunks' end states are
-    scanned across chunks, and each chunk then adds its incoming state times its cumulative decay. Both scans are
-    :func:`_doubling_scan`\ s. Equals :func:`_chunked_scan_inference` to float rounding (the products are summed in
-    another order).
+    h_L [b, d, N]. A chunked parallel scan: the time axis is cut into chunks of ``chunk`` steps (the last one padded
+    with steps that keep the state); a loop over the ``chunk`` steps runs the recurrence in every chunk at once from a
+    zero state, keeping each step's state and cumulative decay; a :func:`_doubling_scan` across the chunks' end states
+    gives each chunk its incoming state, which it adds times its cumulative decay. Equals
+    :func:`_chunked_scan_inference` to float rounding (the products are summed in another order).
     """
     G = B.size(1)
     L, dg = u.size(2), u.size(1) // G  # the batch size is left as -1 in views: a trace would freeze a read one
@@ -379,33 +380,35 @@ def _export_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chun
     n = (L + T - 1) // T
 
     def blocks(x: Tensor, shape: List[int]) -> Tensor:
-        """[b, ..., L] -> [n, T, b, *shape], the padding steps zero (a zero step size keeps the state)."""
+        """[b, ..., L] -> [T, n, b, *shape] (step in chunk, chunk), the padding steps zero (a zero step size keeps
+        the state)."""
         x = x.movedim(x.dim() - 1, 0)  # (an ONNX trace of movedim(-1, 0) gives an invalid Transpose)
         if n * T > L:
             x = torch.cat([x, torch.zeros_like(x[: n * T - L])])
-        return x.reshape([n, T, -1] + shape)
+        return x.reshape([n, T, -1] + shape).transpose(0, 1)
 
     dt = blocks(delta, [G, 1, dg])
-    decay = torch.exp(dt * _state_major(A, G))  # [n, T, b, G, N, dg]
-    state = dt * blocks(u, [G, 1, dg]) * blocks(B, [G, B.size(2), 1])
-    decay, state = _doubling_scan(decay, state, 1)  # within each chunk, from a zero state
-    _, ends = _doubling_scan(decay[:, -1], state[:, -1], 0)  # the state at each chunk's end
+    decay = torch.exp(dt * _state_major(A, G))  # [T, n, b, G, N, dg]
+    drive = dt * blocks(u, [G, 1, dg]) * blocks(B, [G, B.size(2), 1])
+    states, decays = [drive[0]], [decay[0]]  # within each chunk from a zero state, all chunks at once
+    for t in range(1, T):
+        states.append(decay[t] * states[-1] + drive[t])
+        decays.append(decays[-1] * decay[t])
+    _, ends = _doubling_scan(decays[-1], states[-1])  # the state at each chunk's end
     incoming = torch.cat([torch.zeros_like(ends[:1]), ends[:-1]])
-    h = state + decay * incoming.unsqueeze(1)
-    y = torch.matmul(blocks(C, [G, 1, C.size(2)]), h).reshape(n * T, -1, G * dg)[:L]  # y_t = C_t h_t
+    h = torch.stack(states) + torch.stack(decays) * incoming
+    y = torch.matmul(blocks(C, [G, 1, C.size(2)]), h).transpose(0, 1).reshape(n * T, -1, G * dg)[:L]  # y_t = C_t h_t
     return y.permute(1, 2, 0), _channel_major(ends[-1])
 
 
-def _doubling_scan(decay: Tensor, state: Tensor, dim: int) -> Tuple[Tensor, Tensor]:
-    """Hillis-Steele scan of ``h_t = decay_t h_{t-1} + state_t`` (``h`` zero before the first step) along ``dim``, in
+def _doubling_scan(decay: Tensor, state: Tensor) -> Tuple[Tensor, Tensor]:
+    """Hillis-Steele scan of ``h_t = decay_t h_{t-1} + state_t`` (``h`` zero before the first step) along dim 0, in
     ``ceil(log2(length))`` doubling steps: returns (the product of the decays up to t, h_t). Decays lie in (0, 1], so
     their products cannot overflow."""
-    length, k = decay.size(dim), 1
+    length, k = decay.size(0), 1
     while k < length:  # after the step for k, state_t sums the last 2k steps and decay_t is their decays' product
-        earlier_state = torch.cat([torch.zeros_like(state.narrow(dim, 0, k)), state.narrow(dim, 0, length - k)], dim)
-        earlier_decay = torch.cat([torch.ones_like(decay.narrow(dim, 0, k)), decay.narrow(dim, 0, length - k)], dim)
-        state = state + decay * earlier_state
-        decay = decay * earlier_decay
+        state = state + decay * torch.cat([torch.zeros_like(state[:k]), state[: length - k]])
+        decay = decay * torch.cat([torch.ones_like(decay[:k]), decay[: length - k]])
         k *= 2
     return decay, state
 
