@@ -35,7 +35,9 @@ def channel_pool(x: torch.Tensor, channels: int) -> torch.Tensor:
 
     Output channel ``i`` averages input channels ``floor(i C / channels) ... ceil((i + 1) C / channels) - 1``, as
     ``adaptive_avg_pool``, written as one [channels, C] averaging matrix: ONNX has no adaptive pooling whose output
-    size is not a divisor of the input's, and a matrix product exports as is.
+    size is not a divisor of the input's, and a matrix product exports as is. Equal to ``adaptive_avg_pool3d`` to
+    float rounding; the default teacher's three poolings at a 32x32 grid (256x256 input) took 22 ms against its 17 ms
+    on one thread (2-core AMD EPYC, load 4).
     """
     c = x.shape[1]
     out = torch.arange(channels, device=x.device)
