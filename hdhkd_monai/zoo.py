@@ -10,6 +10,9 @@
         LICENSE
         large_files.yml the models with their sha256 (and URLs under --url-base, where a maintainer uploads them)
 
+``python -m hdhkd_monai.zoo stamp-onnx models/model.onnx models/model.pt`` does the last step of the packing alone:
+it writes the checkpoint's threshold and quantiles into an ONNX model ``python -m monai.bundle onnx_export`` made.
+
 ``TRAINED_ROOT`` is the ``bundle_root`` training wrote into: ``models/model.pt`` and, when the evaluate workflow
 ran, ``eval/metrics.json``. The exports run MONAI's own ``ckpt_export`` and ``onnx_export`` with the arguments of the
 command lines in the bundle's docs (``configs/onnx_export.json`` gives ONNX its dynamic batch axis).
@@ -217,7 +220,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
                    help="a training-time override to write into the configs (JSON value), e.g. image_size=256")
     p.add_argument("--url-base", default="", help="URL folder the large files will be uploaded to")
+    s = commands.add_parser("stamp-onnx", help="write a checkpoint's threshold and quantiles into an ONNX model")
+    s.add_argument("onnx_file")
+    s.add_argument("ckpt_file", help="the checkpoint the ONNX model was exported from (models/model.pt)")
     args = parser.parse_args(argv)
+    if args.command == "stamp-onnx":
+        print(f"wrote {stamp_onnx_calibration(args.onnx_file, args.ckpt_file)} into {args.onnx_file}")
+        return
     out = pack(args.trained_root, args.out_zip, args.version, args.changelog, dict(args.set), args.url_base)
     print(f"wrote {out}")
 

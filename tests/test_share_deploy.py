@@ -94,6 +94,20 @@ def test_onnx_in_the_package_carries_the_calibration(package):
     assert json.loads(props["map_quantiles"]) == pytest.approx(state["model.map_quantiles"].tolist())
 
 
+def test_stamp_onnx_writes_the_calibration_into_an_exported_model(package, tmp_path):
+    """``python -m hdhkd_monai.zoo stamp-onnx`` on a model as ``monai.bundle onnx_export`` leaves it (no metadata)."""
+    import onnx
+
+    root, _, _ = package
+    model = onnx.load(str(root / "models" / "model.onnx"))
+    del model.metadata_props[:]
+    onnx.save(model, str(tmp_path / "model.onnx"))
+    zoo.main(["stamp-onnx", str(tmp_path / "model.onnx"), str(root / "models" / "model.pt")])
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "model.onnx")).metadata_props}
+    packed = {p.key: p.value for p in onnx.load(str(root / "models" / "model.onnx")).metadata_props}
+    assert set(props) == {"threshold", "map_quantiles"} and props == packed
+
+
 def test_pack_names_a_missing_model_and_an_unknown_setting(tmp_path):
     with pytest.raises(BadInputError, match=r"model\.pt: no trained model here"):
         zoo.pack(tmp_path, tmp_path / "package.zip", _next_version(), "x")
