@@ -5,7 +5,9 @@ iterations:
 
 - training step: ``zero_grad``, loss, ``backward``, ``Adam.step`` on the trainable parameters
   (HDHKD: ``DistillationLoss()(*model(x))``; EfficientAD-S: ``model.loss(x)``, autoencoder branch jittered);
-- inference: ``model.anomaly_map(x)`` under ``torch.no_grad`` in eval mode.
+- inference: ``model.anomaly_map(x)`` under ``torch.no_grad`` in eval mode; and, beside it, HDHKD's ONNX export
+  (the map network, exported once per run with a dynamic batch axis, the export's time reported) run by onnxruntime
+  at the same thread count (``intra_op_num_threads``; torch's default count gives onnxruntime its own default).
 
 Both models share one teacher architecture (PDN small, 384 channels, no padding; random weights: the timing does not
 depend on them). Peak memory is the worker's peak resident set size (``ru_maxrss``, which includes the process's
@@ -20,6 +22,7 @@ default count, first on its own and then beside competing single-thread busy pro
     python bench/throughput.py --short              # a quick look: batch 1, 2 steps, 1 round
     python bench/throughput.py --modes train infer  # training steps too (slow: HDHKD batch 8 takes ~1 min a step)
     python bench/throughput.py --write-docs         # also replace the results section of docs/baselines.md
+    python bench/throughput.py --no-onnx            # without the onnxruntime rows
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import os
 import platform
 import resource
 import statistics
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
@@ -40,6 +44,7 @@ from hdhkd_monai.markdown import replace_section
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "baselines.md"
 MODELS = ("HDHKD", "EfficientAD-S")
+ONNX_MODEL = "HDHKD onnxruntime"  # HDHKD's inference rows under onnxruntime
 MODES = ("train", "infer")
 DEFAULT_THREADS = 0  # --threads value meaning "leave torch's default"
 OPENMP_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")  # settings the workers inherit
@@ -71,12 +76,43 @@ def _build(name: str, size: int):
     return model, model.loss
 
 
-def _worker(name: str, mode: str, batch: int, size: int, steps: int, warmup: int, threads: int) -> dict:
+def export_onnx(size: int, path: Path) -> float:
+    """HDHKD's raw anomaly map (``AnomalyMapNet(..., normalize=False)``) exported to ``path`` with a dynamic batch
+    axis, as ``configs/onnx_export.json`` exports the bundle; returns the export's seconds."""
+    import torch
+
+    from hdhkd_monai.networks.hdhkd import AnomalyMapNet
+
+    model, _ = _build("HDHKD", size)
+    net = AnomalyMapNet(model, normalize=False).eval()
+    start = time.perf_counter()
+    torch.onnx.export(net, (torch.rand(1, 3, size, size),), str(path), dynamo=False, input_names=["image"],
+                      output_names=["pred"], dynamic_axes={"image": [0], "pred": [0]})
+    return time.perf_counter() - start
+
+
+def _onnx_step(path: str, batch: int, size: int, threads: int):
+    """An onnxruntime session on ``path`` and one inference step on a random batch; the session's thread count."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 0 if threads == DEFAULT_THREADS else threads
+    session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).random((batch, 3, size, size), dtype=np.float32)
+    return (lambda: session.run(None, {"image": x})), session.get_session_options().intra_op_num_threads
+
+
+def _worker(name: str, mode: str, batch: int, size: int, steps: int, warmup: int, threads: int,
+            onnx_path: str | None = None) -> dict:
     """Time one (model, mode, batch) in this fresh process: seconds per step, peak RSS and its growth (MiB)."""
     import torch
 
     if threads != DEFAULT_THREADS:
         torch.set_num_threads(threads)
+    if name == ONNX_MODEL:
+        step, threads = _onnx_step(onnx_path, batch, size, threads)
+        return _time(step, steps, warmup, threads)
     model, loss_fn = _build(name, size)
     x = torch.rand(batch, 3, size, size)
     if mode == "train":
@@ -95,6 +131,11 @@ def _worker(name: str, mode: str, batch: int, size: int, steps: int, warmup: int
             with torch.no_grad():
                 model.anomaly_map(x)
 
+    return _time(step, steps, warmup, torch.get_num_threads())
+
+
+def _time(step, steps: int, warmup: int, threads: int) -> dict:
+    """Seconds per ``step`` after ``warmup`` untimed ones, peak RSS and its growth over the RSS before (MiB)."""
     rss_before = _rss_mib()  # model and input built; the growth is activations, gradients, optimizer state
     for _ in range(warmup):
         step()
@@ -103,14 +144,13 @@ def _worker(name: str, mode: str, batch: int, size: int, steps: int, warmup: int
         step()
     seconds = (time.perf_counter() - start) / steps
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    threads = torch.get_num_threads()
     return {"seconds": seconds, "peak_mib": peak, "growth_mib": peak - rss_before, "threads": threads}
 
 
 def measure(name: str, mode: str, batch: int, threads: int, args) -> dict:
     """Run :func:`_worker` in a fresh spawned process (so the peak RSS is its own); its errors propagate."""
     with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:
-        job = pool.submit(_worker, name, mode, batch, args.size, args.steps, args.warmup, threads)
+        job = pool.submit(_worker, name, mode, batch, args.size, args.steps, args.warmup, threads, args.onnx_path)
         return job.result()
 
 
@@ -138,6 +178,12 @@ def run(args) -> tuple[list[dict], dict]:
     }
     start = time.perf_counter()
     rows = []
+    if args.onnx and "infer" in args.modes:
+        args.onnx_path = str(Path(args.tmp) / "hdhkd.onnx")
+        with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn")) as pool:  # the workers are
+            # spawned from this process and start with its peak RSS, so the export's memory stays out of it
+            context["onnx_export_s"] = pool.submit(export_onnx, args.size, Path(args.onnx_path)).result()
+        context["onnx_export_load"] = os.getloadavg()[0]
     for load in args.loads:
         with competing_processes(load):
             for threads in args.threads:
@@ -151,9 +197,10 @@ def run(args) -> tuple[list[dict], dict]:
 def _setting(load: int, threads: int, batch: int, mode: str, args) -> list[dict]:
     """Both models' rows for one setting, their rounds interleaved."""
     load_avg = os.getloadavg()[0]
-    samples = {name: [] for name in MODELS}
+    models = MODELS + ((ONNX_MODEL,) if mode == "infer" and args.onnx_path else ())
+    samples = {name: [] for name in models}
     for round_ in range(args.repeats):
-        for name in MODELS if round_ % 2 == 0 else MODELS[::-1]:  # alternate who goes first
+        for name in models if round_ % 2 == 0 else models[::-1]:  # alternate who goes first
             result = measure(name, mode, batch, threads, args)
             samples[name].append(result)
             print(f"  competing {load} threads {result['threads']} {name:14s} {mode:5s} batch {batch} "
@@ -207,6 +254,19 @@ def report(rows: list[dict], context: dict) -> str:
         ratio = r["seconds"] / other["seconds"]
         verdict = "yes" if ratio <= 1.5 else f"no, {100 * (ratio / 1.5 - 1):.0f} % over"
         lines.append(f"| {r['load']} | {_threads_label(r)} | {r['mode']} | {r['batch']} | {ratio:.2f} | {verdict} |")
+    onnx = [r for r in rows if r["model"] == ONNX_MODEL]
+    if onnx:
+        lines += [
+            "",
+            f"HDHKD's ONNX export (legacy TorchScript exporter, dynamic batch) took {context['onnx_export_s']:.0f} s "
+            f"at load average {context['onnx_export_load']:.1f}.",
+            "",
+            "| competing processes | threads | batch | onnxruntime time / eager time |",
+            "|---|---|---|---|",
+        ]
+    for r in onnx:
+        eager = next(o for o in hdhkd if all(o[k] == r[k] for k in ("load", "default", "mode", "batch")))
+        lines.append(f"| {r['load']} | {_threads_label(r)} | {r['batch']} | {r['seconds'] / eager['seconds']:.2f} |")
     return "\n".join(lines)
 
 
@@ -224,10 +284,13 @@ def main() -> None:
                         help="numbers of competing single-thread busy processes (default: 0 1)")
     parser.add_argument("--short", action="store_true", help="batch 1, 2 steps, 1 warm-up, 1 round")
     parser.add_argument("--write-docs", action="store_true", help=f"write the results into {DOCS}")
+    parser.add_argument("--no-onnx", dest="onnx", action="store_false", help="leave out the onnxruntime rows")
     args = parser.parse_args()
     if args.short:
         args.batch_sizes, args.steps, args.warmup, args.repeats = [1], 2, 1, 1
-    rows, context = run(args)
+    args.onnx_path = None
+    with tempfile.TemporaryDirectory() as args.tmp:
+        rows, context = run(args)
     text = report(rows, context)
     print(text)
     if args.write_docs:

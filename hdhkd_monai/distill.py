@@ -31,8 +31,21 @@ PATCHCORE_LAYER_DIM = 1024
 
 
 def channel_pool(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """Adaptive average pooling over the channel axis: [B, C, h, w] -> [B, channels, h, w]."""
-    return F.adaptive_avg_pool3d(x.unsqueeze(1), (channels, x.shape[-2], x.shape[-1])).squeeze(1)
+    """Adaptive average pooling over the channel axis: [B, C, h, w] -> [B, channels, h, w].
+
+    Output channel ``i`` averages input channels ``floor(i C / channels) ... ceil((i + 1) C / channels) - 1``, as
+    ``adaptive_avg_pool``, written as one [channels, C] averaging matrix: ONNX has no adaptive pooling whose output
+    size is not a divisor of the input's, and a matrix product exports as is. Equal to ``adaptive_avg_pool3d`` to
+    float rounding; the default teacher's three poolings at a 32x32 grid (256x256 input) took 22 ms against its 17 ms
+    on one thread (2-core AMD EPYC, load 4).
+    """
+    c = x.shape[1]
+    out = torch.arange(channels, device=x.device)
+    start = torch.div(out * c, channels, rounding_mode="floor").unsqueeze(1)
+    end = torch.div((out + 1) * c + channels - 1, channels, rounding_mode="floor").unsqueeze(1)
+    inputs = torch.arange(c, device=x.device)
+    window = ((inputs >= start) & (inputs < end)).to(x.dtype)
+    return torch.einsum("oc,bchw->bohw", window / (end - start).to(x.dtype), x)
 
 
 class PatchCoreTarget(nn.Module):

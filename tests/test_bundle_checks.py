@@ -1,8 +1,8 @@
 """MONAI's own offline bundle checks: the Model Zoo metadata schema, the inference network's input/output shapes,
-TorchScript export, and the properties MONAI requires of train and infer workflows; and the config layering.
+TorchScript and ONNX export, and the properties MONAI requires of train and infer workflows; and the config layering.
 
-The checks call the functions behind ``python -m monai.bundle verify_metadata / verify_net_in_out / ckpt_export``
-with the same arguments as the command lines in the bundle's README (``inference.json`` alone, as the Model Zoo
+The checks call the functions behind ``python -m monai.bundle verify_metadata / verify_net_in_out / ckpt_export /
+onnx_export`` with the same arguments as the command lines in the bundle's README (``inference.json`` alone, as the Model Zoo
 runs them), in this process (an interpreter start-up per check would cost more than the checks).
 """
 
@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from monai.bundle import ConfigWorkflow, ckpt_export, verify_metadata, verify_net_in_out
+from monai.bundle import ConfigWorkflow, ckpt_export, onnx_export, verify_metadata, verify_net_in_out
 
 from hdhkd_monai.handlers import save_checkpoint
 from hdhkd_monai.launcher import BUNDLE, CONFIGS, read_config
@@ -67,6 +67,27 @@ def test_ckpt_export_gives_a_torchscript_model_with_the_same_maps(tiny_bundle, t
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::UserWarning", "ignore::DeprecationWarning")
+def test_onnx_export_gives_a_model_with_a_dynamic_batch_and_the_same_maps(tiny_bundle, tmp_path):
+    """``python -m monai.bundle onnx_export ... --args_file configs/onnx_export.json`` (the bundle README's command):
+    onnxruntime runs the model at batch 1 and 3 and gives the eager network's maps within 1e-4."""
+    ort = pytest.importorskip("onnxruntime", reason="ONNX export needs the onnx extra: pip install -e '.[onnx]'")
+    root, net = tiny_bundle
+    exported = tmp_path / "model.onnx"
+    onnx_export(
+        net_id="network_def", filepath=str(exported), ckpt_file=str(root / "models" / "model.pt"), key_in_ckpt="model",
+        meta_file=str(META), config_file=_configs("inference"), args_file=str(CONFIGS / "onnx_export.json"),
+        input_shape=[1, 3, 64, 64], bundle_root=str(root), **TINY,
+    )  # fmt: skip
+    session = ort.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = torch.rand(batch, 3, 64, 64)
+        with torch.no_grad():
+            expected = net(x)
+        got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_rescale
 
 from hdhkd_monai.data.errors import BadFileLog, BadInputError
 
@@ -139,6 +138,10 @@ def to_physical(ds: Dataset, path: str | Path) -> np.ndarray:
         shape = (-1, 1, 1) if array.ndim == 3 else ()
         array = array * groups[0].reshape(shape) + groups[1].reshape(shape)
     else:
+        # pydicom 3 (hdhkd-monai's pin), imported here so the package still imports beside pydicom 2, which the
+        # MONAI Label environment needs (docs/monailabel.md); there DICOM slices fail here, other images work.
+        from pydicom.pixels import apply_rescale
+
         array = apply_rescale(array, ds)
     array = array.astype(np.float32)
     if ds.get("Modality") == "PT":

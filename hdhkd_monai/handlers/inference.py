@@ -26,7 +26,7 @@ from hdhkd_monai.data.errors import BadInputError
 from hdhkd_monai.data.slices import map_in_source_space
 from hdhkd_monai.data.transforms import SliceReader
 from hdhkd_monai.handlers.overlay import save_overlay
-from hdhkd_monai.handlers.scores import ScoreWriter, image_path
+from hdhkd_monai.handlers.scores import ScoreWriter, decision, image_path
 
 __all__ = ["InferenceWriter", "output_root", "relative_stem"]
 
@@ -124,7 +124,7 @@ class InferenceWriter(ScoreWriter):
             else:
                 self.map_saver(out["pred"])
                 name, title = relative_stem(path, self.root), Path(path).name
-            flagged = "" if math.isnan(threshold) else ("  flagged abnormal" if score >= threshold else "  normal")
+            flagged = "" if math.isnan(threshold) else ("  flagged abnormal" if decision(score, threshold) else "  normal")
             save_overlay(self.output_dir / "overlays" / f"{name}_overlay.png", image, amap,
                          f"{title}  score {score:.4g}{flagged}", 0.0 if vmax else None, vmax, threshold)
 

@@ -11,9 +11,14 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["ScoreWriter", "image_path"]
+__all__ = ["ScoreWriter", "decision", "image_path"]
 
 logger = logging.getLogger(__name__)
+
+
+def decision(score: float, threshold: float) -> int:
+    """1 (abnormal) when the image score reaches the calibrated threshold, else 0."""
+    return int(score >= threshold)
 
 
 def image_path(item: dict) -> str:
@@ -72,7 +77,7 @@ class ScoreWriter:
                 "label": "" if label is None else int(label),
                 "class": cls,
                 "score": score,
-                "decision": "" if math.isnan(threshold) else int(score >= threshold),
+                "decision": "" if math.isnan(threshold) else decision(score, threshold),
                 "normal_percentile": self.normal_percentile(score),
             }
         )

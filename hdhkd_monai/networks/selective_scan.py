@@ -25,12 +25,17 @@ There it uses pure-torch code only (custom autograd Functions and optional impor
 forward when no gradient is needed, which is what an exported inference model runs, and the differentiable
 sequential loop when one is. ``torch.jit.trace`` records the chunked forward with the time loop unrolled, so a
 traced model is inference-only and fixed to the traced sequence length (hence torch's TracerWarnings).
+
+ONNX: during ``torch.onnx.export`` the "torch" backend runs :func:`_export_scan`, a functional form of the same
+forward-only recurrence (a chunked parallel scan whose graph does not grow with the sequence) without the in-place
+slice writes that the tracer turns into ``index_put``; its graph keeps the batch axis dynamic and is fixed to the
+traced sequence length.
 """
 
 import contextlib
 import functools
 import warnings
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +51,13 @@ BACKENDS = ("auto", "torch", "reference", "mamba_ssm")
 # (dim 768, L 4096): the default 32 steps at batch 1 and 4 at batch 8 were within 5% of the best length tried
 # (8 ... 128 at batch 1, 1 ... 16 at batch 8).
 CHUNK_ELEMENTS = 400_000
+# Time steps per chunk of the ONNX export form (:func:`_export_scan`). Measured on the default bundle network at
+# 256x256 (SS2D's L = 4096), batch 1, one onnxruntime thread, 2-core AMD EPYC at load 3.7-3.8: chunks of 8, 16, 32,
+# 64 exported in 2.6, 2.1, 2.0, 2.0 s and ran in 0.55, 0.50, 0.46, 0.49 s (eager PyTorch 0.24 s). Forms tried before:
+# a loop over chunks of 32 with a doubling scan in each took 39-103 s to export (the exporter slows down with the
+# graph's node count, which that loop multiplies by L / chunk); a doubling scan inside all chunks at once exported in
+# 5 s but ran in 1.3 s (eager 0.37 s), its log2(chunk) passes over whole-sequence tensors costing memory bandwidth.
+EXPORT_CHUNK = 32
 
 
 def selective_scan(
@@ -78,7 +90,8 @@ def selective_scan(
         return_last_state: also return the final state h_L.
         backend: one of :data:`BACKENDS`.
         chunk_size: time steps per chunk of the "torch" backend (not part of mamba-ssm's signature); by default
-            about ``CHUNK_ELEMENTS / (batch * dim * N)``, a power of two in [4, 256]. Results do not depend on it.
+            about ``CHUNK_ELEMENTS / (batch * dim * N)``, a power of two in [4, 256], and ``EXPORT_CHUNK`` in ONNX
+            export. Results do not depend on it.
 
     Returns:
         out [batch, dim, L] in ``u``'s dtype (from the "torch" backend a non-contiguous view), or
@@ -101,9 +114,13 @@ def selective_scan(
         backend = _resolve_backend(backend, u)
         if backend == "mamba_ssm":
             return _mamba_selective_scan_fn()(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
+        # ONNX export traces the functional form (torch.onnx.is_in_onnx_export does not compile under TorchScript).
+        export_chunk = 0
+        if backend == "torch" and torch.onnx.is_in_onnx_export():
+            export_chunk = EXPORT_CHUNK if chunk_size is None else chunk_size
         with _one_thread() if backend == "torch" else contextlib.nullcontext():
             out, last_state = _scan(
-                u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend == "reference", chunk_size
+                u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend == "reference", chunk_size, export_chunk
             )
         return (out, last_state) if return_last_state else out
 
@@ -217,8 +234,10 @@ def _scan(
     delta_softplus: bool,
     reference: bool,
     chunk_size: Optional[int],
+    export_chunk: int = 0,
 ) -> Tuple[Tensor, Tensor]:
-    """Pure-torch selective scan: input preparation and output gating around the chosen core."""
+    """Pure-torch selective scan: input preparation and output gating around the chosen core (with a positive
+    ``export_chunk``, the functional form :func:`_export_scan` in chunks of that many steps, for ONNX)."""
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     if chunk_size is None:
         chunk = _default_chunk_size(u.size(0) * u.size(1) * A.size(1))
@@ -244,7 +263,7 @@ def _scan(
         or (D is not None and D.requires_grad)
         or (delta_bias is not None and delta_bias.requires_grad)
     )
-    if not reference and (not needs_grad or torch.jit.is_tracing()):
+    if not reference and export_chunk == 0 and (not needs_grad or torch.jit.is_tracing()):
         if needs_grad:  # a trace must record the same graph with and without grad (its check reruns under no_grad)
             warnings.warn("selective_scan: a traced scan is inference-only; no gradient flows through it.")
         y, last_state = _chunked_scan_inference(uf, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
@@ -253,7 +272,9 @@ def _scan(
             delta = delta + delta_bias.unsqueeze(-1)
         if delta_softplus:
             delta = F.softplus(delta)
-        if reference or torch.jit.is_scripting():
+        if export_chunk > 0 and not reference:
+            y, last_state = _export_scan(uf, delta, A, B, C, export_chunk)
+        elif reference or torch.jit.is_scripting():
             # No autograd Function in TorchScript: gradients come from autograd through the sequential loop.
             y, last_state = _reference_scan(uf, delta, A, B, C)
         else:
@@ -338,6 +359,58 @@ def _chunked_scan_inference(
         delta_softplus,
     )
     return _from_time_major(y), _channel_major(last_state)
+
+
+@torch.jit.unused  # TorchScript compiles a stub: scripted models run the chunked scan
+def _export_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int) -> Tuple[Tensor, Tensor]:
+    """The scan in functional form, for ONNX export: no in-place writes into slices (the tracer records those as
+    ``index_put``/``copy_``), no loop over the whole sequence (the graph stays small whatever L), and every shape
+    follows the input's, so the batch axis stays dynamic.
+
+    u, delta (the step sizes, bias and softplus applied) [b, d, L]; A [d, N]; B, C [b, G, N, L] -> y [b, d, L],
+    h_L [b, d, N]. A chunked parallel scan: the time axis is cut into chunks of ``chunk`` steps (the last one padded
+    with steps that keep the state); a loop over the ``chunk`` steps runs the recurrence in every chunk at once from a
+    zero state, keeping each step's state and cumulative decay; a :func:`_doubling_scan` across the chunks' end states
+    gives each chunk its incoming state, which it adds times its cumulative decay. Equals
+    :func:`_chunked_scan_inference` to float rounding (the products are summed in another order).
+    """
+    G = B.size(1)
+    L, dg = u.size(2), u.size(1) // G  # the batch size is left as -1 in views: a trace would freeze a read one
+    T = min(chunk, L)
+    n = (L + T - 1) // T
+
+    def blocks(x: Tensor, shape: List[int]) -> Tensor:
+        """[b, ..., L] -> [T, n, b, *shape] (step in chunk, chunk), the padding steps zero (a zero step size keeps
+        the state)."""
+        x = x.movedim(x.dim() - 1, 0)  # (an ONNX trace of movedim(-1, 0) gives an invalid Transpose)
+        if n * T > L:
+            x = torch.cat([x, torch.zeros_like(x[: n * T - L])])
+        return x.reshape([n, T, -1] + shape).transpose(0, 1)
+
+    dt = blocks(delta, [G, 1, dg])
+    decay = torch.exp(dt * _state_major(A, G))  # [T, n, b, G, N, dg]
+    drive = dt * blocks(u, [G, 1, dg]) * blocks(B, [G, B.size(2), 1])
+    states, decays = [drive[0]], [decay[0]]  # within each chunk from a zero state, all chunks at once
+    for t in range(1, T):
+        states.append(decay[t] * states[-1] + drive[t])
+        decays.append(decays[-1] * decay[t])
+    _, ends = _doubling_scan(decays[-1], states[-1])  # the state at each chunk's end
+    incoming = torch.cat([torch.zeros_like(ends[:1]), ends[:-1]])
+    h = torch.stack(states) + torch.stack(decays) * incoming
+    y = torch.matmul(blocks(C, [G, 1, C.size(2)]), h).transpose(0, 1).reshape(n * T, -1, G * dg)[:L]  # y_t = C_t h_t
+    return y.permute(1, 2, 0), _channel_major(ends[-1])
+
+
+def _doubling_scan(decay: Tensor, state: Tensor) -> Tuple[Tensor, Tensor]:
+    """Hillis-Steele scan of ``h_t = decay_t h_{t-1} + state_t`` (``h`` zero before the first step) along dim 0, in
+    ``ceil(log2(length))`` doubling steps: returns (the product of the decays up to t, h_t). Decays lie in (0, 1], so
+    their products cannot overflow."""
+    length, k = decay.size(0), 1
+    while k < length:  # after the step for k, state_t sums the last 2k steps and decay_t is their decays' product
+        state = state + decay * torch.cat([torch.zeros_like(state[:k]), state[: length - k]])
+        decay = decay * torch.cat([torch.ones_like(decay[:k]), decay[: length - k]])
+        k *= 2
+    return decay, state
 
 
 def _state_major(x: Tensor, groups: int) -> Tensor:

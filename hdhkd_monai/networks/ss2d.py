@@ -89,13 +89,14 @@ class SS2D(nn.Module):
         return torch.stack([rows, cols, rows.flip(1), cols.flip(1)], dim=2)
 
     def _cross_merge(self, ys: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """``[L, B, K, d] -> [B, H, W, d]``: every direction back in row-major order, summed."""
-        b, d = ys.shape[1], ys.shape[3]
+        """``[L, B, K, d] -> [B, H, W, d]``: every direction back in row-major order, summed. (The batch size is left
+        as -1 in the views: an ONNX trace would freeze a read one.)"""
+        d = ys.shape[3]
         if self.directions == 1:
-            return ys[:, :, 0].reshape(h, w, b, d).permute(2, 0, 1, 3)
+            return ys[:, :, 0].reshape(h, w, -1, d).permute(2, 0, 1, 3)
         rows = ys[:, :, 0] + ys[:, :, 2].flip(0)
         cols = ys[:, :, 1] + ys[:, :, 3].flip(0)
-        return (rows.view(h, w, b, d) + cols.view(w, h, b, d).transpose(0, 1)).permute(2, 0, 1, 3)
+        return (rows.view(h, w, -1, d) + cols.view(w, h, -1, d).transpose(0, 1)).permute(2, 0, 1, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = plain_tensor(x)

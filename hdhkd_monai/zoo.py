@@ -1,0 +1,235 @@
+"""Pack a trained bundle for the MONAI Model Zoo, and stamp an exported ONNX model with the calibration.
+
+``python -m hdhkd_monai.zoo pack TRAINED_ROOT OUT.zip --version 0.3.1 --changelog "..."`` writes the Zoo layout::
+
+    hdhkd_oct_anomaly/
+        configs/        this clone's bundle configs, with the settings the model was trained with (--set) written in
+        models/         model.pt (the trained, calibrated checkpoint), model.ts (ckpt_export), model.onnx (onnx_export)
+        docs/           README.md (data, training recipe, measured metrics; plus this model's own numbers), the
+                        data licence and the Zoo schema copy (the README's verify_metadata command reads it)
+        LICENSE
+        large_files.yml the models with their sha256 (and URLs under --url-base, where a maintainer uploads them)
+
+``python -m hdhkd_monai.zoo stamp-onnx models/model.onnx models/model.pt`` does the last step of the packing alone:
+it writes the checkpoint's threshold and quantiles into an ONNX model ``python -m monai.bundle onnx_export`` made.
+
+``TRAINED_ROOT`` is the ``bundle_root`` training wrote into: ``models/model.pt`` and, when the evaluate workflow
+ran, ``eval/metrics.json``. The exports run MONAI's own ``ckpt_export`` and ``onnx_export`` with the arguments of the
+command lines in the bundle's docs (``configs/onnx_export.json`` gives ONNX its dynamic batch axis).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from monai.bundle import ckpt_export, onnx_export
+
+from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.handlers.checkpoint import MODEL_CKPT
+from hdhkd_monai.launcher import BUNDLE, CONFIGS
+from hdhkd_monai.state_dict import torch_file
+
+__all__ = ["LARGE_FILES", "pack", "stamp_onnx_calibration"]
+
+#: The files large_files.yml lists (the Model Zoo keeps them outside its git repository).
+LARGE_FILES = ("models/model.pt", "models/model.ts", "models/model.onnx")
+
+
+def stamp_onnx_calibration(onnx_path: str | Path, ckpt_file: str | Path) -> dict[str, str]:
+    """Write the checkpoint's calibration into the ONNX model's metadata: ``map_quantiles`` (already applied inside
+    the graph, kept for reference) and ``threshold`` (the image decision: abnormal when the score reaches it), which
+    the graph cannot carry since the network returns only the map. Returns the entries written."""
+    import onnx
+
+    state = torch_file(ckpt_file, "cpu")["model"]
+    entries = {
+        "threshold": repr(float(state["model.threshold"])),
+        "map_quantiles": json.dumps([float(q) for q in state["model.map_quantiles"]]),
+    }
+    model = onnx.load(str(onnx_path))
+    kept = [p for p in model.metadata_props if p.key not in entries]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in entries.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(onnx_path))
+    return entries
+
+
+def _apply_settings(configs: Path, settings: Mapping[str, Any]) -> None:
+    """Write training-time settings into the package's configs: ``image_size`` into the metadata's input and output
+    shapes (where inference.json reads it), any other key into every config that defines it at the top level."""
+    meta_file = configs / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    files = {p: json.loads(p.read_text()) for p in sorted(configs.glob("*.json")) if p.name != "metadata.json"}
+    for key, value in settings.items():
+        if key == "image_size":
+            for part in ("inputs", "outputs"):
+                for tensor in meta["network_data_format"][part].values():
+                    tensor["spatial_shape"] = [int(value)] * len(tensor["spatial_shape"])
+            continue
+        holders = [config for config in files.values() if key in config]
+        if not holders:
+            raise ValueError(f"setting {key!r}: no config in {configs} has this key")
+        for config in holders:
+            config[key] = value
+    meta_file.write_text(json.dumps(meta, indent=4) + "\n")
+    for path, config in files.items():
+        path.write_text(json.dumps(config, indent=4) + "\n")
+
+
+def _set_version(meta_file: Path, version: str, changelog: str) -> None:
+    meta = json.loads(meta_file.read_text())
+    if version in meta["changelog"]:
+        raise ValueError(f"version {version} already has a changelog entry in {meta_file}; choose a new version")
+    meta["version"] = version
+    meta["changelog"] = {version: changelog, **meta["changelog"]}
+    meta_file.write_text(json.dumps(meta, indent=4) + "\n")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _large_files(root: Path, url_base: str) -> str:
+    lines = ["large_files:"]
+    for name in LARGE_FILES:
+        lines += [
+            f'  - path: "{name}"',
+            f'    url: "{url_base.rstrip("/") + "/" + name if url_base else ""}"',
+            f'    hash_val: "{_sha256(root / name)}"',
+            '    hash_type: "sha256"',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _model_section(root: Path, trained_root: Path, settings: Mapping[str, Any], calibration: Mapping[str, str]) -> str:
+    """The README section on this package's model: settings, calibration, and its evaluation report if one exists."""
+    meta = json.loads((root / "configs" / "metadata.json").read_text())
+    lines = [
+        "",
+        f"## This package: version {meta['version']}",
+        "",
+        meta["changelog"][meta["version"]],
+        "",
+        f"- Settings written into the configs: {json.dumps(dict(settings)) if settings else 'none (the defaults)'}.",
+        f"- Calibration: map quantiles {calibration['map_quantiles']}, image threshold {calibration['threshold']} "
+        "(also in the metadata of `models/model.onnx`).",
+        f"- `models/model.pt` sha256 `{_sha256(root / 'models' / MODEL_CKPT)}`.",
+    ]
+    report = trained_root / "eval" / "metrics.json"
+    if not report.is_file():
+        lines += ["", f"No evaluation report: `{report}` did not exist when this package was made."]
+        return "\n".join(lines) + "\n"
+    image = json.loads(report.read_text())["image"]
+    shown = [k for k in ("n_normal", "n_abnormal", "auroc", "auprc", "f1", "acc", "sen", "spe") if k in image]
+    lines += [
+        "",
+        "Measured by the evaluate workflow on the trained bundle's test split (`eval/metrics.json`):",
+        "",
+        "| " + " | ".join(shown) + " |",
+        "|" + "---|" * len(shown),
+        "| " + " | ".join(f"{image[k]:.4f}" if isinstance(image[k], float) else str(image[k]) for k in shown) + " |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def pack(
+    trained_root: str | Path,
+    out_zip: str | Path,
+    version: str,
+    changelog: str,
+    settings: Mapping[str, Any] | None = None,
+    url_base: str = "",
+) -> Path:
+    """Pack the model trained under ``trained_root`` into the Zoo zip ``out_zip`` (one top folder, the bundle's name).
+
+    Args:
+        trained_root: the training run's ``bundle_root``, holding ``models/model.pt`` (and ``eval/metrics.json``).
+        out_zip: the zip to write.
+        version: the package's version, new in the metadata's changelog.
+        changelog: its changelog entry.
+        settings: the ``--key value`` overrides the model was trained with that shape the data or the network
+            (e.g. ``image_size``, ``num_modules``), written into the package's configs.
+        url_base: where the large files will be uploaded; their URLs in large_files.yml (empty without it).
+    """
+    trained_root, out_zip, settings = Path(trained_root), Path(out_zip), dict(settings or {})
+    ckpt = trained_root / "models" / MODEL_CKPT
+    if not ckpt.is_file():
+        raise BadInputError(ckpt, "no trained model here (train the bundle with this bundle_root first)")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / BUNDLE.name
+        configs = root / "configs"
+        shutil.copytree(CONFIGS, configs)
+        shutil.copytree(BUNDLE / "docs", root / "docs")
+        shutil.copy2(BUNDLE / "LICENSE", root)
+        _apply_settings(configs, settings)
+        _set_version(configs / "metadata.json", version, changelog)
+        (root / "models").mkdir()
+        shutil.copy2(ckpt, root / "models" / MODEL_CKPT)
+        common = dict(
+            net_id="network_def", ckpt_file=str(root / "models" / MODEL_CKPT), key_in_ckpt="model",
+            meta_file=str(configs / "metadata.json"), config_file=str(configs / "inference.json"),
+            bundle_root=str(root),
+        )  # fmt: skip
+        ckpt_export(filepath=str(root / "models" / "model.ts"), **common)
+        onnx_export(filepath=str(root / "models" / "model.onnx"), args_file=str(configs / "onnx_export.json"), **common)
+        calibration = stamp_onnx_calibration(root / "models" / "model.onnx", ckpt)
+        readme = root / "docs" / "README.md"
+        readme.write_text(readme.read_text() + _model_section(root, trained_root, settings, calibration))
+        (root / "large_files.yml").write_text(_large_files(root, url_base))
+        out_zip.parent.mkdir(parents=True, exist_ok=True)
+        with zipfile.ZipFile(out_zip, "w", zipfile.ZIP_DEFLATED) as archive:
+            for path in sorted(root.rglob("*")):
+                if path.is_file():
+                    archive.write(path, path.relative_to(root.parent))
+    return out_zip
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m hdhkd_monai.zoo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("pack", help="pack a trained bundle into a Model Zoo zip")
+    p.add_argument("trained_root", help="bundle_root of the training run (holds models/model.pt)")
+    p.add_argument("out_zip")
+    p.add_argument("--version", required=True, help="new version for metadata.json")
+    p.add_argument("--changelog", required=True, help="its changelog entry")
+    p.add_argument("--set", type=_setting, action="append", default=[], metavar="KEY=VALUE",
+                   help="a training-time override to write into the configs (JSON value), e.g. image_size=256")
+    p.add_argument("--url-base", default="", help="URL folder the large files will be uploaded to")
+    s = commands.add_parser("stamp-onnx", help="write a checkpoint's threshold and quantiles into an ONNX model")
+    s.add_argument("onnx_file")
+    s.add_argument("ckpt_file", help="the checkpoint the ONNX model was exported from (models/model.pt)")
+    args = parser.parse_args(argv)
+    if args.command == "stamp-onnx":
+        print(f"wrote {stamp_onnx_calibration(args.onnx_file, args.ckpt_file)} into {args.onnx_file}")
+        return
+    out = pack(args.trained_root, args.out_zip, args.version, args.changelog, dict(args.set), args.url_base)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
