@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -152,7 +152,9 @@ class HDHKD(nn.Module):
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self.register_buffer("normal_score_quantiles", torch.full((NORMAL_SCORE_QUANTILES,), float("nan")))
 
-    def get_extra_state(self) -> dict:
+    def get_extra_state(self) -> Union[dict, torch.Tensor]:
+        if torch.onnx.is_in_onnx_export():  # torch's ONNX exporter reads every state entry as a tensor
+            return torch.empty(0)
         return {"settings": self.settings, "calibration": self.calibration}
 
     def set_extra_state(self, state: dict) -> None:
