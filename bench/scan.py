@@ -67,7 +67,8 @@ finite for any delta; methods dividing cumulative products exp(cumsum(delta*A)) 
 |sum delta*A| > ~88, and complex log-space scans lose gradient accuracy), and it needs little memory: besides
 inputs and outputs it keeps (L/T + 1) states and three chunk buffers instead of the L x batch x channels x N
 tensors that autograd (reference loop) or pscan keep. Under TorchScript (`torch.jit.script`) the same chunked
-forward runs when no gradient is needed; `torch.jit.trace` records it as an inference-only graph."""
+forward runs when no gradient is needed; `torch.jit.trace` records a call to its scripted form
+(`torch.jit.script_if_tracing`), an inference-only graph whose loops follow the input's length."""
 
 THREADS = """\
 Threads. The torch scan runs on one intra-op thread whatever `torch.get_num_threads()` says, and gives the caller
@@ -75,7 +76,7 @@ its thread count back on return (forward and backward). It issues about 20 ops p
 thousands per call; with several threads each parallel op ends at an OpenMP barrier, and when a competing process
 has descheduled a partner thread that barrier waits for a scheduler time slice. Before this change, forward +
 backward at 2 threads beside 3 busy processes on 2 cores (load 3.6-5.4) took 1.0-72.7 s; with the scan on one
-thread inside the same 2-thread process, 0.36-0.42 s (the table above `## Selective scan` has the details). The reference loop and pscan run at the thread count given."""
+thread inside the same 2-thread process, 0.36-0.42 s (the table above `## Selective scan` has the details). The reference loop and pscan run at the thread count given, and so does the scan inside a traced or scripted model (TorchScript cannot set the thread count); its results are the same."""
 
 
 def make_inputs(channels: int, length: int, seed: int = 0):

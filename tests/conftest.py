@@ -24,3 +24,19 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder not found at {SHARED_DATA} (set HDHKD_DATA_ROOT to point at it)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def uninitialised_memory_is_nan():
+    """Memory handed out by ``torch.empty`` and its kin holds NaN during the test (torch's deterministic mode fills
+    it), so that a read of memory never written fails every run instead of now and then."""
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        yield
+    finally:
+        torch.utils.deterministic.fill_uninitialized_memory = fill
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)

@@ -322,6 +322,21 @@ def test_torchscript_script_and_trace():
         assert_close_f32(grad, ref)
 
 
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::UserWarning")
+def test_traced_scan_follows_the_input_length(uninitialised_memory_is_nan):
+    """A scan traced at one length runs longer and shorter sequences in full: every output step is written (memory
+    from ``torch.empty`` holds NaN here) and equals the eager scan. A trace that unrolled the chunk and time loops
+    wrote only the traced length's steps."""
+    module = _ScanModule()
+    with torch.no_grad():
+        traced = torch.jit.trace(module, tuple(make_inputs(L=20)[i].detach() for i in (0, 1, 3, 4)))
+        for batch, L in ((2, 37), (1, 9), (3, 300)):
+            u, delta, B, C = (make_inputs(batch=batch, L=L, seed=L)[i].detach() for i in (0, 1, 3, 4))
+            out = traced(u, delta, B, C)
+            assert not out.isnan().any(), f"unwritten output steps at L={L}"
+            torch.testing.assert_close(out, module(u, delta, B, C))
+
 def _ss2d_direction_by_direction(m: SS2D, x):
     """SS2D written out one scan order at a time, on contiguous [B, d, L] tensors with the reference scan."""
     b, h, w, _ = x.shape

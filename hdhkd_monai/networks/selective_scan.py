@@ -23,11 +23,12 @@ Backends:
 TorchScript: :func:`selective_scan` compiles inside a module passed to ``torch.jit.script`` (MONAI's ``ckpt_export``).
 There it uses pure-torch code only (custom autograd Functions and optional imports do not script): the chunked
 forward when no gradient is needed, which is what an exported inference model runs, and the differentiable
-sequential loop when one is. ``torch.jit.trace`` records the chunked forward with the time loop unrolled, so a
-traced model is inference-only and fixed to the traced sequence length (hence torch's TracerWarnings). Run a traced
-model at one intra-op thread (``torch.set_num_threads(1)``): the trace does not keep :func:`_one_thread`'s scope,
-and at two threads 1 in 40 traced runs of the test network gave NaN in part of one batch element (0 in 40 at one
-thread; the cause was not found). The scripted model of the same test has not failed.
+sequential loop when one is. ``torch.jit.trace`` records the forward-only scan as a call to its scripted form
+(``torch.jit.script_if_tracing``), so its loops over chunks and time steps follow the input's sequence length: a
+traced model runs at any image size and batch size, inference only. (A trace that unrolled those loops wrote only
+the traced length's steps of a longer input and left the rest of the output buffer, from ``new_empty``, unwritten:
+silently wrong values, NaN where the recycled memory held NaN.) The thread scope of :func:`_one_thread` is eager
+only: a traced or scripted scan runs at the caller's thread count, with the same results.
 
 ONNX: during ``torch.onnx.export`` the "torch" backend runs :func:`_export_scan`, a functional form of the same
 forward-only recurrence (a chunked parallel scan whose graph does not grow with the sequence) without the in-place
@@ -242,12 +243,8 @@ def _scan(
     """Pure-torch selective scan: input preparation and output gating around the chosen core (with a positive
     ``export_chunk``, the functional form :func:`_export_scan` in chunks of that many steps, for ONNX)."""
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
-    if chunk_size is None:
-        chunk = _default_chunk_size(u.size(0) * u.size(1) * A.size(1))
-    else:
-        chunk = chunk_size
-    if chunk < 1:
-        raise ValueError(f"selective_scan: chunk_size must be positive, got {chunk}.")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"selective_scan: chunk_size must be positive, got {chunk_size}.")
     dtype = torch.float64 if u.dtype == torch.float64 else torch.float32
     uf = u.to(dtype)
     delta = delta.to(dtype)
@@ -269,7 +266,7 @@ def _scan(
     if not reference and export_chunk == 0 and (not needs_grad or torch.jit.is_tracing()):
         if needs_grad:  # a trace must record the same graph with and without grad (its check reruns under no_grad)
             warnings.warn("selective_scan: a traced scan is inference-only; no gradient flows through it.")
-        y, last_state = _chunked_scan_inference(uf, delta, A, B, C, D, delta_bias, delta_softplus, chunk)
+        y, last_state = _chunked_scan_inference(uf, delta, A, B, C, D, delta_bias, delta_softplus, chunk_size)
     else:
         if delta_bias is not None:
             delta = delta + delta_bias.unsqueeze(-1)
@@ -281,6 +278,7 @@ def _scan(
             # No autograd Function in TorchScript: gradients come from autograd through the sequential loop.
             y, last_state = _reference_scan(uf, delta, A, B, C)
         else:
+            chunk = _default_chunk_size(u.size(0) * u.size(1) * A.size(1)) if chunk_size is None else chunk_size
             y, last_state = _ChunkedScan.apply(uf, delta, A, B, C, chunk)
         if D is not None:
             y = torch.addcmul(y, uf, D.unsqueeze(-1))
@@ -335,6 +333,7 @@ def _from_time_major(x: Tensor) -> Tensor:
     return x.movedim(0, -1)
 
 
+@torch.jit.script_if_tracing  # a trace calls the scripted form: its loops follow the input's length, not the traced one
 def _chunked_scan_inference(
     u: Tensor,
     delta: Tensor,
@@ -344,10 +343,11 @@ def _chunked_scan_inference(
     D: Optional[Tensor],
     delta_bias: Optional[Tensor],
     delta_softplus: bool,
-    chunk: int,
+    chunk_size: Optional[int],
 ) -> Tuple[Tensor, Tensor]:
     """The forward-only path: u, delta [b, d, L]; A [d, N]; B, C [b, G, N, L] -> y [b, d, L] (including the D skip),
     h_L [b, d, N]. Bias, softplus and D are applied chunk by chunk, on data still in cache."""
+    chunk = _default_chunk_size(u.size(0) * u.size(1) * A.size(1)) if chunk_size is None else chunk_size
     # Detached, not under no_grad(): a trace records detach, so the traced graph also runs with grad enabled.
     y, last_state = _chunked_forward(
         _to_time_major(u.detach()),
