@@ -16,6 +16,8 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from pydicom.uid import generate_uid
+from test_data_dicom_pixels import display_dataset
 
 from hdhkd_monai.data.datalist import kermany_datalist, write_datalist
 from hdhkd_monai.data.phantom import write_phantom
@@ -183,8 +185,8 @@ def test_inference_workflow_from_a_folder_and_a_file_list(trained, tmp_path):
 
 def test_inference_on_own_scans_keeps_each_input_size_geometry_and_every_output(trained, tmp_path):
     """One run on a folder holding B-scans of other sizes than the network's, two of them named alike in different
-    folders, and a NIfTI volume of the same name: a map per input at its own size (the volume's with its affine),
-    an overlay per image and slice, and nothing overwritten."""
+    folders, a NIfTI volume of the same name, and a DICOM series folder of 8-bit B-scans: a map per input at its own
+    size (each volume's with its geometry), an overlay per image and slice, and nothing overwritten."""
     import nibabel as nib
 
     root, _, _ = trained
@@ -198,9 +200,14 @@ def test_inference_on_own_scans_keeps_each_input_size_geometry_and_every_output(
     affine = np.diag([0.5, 0.5, 2.0, 1.0])
     (scans / "v").mkdir()
     nib.save(nib.Nifti1Image(bscans.transpose(2, 1, 0), affine), scans / "v" / "scan.nii.gz")
+    series, uid = scans / "d" / "1.2.3", generate_uid()  # the same B-scans as a DICOM series, in reverse file order
+    series.mkdir(parents=True)
+    for k, path in enumerate(drusen[:3]):
+        display_dataset(np.asarray(Image.open(path)), position=2.0 * k, series_uid=uid).save_as(
+            series / f"{2 - k}.dcm", enforce_file_format=True)
     log = run(("inference",), root, input=scans, output_dir=out)
 
-    assert re.search(r"scored 5 images, \d flagged abnormal .*\(1 volumes", log)
+    assert re.search(r"scored 8 images, \d flagged abnormal .*\(2 volumes", log)
     for rel, shape in sizes.items():
         stem = rel.removesuffix(".png")
         assert nib.load(out / "maps" / f"{stem}_anomaly_map.nii.gz").shape == shape
@@ -215,13 +222,19 @@ def test_inference_on_own_scans_keeps_each_input_size_geometry_and_every_output(
     assert sorted(p.name for p in (out / "overlays" / "v" / "scan").iterdir()) == [
         f"slice_{k:04d}_overlay.png" for k in range(3)
     ]
+    series_map = nib.load(out / "maps" / "d" / "1.2.3_anomaly_map.nii.gz")  # slice k: the PNG's map
+    assert series_map.shape == (64, 64, 3) and series_map.affine[2, 3] == 0.0 and series_map.affine[2, 2] == 2.0
+    np.testing.assert_allclose(series_map.get_fdata()[:, :, 1].T, _reference_map(root, drusen[1]), rtol=1e-4, atol=1e-5)
     with open(out / "scores.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len({(r["path"], r["slice"]) for r in rows}) == len(rows) == 5
+    assert len({(r["path"], r["slice"]) for r in rows}) == len(rows) == 8
     assert all(0 <= float(r["normal_percentile"]) <= 100 and r["decision"] in ("0", "1") for r in rows)
     with open(out / "volumes.csv") as f:
-        (volume,) = list(csv.DictReader(f))
-    assert float(volume["score"]) == max(float(r["score"]) for r in rows if r["slice"])
+        volumes = list(csv.DictReader(f))
+    assert sorted(v["volume"] for v in volumes) == [str(series), str(scans / "v" / "scan.nii.gz")]
+    for volume in volumes:
+        slices = [float(r["score"]) for r in rows if r["path"] == volume["volume"] and r["slice"] != "-1"]
+        assert len(slices) == 3 and float(volume["score"]) == max(slices)
     # the calibration the threshold belongs to travels with the model
     calibration = _load(root / "models" / "model.pt")["model"]["model._extra_state"]["calibration"]
     assert calibration["score_top_k"] == int(0.05 * TINY["image_size"] ** 2)

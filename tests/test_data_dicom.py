@@ -90,7 +90,7 @@ def test_pydicom_ct_small_is_read_in_hounsfield_units():
 def test_series_sorted_by_position_with_hu(tmp_path):
     volume = stored_volume()
     write_series(tmp_path / "s", volume, slope=2.0, intercept=-1000.0)
-    array, affine = dicom.load_series(tmp_path / "s")
+    array, affine, _ = dicom.load_series(tmp_path / "s")
     np.testing.assert_array_equal(array, volume * 2.0 - 1000.0)
     # RAS affine of an axial LPS series: i -> -x, j -> -y, k -> +z at 2.5 mm, origin flipped in x and y.
     np.testing.assert_allclose(affine[:3, :3], np.diag([-0.8, -0.8, 2.5]))
@@ -105,7 +105,7 @@ def test_series_reversed_normal_still_ascends_along_normal(tmp_path):
         ds = pydicom.dcmread(path)
         ds.ImageOrientationPatient = [1, 0, 0, 0, -1, 0]
         ds.save_as(path)
-    array, _ = dicom.load_series(tmp_path / "s")
+    array, _, _ = dicom.load_series(tmp_path / "s")
     np.testing.assert_array_equal(array, volume[::-1] - 1024.0)
 
 
@@ -139,7 +139,7 @@ def test_unreadable_file_named_and_skippable(tmp_path, caplog):
     with pytest.raises(BadInputError, match="unreadable DICOM") as err:
         dicom.load_series(tmp_path / "s")
     assert err.value.path.name == "notes.txt"
-    array, _ = dicom.load_series(tmp_path / "s", skip_bad=True)
+    array, _, _ = dicom.load_series(tmp_path / "s", skip_bad=True)
     np.testing.assert_array_equal(array, volume - 1024.0)
     assert "skipped 1 bad DICOM files" in caplog.text
 
@@ -174,7 +174,7 @@ def test_multiframe_sorted_by_per_frame_positions(tmp_path):
         frames.append(group)
     ds.PerFrameFunctionalGroupsSequence = frames
     ds.save_as(tmp_path / "mf.dcm", enforce_file_format=True)
-    array, affine = dicom.load_multiframe(tmp_path / "mf.dcm")
+    array, affine, _ = dicom.load_multiframe(tmp_path / "mf.dcm")
     np.testing.assert_array_equal(array, volume - 1024.0)
     assert affine[2, 2] == pytest.approx(2.0)
 
@@ -182,7 +182,7 @@ def test_multiframe_sorted_by_per_frame_positions(tmp_path):
 def test_suv_matches_hand_computation(tmp_path):
     volume = stored_volume((2, 4, 4))
     write_series(tmp_path / "pet", volume, modality="PT", slope=0.5, intercept=0.0)
-    array, _ = dicom.load_series(tmp_path / "pet")
+    array, _, _ = dicom.load_series(tmp_path / "pet")
     expected = volume * 0.5 * hand_suv_factor(3600.0)  # injection 10:00:00, series 11:00:00
     np.testing.assert_allclose(array, expected, rtol=1e-5)
 
@@ -215,6 +215,6 @@ def test_missing_pet_tag_is_named_with_the_file(tmp_path, tag, nested):
 def test_bundled_mr_file_alone_is_a_one_slice_series(tmp_path):
     (tmp_path / "one").mkdir()
     shutil.copy(get_testdata_file("MR_small.dcm"), tmp_path / "one" / "MR_small.dcm")
-    array, affine = dicom.load_series(tmp_path / "one")
+    array, affine, _ = dicom.load_series(tmp_path / "one")
     assert array.shape == (1, 64, 64) and affine is not None
     np.testing.assert_array_equal(array[0], pydicom.dcmread(get_testdata_file("MR_small.dcm")).pixel_array)

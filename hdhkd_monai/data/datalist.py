@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hdhkd_monai.data import dicom
 from hdhkd_monai.data.bad_files import BadFileLog, cli_logging, logger
 from hdhkd_monai.errors import BadInputError, run_cli
 from hdhkd_monai.data.volumes import INFERENCE_VOLUME_SUFFIXES, VOLUME_SUFFIXES, is_volume, volume_name, volume_suffix
@@ -444,8 +445,10 @@ def image_items(source: str | Path, split: str = "test", volumes: bool = False) 
     """Items ``{"image": path}`` for inference or teacher distillation, from any of:
 
     - one image file (suffixes of :data:`IMAGE_SUFFIXES`; with ``volumes``, also the volume files of
-      :data:`~hdhkd_monai.data.volumes.INFERENCE_VOLUME_SUFFIXES`, which inference cuts into slices);
+      :data:`~hdhkd_monai.data.volumes.INFERENCE_VOLUME_SUFFIXES` and DICOM series folders
+      (:func:`~hdhkd_monai.data.dicom.is_series_folder`), which inference cuts into slices);
     - a folder: every image file below it (recursively), in natural order, e.g. an ImageNet folder for the teacher;
+      with ``volumes``, a DICOM series folder below it is one input, not one per file;
     - a glob pattern (``/data/*/scan_*.png``, ``**`` recursive);
     - a ``.json`` datalist: the items of ``split`` (labels and classes kept);
     - any other file: a list of image paths, one a line (relative to the list's folder; ``#`` starts a comment).
@@ -455,12 +458,12 @@ def image_items(source: str | Path, split: str = "test", volumes: bool = False) 
     source = Path(source)
     wanted = _is_input if volumes else _is_image
     if source.is_dir():
-        files = [p for p in source.rglob("*") if wanted(p)]
+        files = [source] if wanted(source) else _outside_series([p for p in source.rglob("*") if wanted(p)])
         if not files:
             raise BadInputError(source, f"no image files in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
         return _items(files)
     if not source.exists() and glob.has_magic(str(source)):
-        files = [Path(p) for p in glob.glob(str(source), recursive=True) if wanted(Path(p))]
+        files = _outside_series([Path(p) for p in glob.glob(str(source), recursive=True) if wanted(Path(p))])
         if not files:
             raise BadInputError(source, f"no image files match this pattern (looked for {', '.join(IMAGE_SUFFIXES)})")
         return _items(files)
@@ -490,7 +493,13 @@ def _is_image(path: Path) -> bool:
 
 
 def _is_input(path: Path) -> bool:
-    return _is_image(path) or volume_suffix(path) in INFERENCE_VOLUME_SUFFIXES
+    return _is_image(path) or volume_suffix(path) in INFERENCE_VOLUME_SUFFIXES or dicom.is_series_folder(path)
+
+
+def _outside_series(paths: list[Path]) -> list[Path]:
+    """``paths`` without the files inside the series folders among them (those folders are read whole)."""
+    series = {p for p in paths if p.is_dir()}
+    return [p for p in paths if p.parent not in series]
 
 
 def _items(files: list[Path]) -> list[dict]:

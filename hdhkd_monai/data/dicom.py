@@ -1,7 +1,14 @@
 """DICOM reading with pydicom: single slices, series folders and multi-frame files, in physical units.
 
-Values come out as CT Hounsfield units (RescaleSlope/Intercept), PET SUVbw (from the dose, half-life, injection and
-scan times and the patient weight), and rescaled stored values for other modalities. Volumes are ``[k, rows, cols]``
+Values come out in the units the modality's preprocessing expects (:func:`pixel_values`):
+
+- CT in Hounsfield units (RescaleSlope/Intercept), PET in SUVbw (from the dose, half-life, injection and scan times
+  and the patient weight), MR in the scanner's rescaled units (the MRI preprocessing normalises by percentiles);
+- every other modality (ophthalmic tomography ``OPT``, secondary capture, ``OT``, X-ray, ...) as a display image,
+  like a PNG: the stored value's fraction of the range that ``BitsStored`` can hold, in [0, 1], inverted for
+  ``MONOCHROME1`` (where the lowest value shows white). An 8-bit B-scan therefore reads as ``value / 255``, the same
+  as the PNG it was made from, and a 16-bit one as ``value / 65535``. A linear rescale (slope, intercept) maps that
+  range onto itself, so it does not change the fraction. Volumes are ``[k, rows, cols]``
 with ``k`` ascending along the slice normal (row direction x column direction, from ImageOrientationPatient), and an
 affine in RAS (nibabel's convention) for the index order ``(i=col, j=row, k)``.
 
@@ -16,6 +23,7 @@ import math
 import re
 from datetime import date
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pydicom
@@ -25,8 +33,19 @@ from hdhkd_monai.data.bad_files import BadFileLog
 from hdhkd_monai.errors import BadInputError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+#: Modalities read in physical units (HU, SUVbw, MR scanner units); every other one is a display image.
+PHYSICAL_MODALITIES = ("CT", "PT", "MR")
 # Tolerance on slice gaps: a gap further than this from the median gap means a missing or extra slice.
 _GAP_TOLERANCE = 0.1
+
+
+class DicomVolume(NamedTuple):
+    """A volume read from DICOM: ``array`` float32 [k, rows, cols] (:func:`pixel_values`), ``affine`` RAS for the
+    index order (i=col, j=row, k) or None, and ``display`` True when the values are display fractions in [0, 1]."""
+
+    array: np.ndarray
+    affine: np.ndarray | None
+    display: bool
 
 
 def read_dataset(path: str | Path) -> Dataset:
@@ -150,13 +169,47 @@ def to_physical(ds: Dataset, path: str | Path) -> np.ndarray:
     return array
 
 
+def is_display_image(ds: Dataset) -> bool:
+    """True when ``ds`` holds display intensities (read as a fraction of the stored range), not physical units."""
+    return str(ds.get("Modality", "")).upper() not in PHYSICAL_MODALITIES
+
+
+def holds_display_image(path: str | Path) -> bool:
+    """:func:`is_display_image` from the header of the DICOM file ``path`` alone (False for other files)."""
+    path = Path(path)
+    if path.suffix.lower() != ".dcm":
+        return False
+    try:
+        return is_display_image(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]))
+    except Exception as exc:  # pydicom raises many types for a bad file
+        raise BadInputError(path, f"unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+
+
+def display_fraction(ds: Dataset) -> np.ndarray:
+    """Stored pixel values of ``ds`` as float32 fractions of the range ``BitsStored`` can hold ([0, 1]; signed data
+    from its most negative value), inverted for MONOCHROME1, so that bright shows bright as in a PNG."""
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
+    low = -(2 ** (bits - 1)) if int(ds.get("PixelRepresentation", 0)) == 1 else 0
+    fraction = (ds.pixel_array.astype(np.float64) - low) / (2**bits - 1)
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "MONOCHROME1":
+        fraction = 1.0 - fraction
+    return fraction.astype(np.float32)
+
+
+def pixel_values(ds: Dataset, path: str | Path) -> np.ndarray:
+    """Pixel data of ``ds`` as float32 in the units its modality is read in: :func:`to_physical` for
+    :data:`PHYSICAL_MODALITIES`, else :func:`display_fraction` (see the module's docstring)."""
+    return display_fraction(ds) if is_display_image(ds) else to_physical(ds, path)
+
+
 def read_slice(path: str | Path) -> np.ndarray:
-    """One single-frame DICOM file as a float32 [rows, cols] image in physical units (HU, SUVbw, ...)."""
+    """One single-frame DICOM file as a float32 [rows, cols] image (:func:`pixel_values`: HU, SUVbw, MR units, or a
+    display image's fraction of its stored range)."""
     ds = read_dataset(path)
     if int(ds.get("NumberOfFrames", 1)) != 1:
         raise BadInputError(path, f"multi-frame DICOM ({ds.NumberOfFrames} frames) where one slice is expected; "
                                   "split it with python -m hdhkd_monai.data.slices")
-    return to_physical(ds, path)
+    return pixel_values(ds, path)
 
 
 def _axes(orientation, path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -194,8 +247,36 @@ def _affine(row, col, normal, spacing, slice_gap, origin) -> np.ndarray:
     return LPS_TO_RAS @ lps
 
 
-def load_series(folder: str | Path, skip_bad: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
-    """A folder holding one DICOM series (one single-frame file per slice) -> ``(volume [k, rows, cols], affine)``.
+def _series_files(folder: Path) -> list[Path]:
+    """The files of a series folder: every visible file but DICOMDIR, in name order."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != "DICOMDIR")
+
+
+def is_series_folder(path: str | Path) -> bool:
+    """True for a folder whose first two DICOM files (``.dcm`` or without suffix, in name order) carry
+    ImagePositionPatient: slices of a volume, to be read with :func:`load_series`. A folder of 2-D DICOM images
+    without positions (B-scans exported one by one, secondary captures) is not one."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    positioned = 0
+    for file in _series_files(path):
+        if file.suffix.lower() not in (".dcm", "") or not pydicom.misc.is_dicom(file):
+            continue
+        try:
+            ds = pydicom.dcmread(file, stop_before_pixels=True, specific_tags=["ImagePositionPatient"])
+        except Exception:  # unreadable: not a series, and the image reader names the file
+            return False
+        if "ImagePositionPatient" not in ds:
+            return False
+        positioned += 1
+        if positioned == 2:
+            return True
+    return False
+
+
+def load_series(folder: str | Path, skip_bad: bool = False) -> DicomVolume:
+    """A folder holding one DICOM series (one single-frame file per slice) -> :class:`DicomVolume`.
 
     Files are ordered by ImagePositionPatient along the slice normal (file names and InstanceNumber are ignored).
     ``skip_bad=True`` skips unreadable files (logged, counted); series-level problems (mixed series, missing
@@ -204,7 +285,7 @@ def load_series(folder: str | Path, skip_bad: bool = False) -> tuple[np.ndarray,
     folder = Path(folder)
     if not folder.is_dir():
         raise BadInputError(folder, "DICOM series folder not found")
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.name != "DICOMDIR")
+    files = _series_files(folder)
     if not files:
         raise BadInputError(folder, "empty DICOM series folder")
     log, datasets, names = BadFileLog(skip_bad), [], []
@@ -219,7 +300,7 @@ def load_series(folder: str | Path, skip_bad: bool = False) -> tuple[np.ndarray,
     if not datasets:
         raise BadInputError(folder, "no readable DICOM files")
     first = datasets[0]
-    for key in ("SeriesInstanceUID", "ImageOrientationPatient"):
+    for key in ("SeriesInstanceUID", "ImageOrientationPatient", "Modality"):
         values = {str(ds.get(key)) for ds in datasets}
         if len(values) > 1:
             odd = next(n for n, ds in zip(names, datasets) if str(ds.get(key)) != str(first.get(key)))
@@ -228,9 +309,10 @@ def load_series(folder: str | Path, skip_bad: bool = False) -> tuple[np.ndarray,
         if ds.pixel_array.shape != first.pixel_array.shape:
             raise BadInputError(folder / name, f"slice shape {ds.pixel_array.shape} differs from "
                                                f"{first.pixel_array.shape} of {names[0]} (mixed series)")
-    volume = np.stack([to_physical(ds, folder / n) for n, ds in zip(names, datasets)])
+    volume = np.stack([pixel_values(ds, folder / n) for n, ds in zip(names, datasets)])
+    display = is_display_image(first)
     if len(datasets) == 1 and "ImagePositionPatient" not in first:
-        return volume, None
+        return DicomVolume(volume, None, display)
     row, col, normal = _axes(first.get("ImageOrientationPatient"), folder / names[0])
     for name, ds in zip(names, datasets):
         if ds.get("ImagePositionPatient") is None:
@@ -238,15 +320,15 @@ def load_series(folder: str | Path, skip_bad: bool = False) -> tuple[np.ndarray,
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
     order, gap = _ordered(positions, normal, names, folder)
     spacing = first.get("PixelSpacing", (1.0, 1.0))
-    return volume[order], _affine(row, col, normal, spacing, gap, positions[order[0]])
+    return DicomVolume(volume[order], _affine(row, col, normal, spacing, gap, positions[order[0]]), display)
 
 
-def load_multiframe(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """A multi-frame DICOM file (enhanced CT/MR/PET, ophthalmic tomography) -> ``(volume [frames, rows, cols],
-    affine or None)``. Frames are ordered along the normal when per-frame positions exist, else kept in file order
+def load_multiframe(path: str | Path) -> DicomVolume:
+    """A multi-frame DICOM file (enhanced CT/MR/PET, ophthalmic tomography) -> :class:`DicomVolume`
+    ([frames, rows, cols]). Frames are ordered along the normal when per-frame positions exist, else kept in file order
     (e.g. the B-scans of an OCT volume)."""
     ds = read_dataset(path)
-    volume = to_physical(ds, path)
+    volume, display = pixel_values(ds, path), is_display_image(ds)
     if volume.ndim == 2:
         volume = volume[None]
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
@@ -256,9 +338,9 @@ def load_multiframe(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
         orientation = shared[0].PlaneOrientationSequence[0].ImageOrientationPatient
         spacing = shared[0].PixelMeasuresSequence[0].PixelSpacing
     except (AttributeError, IndexError, TypeError, KeyError):
-        return volume, None
+        return DicomVolume(volume, None, display)
     if len(positions) != len(volume):
         raise BadInputError(path, f"{len(positions)} frame positions for {len(volume)} frames")
     row, col, normal = _axes(orientation, path)
     order, gap = _ordered(positions, normal, [f"frame {i}" for i in range(len(volume))], path)
-    return volume[order], _affine(row, col, normal, spacing, gap, positions[order[0]])
+    return DicomVolume(volume[order], _affine(row, col, normal, spacing, gap, positions[order[0]]), display)

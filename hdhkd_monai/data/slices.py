@@ -133,16 +133,17 @@ def slice_volumes(volume_datalist: dict, out_dir: str | Path, modality: str, axi
 
 
 def slice_inputs(items: list[dict], out_dir: str | Path, modality: str) -> list[dict]:
-    """Inference inputs with every volume (:data:`INFERENCE_VOLUME_SUFFIXES`) replaced by its slices, cut and
-    normalised as :func:`slice_volumes` does for training (``DEFAULT_ORIENTATION[modality]``, axis 0, every slice)
-    and written to ``out_dir/<n>_<volume name>/<slice>.npy``; a slice item is ``{"image": npy, "source": volume,
-    "slice": index}``. Other items get ``"source"`` (their image) and ``"slice"`` -1, so that every item has the same
-    keys (a batch mixing images and slices collates by the keys of its first item).
+    """Inference inputs with every volume (:data:`INFERENCE_VOLUME_SUFFIXES`, and DICOM series folders: read whole,
+    sorted by position, geometry checked) replaced by its slices, cut and normalised as :func:`slice_volumes` does
+    for training (``DEFAULT_ORIENTATION[modality]``, axis 0, every slice) and written to
+    ``out_dir/<n>_<volume name>/<slice>.npy``; a slice item is ``{"image": npy, "source": volume, "slice": index}``.
+    Other items get ``"source"`` (their image) and ``"slice"`` -1, so that every item has the same keys (a batch
+    mixing images and slices collates by the keys of its first item).
     :func:`map_in_source_space` puts the slice maps back."""
     result = []
     for n, item in enumerate(items):
         source = Path(item["image"])
-        if volume_suffix(source) not in INFERENCE_VOLUME_SUFFIXES:
+        if not source.is_dir() and volume_suffix(source) not in INFERENCE_VOLUME_SUFFIXES:
             result.append({**item, "source": item["image"], "slice": -1})
             continue
         array = normalize(read_volume(source, DEFAULT_ORIENTATION[modality]), modality)

@@ -15,7 +15,13 @@ Loading goes through :class:`SliceReader`, so every modality accepts the same fi
 - PNG / JPEG / BMP / TIFF display images, converted to grey the same way whatever their colour mode (RGB, RGBA,
   palette, 16-bit) and scaled by their bit depth to [0, 1];
 - ``.npy`` slices written by ``python -m hdhkd_monai.data.slices`` (float32, in the modality's units);
-- single-frame DICOM files, in physical units (CT in HU, PET in SUVbw).
+- single-frame DICOM files: CT in HU, PET in SUVbw, MR in its rescaled units, and every other modality (OCT
+  B-scans, secondary captures) as a display image like a PNG, its stored range (``BitsStored``) mapped to [0, 1] and
+  MONOCHROME1 inverted (:func:`hdhkd_monai.data.dicom.pixel_values`).
+
+Where a pipeline maps the data's own range to [0, 1] (``oct_bscan``'s ``intensity_range``, and the display-image
+settings of the others), a value outside that range is an error naming the file (:class:`RequireRanged`), not a
+silent clip; windows (``ct_slice``'s HU window, ``pet_slice``'s ``suv_max``) clip, which is what a window is for.
 
 Arrays keep image row/column order ([H, W], as PIL and numpy index them; MONAI's own PILReader transposes unless
 ``reverse_indexing=False``), so anomaly maps computed on the output overlay the original image directly.
@@ -96,10 +102,11 @@ class SliceReader(ImageReader):
         path, suffix = img, img.suffix.lower()
         if not path.is_file():
             raise BadInputError(path, "file not found")
-        if suffix in DISPLAY_SUFFIXES and not self.display_images:
-            raise BadInputError(path, f"{self.purpose}; this display image (PNG/JPEG) is already windowed: use the "
-                                      "display-image setting (window / suv_max None) for it")
         try:
+            if not self.display_images and (suffix in DISPLAY_SUFFIXES or dicom.holds_display_image(path)):
+                raise BadInputError(path, f"{self.purpose}; this display image (PNG/JPEG, or a DICOM other than CT, "
+                                          "PET or MR) is already windowed: use the display-image setting "
+                                          "(window / suv_max None) for it")
             if suffix == ".npy":
                 array = np.load(path, allow_pickle=False).astype(np.float32)
             elif suffix == ".dcm":
@@ -126,9 +133,46 @@ def _off(value) -> bool:
     return value is None or (isinstance(value, str) and value.lower() == "none")
 
 
-def _unit_range(low: float = 0.0, high: float = 1.0) -> ScaleIntensityRanged:
-    """Map [low, high] linearly to [0, 1], clipping outside values."""
-    return ScaleIntensityRanged("image", float(low), float(high), 0.0, 1.0, clip=True)
+class RequireRanged(MapTransform):
+    """Raise :class:`BadInputError` naming the image's file when a value of ``keys`` lies outside [low, high]
+    (beyond float rounding): for pipelines that map the data's own range to [0, 1], where clipping would silently
+    flatten the image (an 8-bit image read as 0-255 by an OCT pipeline that expects [0, 1] turned all white).
+
+    Args:
+        keys: keys of the images to check.
+        low, high: the expected range.
+        advice: what to do about it, ending the error message.
+    """
+
+    def __init__(self, keys, low: float, high: float, advice: str) -> None:
+        super().__init__(keys)
+        self.low, self.high, self.advice = float(low), float(high), advice
+
+    def __call__(self, data: dict) -> dict:
+        slack = 1e-6 * max(1.0, self.high - self.low)
+        for key in self.key_iterator(data):
+            image = torch.as_tensor(data[key])
+            vmin, vmax = float(image.min()), float(image.max())
+            if vmin < self.low - slack or vmax > self.high + slack:
+                path = getattr(data[key], "meta", {}).get("filename_or_obj", key)
+                raise BadInputError(path, f"pixel values {vmin:.6g} to {vmax:.6g} lie outside [{self.low:g}, "
+                                          f"{self.high:g}], the range this preprocessing expects; {self.advice}")
+        return data
+
+
+def _unit_range(low: float = 0.0, high: float = 1.0, advice: str | None = None) -> list:
+    """Map [low, high] linearly to [0, 1]: a window, clipping outside values; or, with ``advice``, the data's own
+    range, where an outside value is an error (:class:`RequireRanged`) ending with that advice."""
+    check = [] if advice is None else [RequireRanged("image", low, high, advice)]
+    return [*check, ScaleIntensityRanged("image", float(low), float(high), 0.0, 1.0, clip=True)]
+
+
+# What to do about values outside [0, 1] in a display-image setting, per pipeline.
+_DISPLAY_ADVICE = {
+    "mri": "use percentiles (per-slice normalisation), or slices normalised by python -m hdhkd_monai.data.slices",
+    "ct": "HU values need a window (window='lung', 'mediastinal' or (lower, upper))",
+    "pet": "SUV values need suv_max",
+}
 
 
 def _pipeline(image_size: int, intensity: list, display_images: bool = True, purpose: str = "") -> Compose:
@@ -154,7 +198,8 @@ def oct_bscan(image_size: int, intensity_range: Sequence[float] = (0.0, 1.0)) ->
         intensity_range: input values mapped linearly to [0, 1] (clipped); display images load in [0, 1].
     """
     low, high = intensity_range
-    return _pipeline(image_size, [_unit_range(low, high)])
+    return _pipeline(image_size, _unit_range(low, high, f"set intensity_range to the images' range (it is "
+                                                        f"({low:g}, {high:g}))"))
 
 
 def mri_slice(image_size: int, percentiles: Sequence[float] | None = (0.5, 99.5)) -> Compose:
@@ -167,7 +212,7 @@ def mri_slice(image_size: int, percentiles: Sequence[float] | None = (0.5, 99.5)
             too (on the command line MONAI ignores ``None`` overrides).
     """
     if _off(percentiles):
-        return _pipeline(image_size, [_unit_range()])
+        return _pipeline(image_size, _unit_range(advice=_DISPLAY_ADVICE["mri"]))
     lower, upper = percentiles
     return _pipeline(image_size, [ScaleIntensityRangePercentilesd("image", lower, upper, 0.0, 1.0, clip=True)])
 
@@ -182,13 +227,13 @@ def ct_slice(image_size: int, window: str | Sequence[float] | None = "lung") -> 
             window, inputs must carry HU (``.npy`` slices, DICOM); a display image then raises an error naming it.
     """
     if _off(window):
-        return _pipeline(image_size, [_unit_range()])
+        return _pipeline(image_size, _unit_range(advice=_DISPLAY_ADVICE["ct"]))
     if isinstance(window, str):
         if window not in CT_WINDOWS:
             raise ValueError(f"window must be one of {sorted(CT_WINDOWS)}, a (lower, upper) pair or None; "
                              f"got {window!r}")
         window = CT_WINDOWS[window]
-    return _pipeline(image_size, [_unit_range(*window)],
+    return _pipeline(image_size, _unit_range(*window),
                      display_images=False, purpose=f"ct_slice(window={window}) expects HU values")
 
 
@@ -201,8 +246,8 @@ def pet_slice(image_size: int, suv_max: float | None = 10.0) -> Compose:
             must carry SUV (``.npy`` slices, DICOM with the dose tags).
     """
     if _off(suv_max):
-        return _pipeline(image_size, [_unit_range()])
-    return _pipeline(image_size, [_unit_range(0.0, suv_max)],
+        return _pipeline(image_size, _unit_range(advice=_DISPLAY_ADVICE["pet"]))
+    return _pipeline(image_size, _unit_range(0.0, suv_max),
                      display_images=False, purpose=f"pet_slice(suv_max={suv_max}) expects SUV values")
 
 
@@ -213,10 +258,12 @@ def preprocessing_fingerprint(pipeline: Compose) -> list:
     preprocessing it was trained with (``model.pt`` stores it; see ``NamedCheckpointLoader``)."""
     rows, cols = 48, 40  # not square, so a transposed layout shows
     ramp = np.linspace(-1500, 1500, rows * cols, dtype=np.float32).reshape(rows, cols)
+    # The ramp lies outside every pipeline's expected range: its checks are left out (they change no value).
+    unchecked = Compose([t for t in pipeline.transforms if not isinstance(t, RequireRanged)])
     with tempfile.TemporaryDirectory() as folder:
         probe = Path(folder) / "probe.npy"
         np.save(probe, ramp * np.linspace(0, 1, cols, dtype=np.float32))
-        image = pipeline({"image": str(probe)})["image"].as_tensor().double()
+        image = unchecked({"image": str(probe)})["image"].as_tensor().double()
     weights = torch.linspace(0, 1, image.shape[-1], dtype=torch.double)
     return [list(image.shape), round(float(image.mean()), 4), round(float((image * weights).mean()), 4)]
 

@@ -28,8 +28,8 @@ from hdhkd_monai.data import dicom
 from hdhkd_monai.errors import BadInputError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".tif", ".tiff", ".dcm", ".npy")
-#: Volume formats inference takes directly (``slices.slice_inputs``); TIFF, ``.npy`` and ``.dcm`` inputs are 2-D
-#: images there, and DICOM series are sliced with ``python -m hdhkd_monai.data.slices`` first.
+#: Volume files inference takes directly (``slices.slice_inputs``), besides DICOM series folders; TIFF, ``.npy`` and
+#: ``.dcm`` files are 2-D images there.
 INFERENCE_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
 MODALITIES = ("oct", "mri", "ct", "pet")
 # Foreground thresholds, in the units each modality's slices are written in (see normalize()).
@@ -39,12 +39,15 @@ FOREGROUND = {"oct": 0.15, "mri": 0.05, "ct": -500.0, "pet": 0.1}
 @dataclass
 class Volume:
     """A loaded volume: ``array`` float32 [k, rows, cols]; ``affine`` RAS 4x4 for index (i=col, j=row, k), or
-    None when the format has none; ``dtype`` of the stored values (it decides OCT scaling)."""
+    None when the format has none; ``dtype`` of the stored values (it decides OCT scaling); ``display`` True for a
+    DICOM display image, whose values are already fractions of the stored range in [0, 1]
+    (:func:`hdhkd_monai.data.dicom.display_fraction`)."""
 
     array: np.ndarray
     affine: np.ndarray | None
     dtype: np.dtype
     source: Path
+    display: bool = False
 
 
 def volume_suffix(path: str | Path) -> str:
@@ -129,11 +132,9 @@ def read_volume(path: str | Path, orientation: str | None = None, skip_bad: bool
     suffix = volume_suffix(path)
     if not path.exists():
         raise BadInputError(path, "volume not found")
-    if path.is_dir():
-        array, affine = dicom.load_series(path, skip_bad)
-        dtype = np.dtype(np.float32)
-    elif suffix == ".dcm":
-        array, affine = dicom.load_multiframe(path)
+    display = False
+    if path.is_dir() or suffix == ".dcm":
+        array, affine, display = dicom.load_series(path, skip_bad) if path.is_dir() else dicom.load_multiframe(path)
         dtype = np.dtype(np.float32)
     elif not suffix:
         raise BadInputError(path, f"not a volume format (expected one of {', '.join(VOLUME_SUFFIXES)} or a folder)")
@@ -158,7 +159,7 @@ def read_volume(path: str | Path, orientation: str | None = None, skip_bad: bool
         raise BadInputError(path, f"{bad} NaN or infinite voxel values")
     if orientation and affine is not None:
         array, affine = reorient(array, affine, orientation)
-    return Volume(np.ascontiguousarray(array), affine, np.dtype(dtype), path)
+    return Volume(np.ascontiguousarray(array), affine, np.dtype(dtype), path, display)
 
 
 def suv_from_sidecar(volume: Volume) -> Volume:
@@ -183,19 +184,25 @@ def suv_from_sidecar(volume: Volume) -> Volume:
             setattr(ds, key, value)
     ds.RadiopharmaceuticalInformationSequence = [info]
     factor = dicom.suv_bw_factor(ds, sidecar)
-    return Volume(volume.array * np.float32(factor), volume.affine, volume.dtype, volume.source)
+    return Volume(volume.array * np.float32(factor), volume.affine, volume.dtype, volume.source, volume.display)
 
 
 def normalize(volume: Volume, modality: str, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
     """Values each modality's slices are written in: OCT and MRI in [0, 1], CT in HU, PET in SUV (unchanged).
 
-    - OCT: integer volumes divided by their type's maximum (uint8 / 255, like the JPEG B-scans), float volumes
-      min-max scaled per volume;
+    - OCT: DICOM display images kept (already their stored range's fraction, like the JPEG B-scans), other integer
+      volumes divided by their type's maximum (uint8 / 255), float volumes min-max scaled per volume;
     - MRI: per-volume percentile normalisation over the non-zero voxels (the background would dominate otherwise),
       ``percentiles`` mapped to 0 and 1, clipped.
     """
     array = volume.array
+    if volume.display and modality in ("ct", "pet"):
+        raise BadInputError(volume.source, f"a DICOM display image (values in [0, 1], not {modality.upper()} units) "
+                                           f"where {'HU' if modality == 'ct' else 'SUV'} are expected; give the "
+                                           "original CT/PET series")
     if modality == "oct":
+        if volume.display:
+            return array
         if np.issubdtype(volume.dtype, np.integer):
             return np.clip(array / np.float32(np.iinfo(volume.dtype).max), 0, 1)
         low, high = float(array.min()), float(array.max())

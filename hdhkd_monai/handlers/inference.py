@@ -34,8 +34,11 @@ logger = logging.getLogger(__name__)
 
 
 def relative_stem(path: str | Path, root: str | Path) -> Path:
-    """``path`` relative to ``root``, without its suffix (``.nii.gz`` counted as one): the output name's base."""
+    """``path`` relative to ``root``, without its suffix (``.nii.gz`` counted as one; a DICOM series folder keeps its
+    whole name, dots and all): the output name's base."""
     rel = Path(os.path.relpath(path, root))
+    if Path(path).is_dir():
+        return rel
     return rel.with_name(rel.name.split(".")[0]) if rel.name.endswith(".nii.gz") else rel.with_suffix("")
 
 
