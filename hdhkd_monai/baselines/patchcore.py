@@ -127,13 +127,21 @@ class PatchCore(Detector):
         ]
         if not patches:
             raise ValueError("PatchCore.fit received no images: the image iterable or data loader is empty")
-        bank = torch.cat(patches)
-        n = max(1, round(self.coreset_ratio * len(bank)))
-        if n < len(bank):
-            start = int(torch.randint(len(bank), (1,), generator=torch.Generator().manual_seed(self.seed)))
-            projected = random_projection(bank, self.projection_dim, self.seed)
-            bank = bank[k_center_greedy(projected, n, start=start, progress=True).to(device)]
-        self.memory_bank = bank.contiguous()
+        return self.fit_bank(torch.cat(patches))
+
+    @torch.no_grad()
+    def fit_bank(self, patches: torch.Tensor) -> PatchCore:
+        """The memory bank from normal patch features [N, C]: the greedy coreset of ``coreset_ratio * N`` of them.
+
+        Returns:
+            self, with ``memory_bank`` [M, C], M = max(1, round(coreset_ratio * N)).
+        """
+        n = max(1, round(self.coreset_ratio * len(patches)))
+        if n < len(patches):
+            start = int(torch.randint(len(patches), (1,), generator=torch.Generator().manual_seed(self.seed)))
+            projected = random_projection(patches, self.projection_dim, self.seed)
+            patches = patches[k_center_greedy(projected, n, start=start, progress=True).to(patches.device)]
+        self.memory_bank = patches.contiguous()
         return self
 
     def nearest(self, queries: torch.Tensor, bank: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -162,16 +170,22 @@ class PatchCore(Detector):
         m* with its distances to m*'s ``num_neighbors`` nearest bank entries (m* first).
         """
         features, scores, index = self._score(x)
-        image_scores, worst = scores.flatten(1).max(dim=1)
-        if self.reweight:
-            rows = torch.arange(len(x))
-            worst_patch = features[rows, worst]  # [B, C]
-            nearest_entry = self.memory_bank[index[rows, worst]]  # [B, C]
-            k = min(self.num_neighbors, len(self.memory_bank))
-            support = torch.cdist(nearest_entry, self.memory_bank).topk(k, largest=False).indices  # [B, k]
-            dist = (worst_patch[:, None] - self.memory_bank[support]).norm(dim=-1)  # [B, k]
-            image_scores = (1 - torch.softmax(dist, dim=1)[:, 0]) * image_scores
+        patch_scores = scores.flatten(1)
+        image_scores = self.reweighted(features, patch_scores, index) if self.reweight else patch_scores.amax(dim=1)
         return AnomalyPrediction(image_scores, smooth_map(scores, x.shape[-2:], self.sigma))
+
+    def reweighted(self, features: torch.Tensor, scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Image scores of eq. 7 from patch features [B, P, C], patch scores [B, P] and nearest bank indices [B, P]:
+        the largest patch score times ``1 - softmax`` of the worst patch's distances to m* and m*'s nearest bank
+        entries (m* the bank entry nearest to that patch)."""
+        rows = torch.arange(len(scores))
+        image_scores, worst = scores.max(dim=1)
+        worst_patch = features[rows, worst]  # [B, C]
+        nearest_entry = self.memory_bank[index[rows, worst]]  # [B, C]
+        k = min(self.num_neighbors, len(self.memory_bank))
+        support = torch.cdist(nearest_entry, self.memory_bank).topk(k, largest=False).indices  # [B, k]
+        dist = (worst_patch[:, None] - self.memory_bank[support]).norm(dim=-1)  # [B, k]
+        return (1 - torch.softmax(dist, dim=1)[:, 0]) * image_scores
 
     def _score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[B, 3, H, W] -> (patch features [B, h*w, C], scores [B, 1, h, w], nearest bank indices [B, h*w])."""
