@@ -10,12 +10,13 @@ EfficientNet-Lite0 ImageNet weights and layers (2, 3) of both, it scores the tes
   ``imagenet`` (0.485.../0.229..., what anomalib's pre-processor applies whatever the backbone);
 - patch feature: ``pooled`` (the project's: each layer channel-pooled to 1024, the concatenation pooled to 384) or
   ``concat`` (anomalib's: the two layers' 40 + 112 channels concatenated as they are);
-- memory bank (``--banks``): ``coreset``, the project's (10 %, greedy k-center on a 128-d Gaussian projection);
-  ``exact``, the same greedy k-center on the features themselves (no projection); ``full``, every training patch;
+- memory bank (``--banks``): ``coreset``, the project's before issue 21 (10 %, greedy k-center on a 128-d Gaussian
+  projection); ``exact``, the same greedy k-center on the features themselves (the default since); ``full``, every
+  training patch;
 - image score: the largest patch distance (``max``) or that times the paper's eq. 7 weight over 9 bank neighbours
   (``reweight``, anomalib's default).
 
-Prints a table of test AUROCs and writes it with the counts to ``OUT/diagnosis.json``.
+Prints a table of test AUROCs and writes it with the counts to ``OUT/diagnosis-seed<S>-<banks>.json``.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def bank_of(model: PatchCore, train: torch.Tensor, bank: str) -> torch.Tensor:
     if bank == "full":
         return patches
     model.coreset_ratio = 0.1
-    model.projection_dim = 128 if bank == "coreset" else patches.shape[1]
+    model.projection_dim = 128 if bank == "coreset" else None
     model.memory_bank = torch.empty(0, patches.shape[1])
     return model.fit_bank(patches).memory_bank
 
@@ -101,6 +102,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--banks", nargs="+", choices=["coreset", "exact", "full"], default=["coreset"],
                         help="memory banks to score against (full: every training patch, slow)")
+    parser.add_argument("--normalisations", nargs="+", choices=list(NORMALISATION), default=list(NORMALISATION))
+    parser.add_argument("--features", nargs="+", choices=["pooled", "concat"], default=["pooled", "concat"])
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     out = args.out or REPO / "runs" / "patchcore-diagnosis" / args.data.name
@@ -110,7 +113,7 @@ def main(argv=None) -> dict:
     _, train_loader, _, test_loader = data_loaders(datalist, REPO / "configs" / f"{args.preset}.json", args.image_size, 4)
     model = PatchCore(**BACKBONE, out_channels=384, seed=args.seed, num_neighbors=9)
     results = []
-    for normalisation, feature in itertools.product(NORMALISATION, ("pooled", "concat")):
+    for normalisation, feature in itertools.product(args.normalisations, args.features):
         start = time.time()
         train, _ = features_of(model, train_loader, normalisation, feature)
         test, labels = features_of(model, test_loader, normalisation, feature)
@@ -125,7 +128,7 @@ def main(argv=None) -> dict:
     record = {"data": args.data.name, "image_size": args.image_size, "seed": args.seed,
               "n_train_images": int(len(train)), "n_test_normal": int((labels == 0).sum()),
               "n_test_abnormal": int((labels == 1).sum()), "results": results}  # fmt: skip
-    (out / "diagnosis.json").write_text(json.dumps(record, indent=2))
+    (out / f"diagnosis-seed{args.seed}-{'-'.join(args.banks)}.json").write_text(json.dumps(record, indent=2))
     return record
 
 
