@@ -5,21 +5,18 @@ with one-line errors.
   ``--logging_file`` default to the bundle's own.
 - Warnings that are not the user's business are hidden (:data:`hdhkd_monai.quiet.NOT_YOUR_BUSINESS` lists them).
 - A failure prints one line, ``error: <file>: <what is wrong>``, and exits with status 1; ``--debug`` shows the
-  whole chained traceback instead.
+  whole chained traceback instead (:func:`hdhkd_monai.errors.run_cli`).
 """
 
 from __future__ import annotations
 
 import sys
 
-from hdhkd_monai.quiet import one_line_error, quiet_warnings
+from hdhkd_monai.errors import run_cli
+from hdhkd_monai.quiet import quiet_warnings
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
-    quiet_warnings()
+def _run(argv: list[str]) -> None:
     import fire
     from monai.bundle import scripts
 
@@ -28,14 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     for option, default in (("--meta_file", CONFIGS / "metadata.json"), ("--logging_file", CONFIGS / "logging.conf")):
         if argv[:1] == ["run"] and option not in argv:
             argv += [option, str(default)]
-    try:
-        fire.Fire({"run": scripts.run}, command=argv, name="python -m hdhkd_monai")
-    except Exception as error:  # every failure of a workflow: shown as one line unless --debug
-        if debug:
-            raise
-        print(f"error: {one_line_error(error)} (--debug shows the traceback)", file=sys.stderr)
-        return 1
-    return 0
+    fire.Fire({"run": scripts.run}, command=argv, name="python -m hdhkd_monai")
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_warnings()
+    return run_cli(_run, argv)
 
 
 if __name__ == "__main__":
