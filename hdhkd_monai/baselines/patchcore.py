@@ -3,9 +3,9 @@
 Locally aware patch features of a frozen pretrained CNN (:class:`hdhkd_monai.distill.PatchCoreTarget`: 3x3
 neighbourhood average of two layers, channel pooling) from all normal training images form a memory bank, thinned by
 greedy k-center coreset selection on the features themselves (optionally on a random projection of them: faster, but
-on the dev sets the projection to 128 dimensions cost 0.2-4.9 AUROC points, docs/results.md, issue 21). A test patch scores its distance to the nearest
-bank entry; the image score is the largest patch score (optionally reweighted as in the paper's eq. 7); the map is
-the patch scores upsampled to the image and Gaussian-blurred (sigma 4).
+on brainmri a projection to 128 dimensions cost 0.2-5.0 AUROC points; docs/results.md, issue 21). A test patch scores
+its distance to the nearest bank entry; the image score is the largest patch score (optionally reweighted as in the
+paper's eq. 7); the map is the patch scores upsampled to the image and Gaussian-blurred (sigma 4).
 """
 
 from __future__ import annotations
