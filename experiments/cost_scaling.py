@@ -157,6 +157,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--figure", type=Path, default=REPO / "docs" / "figures" / "cost-scaling.png")
     parser.add_argument("--plot-only", action="store_true", help="redraw the figure from OUT/cost.json")
+    parser.add_argument("--note", default="", help="appended to the figure's title, e.g. the load it ran under")
     args = parser.parse_args(argv)
     out = args.out or REPO / "runs" / "cost-scaling" / args.data.name
     record = out / "cost.json"
@@ -172,7 +173,8 @@ def main(argv=None) -> list[dict]:
                 record.write_text(json.dumps({"data": args.data.name, "image_size": args.image_size,
                                               "load_avg": os.getloadavg(), "rows": rows}, indent=2))  # fmt: skip
     rows = json.loads(record.read_text())["rows"]
-    plot(rows, args.figure, f"{args.data.name}, {args.image_size}x{args.image_size}, 1 torch thread, shared 2-core CPU")
+    title = f"{args.data.name}, {args.image_size}x{args.image_size}, 1 torch thread, shared 2-core CPU{args.note}"
+    plot(rows, args.figure, title)
     return rows
 
 
