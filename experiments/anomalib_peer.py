@@ -39,10 +39,10 @@ from anomalib.models.image.patchcore import torch_model as patchcore_torch_model
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `experiments` as a package when run as a script
 
-from experiments.baselines import BACKBONE, _images, data_loaders, evaluate_rows  # noqa: E402
-from hdhkd_monai.anomaly_map import AnomalyPrediction  # noqa: E402
-from hdhkd_monai.baselines import Detector  # noqa: E402
-from hdhkd_monai.pretrained import efficientnet_lite_state_dict, load_into_features  # noqa: E402
+from experiments.baselines import BACKBONE, _images, data_loaders, evaluate_rows
+from hdhkd_monai.anomaly_map import AnomalyPrediction
+from hdhkd_monai.baselines import Detector
+from hdhkd_monai.pretrained import efficientnet_lite_state_dict, load_into_features
 
 #: timm feature indices of each row, as the project's baselines count them: PatchCore the stride-8/16 stages (as the
 #: project's PatchCore), PaDiM the stride-4/8/16 stages (its paper's layer1-3).

@@ -38,10 +38,10 @@ from sklearn.metrics import roc_auc_score
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from experiments.baselines import BACKBONE, data_loaders  # noqa: E402
-from experiments.run import prepare_data  # noqa: E402
-from hdhkd_monai.baselines import PatchCore  # noqa: E402
-from hdhkd_monai.distill import channel_pool  # noqa: E402
+from experiments.baselines import BACKBONE, data_loaders
+from experiments.run import prepare_data
+from hdhkd_monai.baselines import PatchCore
+from hdhkd_monai.distill import channel_pool
 
 NORMALISATION = {"timm": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                  "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}  # fmt: skip
@@ -85,7 +85,7 @@ def image_scores(model: PatchCore, test: torch.Tensor) -> dict[str, torch.Tensor
     """Both image scores of every test image: ``max`` and ``reweight``."""
     out = {"max": [], "reweight": []}
     for chunk in test.split(16):
-        b, p, c = chunk.shape
+        b, p, _ = chunk.shape
         dist, index = model.nearest(chunk.flatten(0, 1))
         dist, index = dist.view(b, p), index.view(b, p)
         out["max"].append(dist.max(dim=1).values)
@@ -126,7 +126,7 @@ def main(argv=None) -> dict:
                 print(f"{normalisation:9s} {feature:7s} {bank:8s} {score:9s} AUROC {auroc:.2f} "
                       f"(dim {test.shape[-1]}, bank {len(model.memory_bank)}, {time.time() - start:.0f} s)", flush=True)
     record = {"data": args.data.name, "image_size": args.image_size, "seed": args.seed,
-              "n_train_images": int(len(train)), "n_test_normal": int((labels == 0).sum()),
+              "n_train_images": len(train), "n_test_normal": int((labels == 0).sum()),
               "n_test_abnormal": int((labels == 1).sum()), "results": results}  # fmt: skip
     (out / f"diagnosis-seed{args.seed}-{'-'.join(args.banks)}.json").write_text(json.dumps(record, indent=2))
     return record

@@ -5,6 +5,8 @@
 TABLE is one of:
 
 - ``main``: the full HDHKD beside the baselines EfficientAD-S, PatchCore and RD4AD (paper Tables I, III, IV);
+  optionally anomalib 2.7.0's own PatchCore and PaDiM as peer rows
+  (``--baselines ... anomalib-PatchCore anomalib-Padim``, experiments/anomalib_rows.py);
 - ``table5``: the 7 module ablations of Table V (``configs/table5/*.json``);
 - ``table6``: the student backbones of Table VI (``configs/table6/*.json``);
 - ``table7``: the global-decoder swaps of Table VII with their parameters (``configs/table7/*.json``).
@@ -45,10 +47,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `experiments` as a package when run as a script
 
 from experiments import report  # noqa: E402
-from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist  # noqa: E402
 from experiments.anomalib_rows import ANOMALIB_ROWS, run_anomalib_rows  # noqa: E402
 from experiments.baselines import BASELINES, run_baselines  # noqa: E402
 from experiments.compare import compare_runs  # noqa: E402
+from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist  # noqa: E402
 from hdhkd_monai.launcher import CONFIGS, OFFLINE_TEACHER, read_config, run_bundle  # noqa: E402
 from tools.markdown import replace_section  # noqa: E402
 
