@@ -62,19 +62,26 @@ def _train(model, loader: DataLoader, iterations: int) -> None:
         optimizer.step()
 
 
+def data_loaders(datalist: Path, preset: Path, image_size: int, batch_size: int) -> tuple:
+    """The config parser and the training, validation and test loaders every baseline sees: HDHKD's datalist,
+    preprocessing and image size, in [0, 1] at ``image_size``."""
+    # The paper configuration: EfficientAD-S runs on the PDN teacher that the runner distils with it.
+    parser = read_config(["train", "paper", preset], image_size=image_size)
+    train = _loader(datalist, "training", parser.get_parsed_content("preprocessing"), batch_size, shuffle=True)
+    with_masks = parser.get_parsed_content("validate#preprocessing")  # items with and without a mask in a batch
+    validation = _loader(datalist, "validation", with_masks, batch_size)
+    test = _loader(datalist, "test", with_masks, batch_size)
+    return parser, train, validation, test
+
+
 #: The baselines of the ``main`` table, in its row order.
 BASELINES = ("EfficientAD-S", "PatchCore", "RD4AD")
 
 
 def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: Path | None) -> list[dict]:
     """Train and evaluate the baselines named in ``args.baselines``; ``teacher_ckpt`` is EfficientAD-S's PDN."""
-    # The paper configuration: EfficientAD-S runs on the PDN teacher that the runner distils with it.
-    parser = read_config(["train", "paper", preset], image_size=args.image_size)
+    parser, train, validation, test = data_loaders(datalist, preset, args.image_size, args.batch_size)
     threshold_quantile = parser["threshold_quantile"]
-    train = _loader(datalist, "training", parser.get_parsed_content("preprocessing"), args.batch_size, shuffle=True)
-    with_masks = parser.get_parsed_content("validate#preprocessing")  # items with and without a mask in a batch
-    validation = _loader(datalist, "validation", with_masks, args.batch_size)
-    test = _loader(datalist, "test", with_masks, args.batch_size)
 
     def efficientad():
         teacher = load_network(parser.get_parsed_content("teacher_def"), teacher_ckpt, key="teacher")
@@ -91,13 +98,18 @@ def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: P
         _train(model, train, args.iterations)
         return model
 
-    # A baseline already evaluated under this budget is read back instead of trained again (unless --fresh).
     budget = {"image_size": args.image_size, "iterations": args.iterations, "batch_size": args.batch_size,
               "seed": args.seed, "teacher": str(teacher_ckpt)}  # fmt: skip
-    rows = []
     builders = {"EfficientAD-S": efficientad, "PatchCore": patchcore, "RD4AD": rd4ad}
-    for name in args.baselines:
-        build = builders[name]
+    ours = {name: builders[name] for name in args.baselines if name in builders}
+    return evaluate_rows(ours, budget, out, args, validation, test, threshold_quantile)
+
+
+def evaluate_rows(builders: dict, budget: dict, out: Path, args, validation, test, threshold_quantile: float) -> list[dict]:
+    """Build (``builders``: row name -> function returning the fitted detector), calibrate and evaluate each row into
+    ``out/baselines/<name>``. A row already evaluated under ``budget`` is read back instead (unless ``args.fresh``)."""
+    rows = []
+    for name, build in builders.items():
         record = out / "baselines" / f"{name}.json"
         previous = json.loads(record.read_text()) if record.exists() and not args.fresh else {}
         if previous.get("budget") == budget:

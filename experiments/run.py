@@ -5,6 +5,8 @@
 TABLE is one of:
 
 - ``main``: the full HDHKD beside the baselines EfficientAD-S, PatchCore and RD4AD (paper Tables I, III, IV);
+  optionally anomalib 2.7.0's own PatchCore and PaDiM as peer rows
+  (``--baselines ... anomalib-PatchCore anomalib-Padim``, experiments/anomalib_rows.py);
 - ``table5``: the 7 module ablations of Table V (``configs/table5/*.json``);
 - ``table6``: the student backbones of Table VI (``configs/table6/*.json``);
 - ``table7``: the global-decoder swaps of Table VII with their parameters (``configs/table7/*.json``).
@@ -45,9 +47,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `experiments` as a package when run as a script
 
 from experiments import report  # noqa: E402
-from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist  # noqa: E402
+from experiments.anomalib_rows import ANOMALIB_ROWS, run_anomalib_rows  # noqa: E402
 from experiments.baselines import BASELINES, run_baselines  # noqa: E402
 from experiments.compare import compare_runs  # noqa: E402
+from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist  # noqa: E402
 from hdhkd_monai.launcher import CONFIGS, OFFLINE_TEACHER, read_config, run_bundle  # noqa: E402
 from tools.markdown import replace_section  # noqa: E402
 
@@ -224,6 +227,7 @@ def run_seed(args, out: Path, seed: int, row_files: list[Path], datalist: Path, 
     rows = [run_row(args, out, row, datalist, preset) for row in row_files]
     if baselines:
         rows += run_baselines(args, out, datalist, preset, teacher)
+        rows += run_anomalib_rows(args, out, datalist, preset)
     table = {
         "table": args.table, "data": args.data.name, "wall_s": time.time() - wall, "cpu_count": os.cpu_count(),
         "budget": {"image_size": args.image_size, "iterations": args.iterations, "batch_size": args.batch_size,
@@ -253,8 +257,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="training seeds; with several, each seed's rows go to OUT/seed<N> and the table "
                              "reports mean ± standard deviation")
     parser.add_argument("--rows", nargs="+", help="run only these rows (config file stems, e.g. 1_conv 7_full)")
-    parser.add_argument("--baselines", nargs="*", choices=BASELINES, default=list(BASELINES),
-                        help="main table: the baselines beside HDHKD (none: HDHKD only)")
+    parser.add_argument("--baselines", nargs="*", choices=BASELINES + ANOMALIB_ROWS, default=list(BASELINES),
+                        help="main table: the baselines beside HDHKD (none: HDHKD only); the anomalib rows are "
+                             "optional (experiments/anomalib_rows.py)")
     parser.add_argument("--fresh", action="store_true", help="retrain the rows even if checkpoints exist")
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite the section of docs/results.md")
     parser.add_argument("--report-only", action="store_true",
