@@ -14,6 +14,7 @@ from hdhkd_monai.handlers.checkpoint import (
     stored_settings,
 )
 from hdhkd_monai.handlers.inference import InferenceWriter, output_root
+from hdhkd_monai.handlers.outputs import OutputSet
 from hdhkd_monai.handlers.report import EvaluationReport
 from hdhkd_monai.handlers.sampler import ReshuffleOnRestart, SeededShuffle
 from hdhkd_monai.handlers.scores import ScoreWriter
@@ -31,6 +32,7 @@ __all__ = [
     "IterationValidationHandler",
     "MODEL_CKPT",
     "NamedCheckpointLoader",
+    "OutputSet",
     "ResumeFromCheckpoint",
     "ReshuffleOnRestart",
     "ScoreWriter",

@@ -22,34 +22,31 @@ from ignite.engine import Engine
 from monai.transforms import SaveImage
 
 from hdhkd_monai.data.aggregate import volume_scores
+from hdhkd_monai.data.containment import confined, input_root, output_name
 from hdhkd_monai.data.errors import BadInputError
 from hdhkd_monai.data.slices import map_in_source_space
 from hdhkd_monai.data.transforms import SliceReader
+from hdhkd_monai.handlers.outputs import OutputSet
 from hdhkd_monai.handlers.overlay import save_overlay
 from hdhkd_monai.handlers.scores import ScoreWriter, decision, image_path
 
-__all__ = ["InferenceWriter", "output_root", "relative_stem"]
+__all__ = ["InferenceWriter", "output_root"]
 
 logger = logging.getLogger(__name__)
 
 
-def relative_stem(path: str | Path, root: str | Path) -> Path:
-    """``path`` relative to ``root``, without its suffix (``.nii.gz`` counted as one): the output name's base."""
-    rel = Path(os.path.relpath(path, root))
-    return rel.with_name(rel.name.split(".")[0]) if rel.name.endswith(".nii.gz") else rel.with_suffix("")
-
-
 def output_root(items: list[dict]) -> str:
-    """The deepest folder holding every item's ``"image"``: outputs mirror the inputs' paths below it.
+    """The deepest folder holding every item's ``"image"`` (lexically: ``..`` folded, symlinks not followed):
+    outputs mirror the inputs' paths below it (:func:`~hdhkd_monai.data.containment.output_name`).
 
     Raises :class:`BadInputError` when two inputs would still share an output name (``scan.png`` and ``scan.jpg``
     side by side), naming both, before any work is done.
     """
     paths = [item["image"] for item in items]  # before slicing: a volume is one input
-    root = os.path.commonpath([os.path.dirname(p) for p in paths])
+    root = input_root(paths)
     seen: dict[Path, str] = {}
     for path in paths:
-        stem = relative_stem(path, root)
+        stem = output_name(path, root)
         if stem in seen:
             raise BadInputError(path, f"would write the same outputs as {seen[stem]}; rename one of them")
         seen[stem] = path
@@ -61,31 +58,36 @@ class InferenceWriter(ScoreWriter):
     score, and logs a summary at the end. The maps must already be at the images' size (``Invertd`` in the
     postprocessing).
 
-    - 2-D image ``<rel>.<ext>`` (``rel`` its path relative to ``root``): ``maps_dir/<rel>_anomaly_map.<map ext>``
-      through ``map_saver``, and ``output_dir/overlays/<rel>_overlay.png``: the original image (read again at its
-      own size, with the reader the preprocessing uses) beside it with the map on top and a colour bar;
+    - 2-D image ``<rel>.<ext>`` (``rel`` its name below ``root``, :func:`~hdhkd_monai.data.containment.output_name`):
+      ``maps_dir/<rel>_anomaly_map.<map ext>`` through ``map_saver``, and ``overlays/<rel>_overlay.png``: the image
+      that was scored (read again at its own size, with the reader the preprocessing uses) beside it with the map on
+      top and a colour bar;
     - slice ``k`` of volume ``<rel>.nii.gz`` (items of :func:`~hdhkd_monai.data.slices.slice_inputs`): a row of
       ``scores.csv`` and ``overlays/<rel>/slice_<k>_overlay.png``; once the run ends, the slice maps stacked into
       ``maps_dir/<rel>_anomaly_map.nii.gz`` with the source's voxel order and affine, and a row of
       ``volumes.csv`` (volume, n_slices, score: the highest slice score, as in :mod:`~hdhkd_monai.data.aggregate`,
       decision).
 
+    Every file goes inside the output folder (checked after resolving symlinks). The rows of each batch are appended
+    to ``scores.csv`` once its maps and overlays are written (:class:`~hdhkd_monai.handlers.outputs.OutputSet`), so
+    a row means its outputs are complete.
+
     The overlays' colour scale runs from 0 to twice the decision threshold (the threshold marked on the bar), the
     same for every image; an uncalibrated model gets each map's own range.
 
     Args:
-        output_dir: folder of ``scores.csv``, ``volumes.csv`` and ``overlays/``.
+        output: the run's :class:`~hdhkd_monai.handlers.outputs.OutputSet` (its folder holds ``scores.csv``,
+            ``skipped.csv``, ``volumes.csv`` and ``overlays/``).
         root: the folder the relative output names start from (:func:`output_root`).
         threshold, normal_quantiles: see :class:`ScoreWriter`.
-        map_saver: MONAI ``SaveImage`` for the 2-D maps (its ``output_dir`` is ``maps_dir``, ``data_root_dir`` is
-            ``root``).
+        map_saver: MONAI ``SaveImage`` for the 2-D maps (given each file name).
         maps_dir: where the maps go.
         modality: the volumes' modality, to put slice maps back into the volume's geometry.
     """
 
     def __init__(
         self,
-        output_dir: str | Path,
+        output: OutputSet,
         root: str | Path,
         threshold: float | torch.Tensor,
         map_saver: SaveImage,
@@ -93,8 +95,9 @@ class InferenceWriter(ScoreWriter):
         normal_quantiles: torch.Tensor | None = None,
         modality: str = "oct",
     ) -> None:
-        self.output_dir = Path(output_dir)
-        super().__init__(self.output_dir / "scores.csv", threshold, normal_quantiles)
+        self.output = output
+        self.output_dir = output.path
+        super().__init__(output.scores.path, threshold, normal_quantiles)
         self.root = Path(root)
         self.map_saver = map_saver
         self.maps_dir = Path(maps_dir)
@@ -103,15 +106,21 @@ class InferenceWriter(ScoreWriter):
         self._slices: dict[str, dict[int, tuple[np.ndarray, float]]] = defaultdict(dict)
 
     def _reset(self, engine: Engine) -> None:
-        super()._reset(engine)
+        self.rows = list(self.output.scores.rows)  # a resumed run's earlier rows count in the summary
         self._slices = defaultdict(dict)
 
+    def _target(self, folder: Path, name: Path, suffix: str) -> Path:
+        target = confined(folder / f"{name}{suffix}", self.output_dir)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target
+
     def _collect(self, engine: Engine) -> None:
+        first = len(self.rows)
         super()._collect(engine)
         threshold = self.threshold
         vmax = 2 * threshold if math.isfinite(threshold) and threshold > 0 else None
         for data, out in zip(engine.state.batch, engine.state.output):
-            path = image_path(out)
+            path = image_path(out)  # the file scored: the input, a slice, or a downscaled copy
             image, _ = self.reader.get_data(Path(path))
             amap = out["pred"].detach().float().cpu().numpy()[0]
             if amap.shape != image.shape:
@@ -120,23 +129,31 @@ class InferenceWriter(ScoreWriter):
             source, index = data["source"], int(data["slice"])
             if index >= 0:
                 self._slices[source][index] = (amap, score)
-                name, title = relative_stem(source, self.root) / f"slice_{index:04d}", f"{Path(source).name} slice {index}"
+                name, title = output_name(source, self.root) / f"slice_{index:04d}", f"{Path(source).name} slice {index}"
             else:
-                self.map_saver(out["pred"])
-                name, title = relative_stem(path, self.root), Path(path).name
+                name, title = output_name(source, self.root), Path(source).name
+                map_file = self._target(self.maps_dir, name, "_anomaly_map")
+                self.map_saver(out["pred"], filename=str(map_file))
             flagged = "" if math.isnan(threshold) else ("  flagged abnormal" if decision(score, threshold) else "  normal")
-            save_overlay(self.output_dir / "overlays" / f"{name}_overlay.png", image, amap,
+            save_overlay(self._target(self.output_dir / "overlays", name, "_overlay.png"), image, amap,
                          f"{title}  score {score:.4g}{flagged}", 0.0 if vmax else None, vmax, threshold)
+        self.output.scores.append(self.rows[first:])
+
+    def write_csv(self) -> None:
+        """Nothing left to write: the rows went to ``scores.csv`` batch by batch."""
 
     def _complete(self, engine: Engine) -> None:
         super()._complete(engine)
         self._write_volumes()
+        self.output.close()
         flagged = Counter(row["decision"] for row in self.rows)[1]
         decided = "" if math.isnan(self.threshold) else f", {flagged} flagged abnormal (threshold {self.threshold:.4g})"
         volumes = f" ({len(self._slices)} volumes: {self.output_dir / 'volumes.csv'})" if self._slices else ""
+        skipped = len(self.output.skipped.rows)
+        skipped = f"; SKIPPED {skipped} unreadable or out-of-bounds inputs: {self.output.skipped.path}" if skipped else ""
         logger.info(
-            "scored %d images%s%s; scores: %s, maps: %s, overlays: %s",
-            len(self.rows), decided, volumes, self.filename, self.maps_dir, self.output_dir / "overlays",
+            "scored %d images%s%s; scores: %s, maps: %s, overlays: %s%s",
+            len(self.rows), decided, volumes, self.filename, self.maps_dir, self.output_dir / "overlays", skipped,
         )  # fmt: skip
 
     def _write_volumes(self) -> None:
@@ -149,13 +166,12 @@ class InferenceWriter(ScoreWriter):
             source, found = volume["volume"], self._slices[volume["volume"]]
             stacked = np.stack([found[k][0] for k in sorted(found)])
             array, affine = map_in_source_space(stacked, source, self.modality)
-            target = self.maps_dir / f"{relative_stem(source, self.root)}_anomaly_map.nii.gz"
-            target.parent.mkdir(parents=True, exist_ok=True)
+            target = self._target(self.maps_dir, output_name(source, self.root), "_anomaly_map.nii.gz")
             nib.save(nib.Nifti1Image(array.astype(np.float32), affine), target)
             decision = "" if math.isnan(self.threshold) else int(volume["score"] >= self.threshold)
             rows.append({"volume": source, "n_slices": volume["n_slices"], "score": volume["score"],
                          "decision": decision})
-        with open(self.output_dir / "volumes.csv", "w", newline="") as f:
+        with open(self._target(self.output_dir, Path("volumes"), ".csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=("volume", "n_slices", "score", "decision"))
             writer.writeheader()
             writer.writerows(rows)
