@@ -10,7 +10,7 @@ with paths taken literally and one-line errors.
 - Warnings that are not the user's business are hidden (:data:`hdhkd_monai.quiet.NOT_YOUR_BUSINESS` lists them).
 - Exit status: 0 done; :data:`~hdhkd_monai.handlers.outputs.EXIT_SKIPPED` (3) done, but some inputs were skipped
   (listed with the reason in ``skipped.csv``); 1 failed: one line, ``error: <file>: <what is wrong>``, is the last
-  line; ``--debug`` shows the whole chained traceback instead.
+  line; ``--debug`` shows the whole chained traceback instead (:func:`hdhkd_monai.errors.run_cli`).
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from __future__ import annotations
 import ast
 import sys
 
-from hdhkd_monai.quiet import one_line_error, quiet_warnings
+from hdhkd_monai.errors import run_cli
+from hdhkd_monai.quiet import quiet_warnings
 
 #: Config keys that hold paths: taken literally by ``python -m hdhkd_monai``.
 PATH_OPTIONS = ("input", "bundle_root", "output_dir", "dataset_dir", "datalist", "model_ckpt", "ckpt_dir",
                 "teacher_ckpt", "teacher_data", "last_ckpt")
 _FILE_OPTIONS = ("meta_file", "logging_file")  # MONAI's own arguments, read as files
-EXIT_ERROR = 1
 
 
 def literal(value: str) -> str:
@@ -63,15 +63,10 @@ def infer_argv(argv: list[str], inference: str) -> list[str]:
     return ["run", "--config_file", str([inference, *extra]), *rest]
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
-    quiet_warnings()
+def _run(argv: list[str]) -> None:
     import fire
     from monai.bundle import scripts
 
-    from hdhkd_monai.handlers.outputs import EXIT_SKIPPED, last_run
     from hdhkd_monai.launcher import CONFIGS
 
     if argv[:1] == ["infer"]:
@@ -79,15 +74,16 @@ def main(argv: list[str] | None = None) -> int:
     for option, default in (("--meta_file", CONFIGS / "metadata.json"), ("--logging_file", CONFIGS / "logging.conf")):
         if argv[:1] == ["run"] and option not in argv:
             argv += [option, str(default)]
+    fire.Fire({"run": scripts.run}, command=literal_paths(argv), name="python -m hdhkd_monai")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hdhkd_monai.handlers.outputs import EXIT_SKIPPED, last_run
+
+    quiet_warnings()
     last_run["skipped"] = 0
-    try:
-        fire.Fire({"run": scripts.run}, command=literal_paths(argv), name="python -m hdhkd_monai")
-    except Exception as error:  # every failure of a workflow: shown as one line unless --debug
-        if debug:
-            raise
-        print(f"error: {one_line_error(error)} (--debug shows the traceback)", file=sys.stderr)
-        return EXIT_ERROR
-    return EXIT_SKIPPED if last_run["skipped"] else 0
+    status = run_cli(_run, argv)
+    return EXIT_SKIPPED if status == 0 and last_run["skipped"] else status
 
 
 if __name__ == "__main__":

@@ -11,24 +11,22 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from hdhkd_monai.__main__ import main
 from hdhkd_monai.data import datalist as dl
-from hdhkd_monai.data.bounds import ImageBounds, ImageTooLargeError, ImageTooSmallError
+from hdhkd_monai.data.bounds import ImageBounds
 from hdhkd_monai.data.containment import ContainmentError, confined, output_name
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import BadInputError
 from hdhkd_monai.data.phantom import write_phantom
 from hdhkd_monai.data.screening import screen_image, screen_inputs
 from hdhkd_monai.data.transforms import preprocessing_fingerprint
 from hdhkd_monai.handlers import save_checkpoint
 from hdhkd_monai.handlers.inference import output_root
-from hdhkd_monai.handlers.outputs import EXIT_SKIPPED, OutputBusyError, OutputExistsError, OutputSet, RowFile
+from hdhkd_monai.handlers.outputs import EXIT_SKIPPED, OutputBusyError, OutputSet, RowFile
 from hdhkd_monai.launcher import REPO, read_config
 
 TINY = {"image_size": 64, "num_modules": 1, "decoder_channels": 16, "fusion_channels": 16, "encoder_channels": 32}

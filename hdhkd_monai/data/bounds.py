@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import ImageTooLargeError, ImageTooSmallError
 
 __all__ = [
     "MAX_IMAGE_PIXELS",
@@ -37,12 +37,6 @@ MAX_IMAGE_PIXELS = 4096 * 4096
 _PIL_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 
-class ImageTooSmallError(BadInputError):
-    """An image with a side below the minimum."""
-
-
-class ImageTooLargeError(BadInputError):
-    """An image with more pixels than the maximum."""
 
 
 @dataclass(frozen=True)

@@ -19,16 +19,13 @@ import re
 import stat
 from pathlib import Path
 
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import BadInputError, ContainmentError
 
 __all__ = ["ContainmentError", "confined", "input_root", "output_name", "regular_file"]
 
 logger = logging.getLogger("hdhkd_monai.data")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # newline, tab, ...: legal in Linux names, unusable in tables and shells
 
-
-class ContainmentError(BadInputError):
-    """A read or write that would leave the declared inputs or the output folder."""
 
 
 def lexical(path: str | Path) -> str:

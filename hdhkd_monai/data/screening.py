@@ -17,7 +17,7 @@ from pathlib import Path
 
 from hdhkd_monai.data.bounds import ImageBounds, ImageTooLargeError, downscaled_copy, header_shape
 from hdhkd_monai.data.containment import output_name, regular_file
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import BadInputError
 
 __all__ = ["declared_folder", "inference_items", "screen_image", "screen_inputs", "sliced_inputs"]
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import logging
 import math
-import os
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from monai.transforms import SaveImage
 
 from hdhkd_monai.data.aggregate import volume_scores
 from hdhkd_monai.data.containment import confined, input_root, output_name
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import BadInputError
 from hdhkd_monai.data.slices import map_in_source_space
 from hdhkd_monai.data.transforms import SliceReader
 from hdhkd_monai.handlers.outputs import OutputSet

@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from hdhkd_monai.data.containment import confined, lexical
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import BadInputError, OutputBusyError, OutputExistsError
 from hdhkd_monai.handlers.scores import ScoreWriter
 
 __all__ = ["EXIT_SKIPPED", "OUTPUT_NAMES", "OutputBusyError", "OutputExistsError", "OutputSet", "RowFile", "last_run"]
@@ -37,12 +37,6 @@ EXIT_SKIPPED = 3
 last_run: dict = {"skipped": 0}
 
 
-class OutputBusyError(BadInputError):
-    """Another run holds the output folder."""
-
-
-class OutputExistsError(BadInputError):
-    """The output folder holds an earlier run's outputs and neither overwrite nor resume was asked for."""
 
 
 class RowFile:
