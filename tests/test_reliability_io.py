@@ -21,9 +21,9 @@ from ignite.engine import Engine, Events
 from PIL import Image
 from torch import nn
 
-from hdhkd_monai.__main__ import main
+from hdhkd_monai.__main__ import literal_paths, main
 from hdhkd_monai.data import datalist as dl
-from hdhkd_monai.data.bounds import ImageBounds
+from hdhkd_monai.data.bounds import ImageBounds, ImageTooLargeError, ImageTooSmallError
 from hdhkd_monai.data.containment import ContainmentError, confined, output_name
 from hdhkd_monai.errors import BadInputError
 from hdhkd_monai.data.phantom import write_phantom
@@ -237,6 +237,16 @@ def test_a_second_writer_is_refused_while_the_first_runs_and_a_killed_one_leaves
     OutputSet(tmp_path / "out").close()  # the kernel dropped the killed run's lock
 
 
+def test_inputs_that_are_all_unusable_are_one_error_naming_skipped_csv(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "empty.png").write_bytes(b"")
+    assert infer(tmp_path, tmp_path / "in", tmp_path / "out") == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'in'}: none of the 1 inputs can be scored; the reasons are in "
+        f"{tmp_path / 'out' / 'skipped.csv'} (--debug shows the traceback)")
+    assert rows(tmp_path / "out" / "skipped.csv")[0]["path"] == str(tmp_path / "in" / "empty.png")
+
+
 def test_overwrite_and_resume_together_are_refused(tmp_path):
     with pytest.raises(BadInputError, match="overwrite and resume both set"):
         OutputSet(tmp_path, overwrite=True, resume=True)
@@ -368,3 +378,56 @@ def test_a_hub_backbone_named_in_a_checkpoint_is_refused(bundle, tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"model\.pt: names backbone 'hf-hub:someone/model', which is "
                                                       "not an architecture of the installed timm"):
         stored_settings(forged)
+
+
+# --- 6. inputs are paths ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["$__import__('os').getcwd()", "2024", "[a]", "@eaDir", "%m", "a#b", "'q' \"r\"",
+                                   "caf\u00e9 \udcff"])
+def test_path_options_of_the_project_command_are_taken_literally(value):
+    """Through Python Fire and MONAI's config parser, as ``python -m hdhkd_monai run`` passes them."""
+    import fire
+    from monai.bundle import ConfigParser
+
+    overrides = fire.Fire({"run": lambda **kw: kw}, command=literal_paths(["run", "--input", value, "--x", "2"]))
+    parser = ConfigParser({"input": "default", "x": 1})
+    parser.update(overrides)
+    assert parser.get_parsed_content("input") == value and parser.get_parsed_content("x") == 2  # others: MONAI's
+
+
+def test_monai_own_command_line_keeps_its_syntax():
+    """The difference docs/workflows.md states: ``python -m monai.bundle run`` parses the same values."""
+    import fire
+
+    parsed = fire.Fire({"run": lambda **kw: kw}, command=["run", "--input", "2024", "--datalist", "[a]"])
+    assert parsed == {"input": 2024, "datalist": ["a"]}
+
+
+# --- 7. bounds ----------------------------------------------------------------------------------------------------
+
+
+def test_a_huge_image_is_refused_from_its_header_before_any_decode(tmp_path):
+    huge = tmp_path / "huge.png"
+    Image.new("L", (5000, 4000)).save(huge)
+    huge.write_bytes(huge.read_bytes()[:200])  # header only: a decode would fail as "unreadable"
+    with pytest.raises(ImageTooLargeError, match=r"huge\.png: 4000x5000 = 20,000,000 pixels, more than "
+                                                 r"max_image_pixels=16,777,216; .*downscale_large"):
+        screen_image(huge, ImageBounds())
+    with pytest.raises(ImageTooSmallError, match="needs at least 16 on each side"):
+        ImageBounds().check("thin.png", (64, 15))
+
+
+def test_a_too_large_image_is_skipped_or_scored_as_a_downscaled_copy(bundle, tmp_path):
+    source = scans(bundle, tmp_path / "in", n=1)[0]
+    Image.open(source).resize((300, 200)).save(tmp_path / "in" / "big.png")
+    assert infer(bundle, tmp_path / "in", tmp_path / "refused", "--max_image_pixels", "10000") == EXIT_SKIPPED
+    assert "more than max_image_pixels=10,000" in rows(tmp_path / "refused" / "skipped.csv")[0]["reason"]
+    assert infer(bundle, tmp_path / "in", tmp_path / "out", "--max_image_pixels", "10000",
+                 "--downscale_large", "True") == 0
+    assert sorted(r["path"] for r in rows(tmp_path / "out" / "scores.csv")) == sorted(
+        [str(source), str(tmp_path / "in" / "big.png")])  # the original is what the row names
+    import nibabel as nib
+
+    shape = nib.load(tmp_path / "out" / "maps" / "big_anomaly_map.nii.gz").shape
+    assert shape == (81, 122) and shape[0] * shape[1] <= 10000  # the copy's size: 200x300 scaled by sqrt(1/6)

@@ -10,6 +10,7 @@ parallel threads (the decoders release the GIL).
 from __future__ import annotations
 
 import glob
+import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,7 @@ from hdhkd_monai.errors import BadInputError
 __all__ = ["declared_folder", "inference_items", "screen_image", "screen_inputs", "sliced_inputs"]
 
 Skip = Callable[[str, str], None]
+logger = logging.getLogger("hdhkd_monai.data")
 
 
 def declared_folder(source: str | Path) -> Path | None:
@@ -108,4 +110,12 @@ def inference_items(inputs: list[dict], output, modality: str, bounds: ImageBoun
     items = sliced_inputs(inputs, output.folder("slices"), modality, output.skip)
     folder = declared_folder(source) if source is not None else None
     items = screen_inputs(items, output.skip, bounds, root, output.folder("downscaled"), downscale_large, folder)
-    return output.pending(items)
+    if not items:
+        output.close()
+        raise BadInputError(source or root, f"none of the {len(inputs)} inputs can be scored; the reasons are in "
+                                            f"{output.skipped.path}")
+    pending = output.pending(items)
+    if not pending:
+        output.close()  # the run has nothing to do, and no engine event will close the output set
+        logger.info("%s: every input was scored already", output.path)
+    return pending
