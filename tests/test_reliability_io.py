@@ -223,10 +223,12 @@ def test_a_repeated_run_needs_overwrite_which_clears_the_old_outputs(bundle, tmp
 
 
 def test_a_second_writer_is_refused_while_the_first_runs_and_a_killed_one_leaves_no_lock(tmp_path):
+    """The first writer is another process holding the output folder's lock as ``OutputSet`` takes it (``flock`` on
+    ``.lock``; a bare Python, to keep the test fast)."""
+    (tmp_path / "out").mkdir()
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from hdhkd_monai.handlers.outputs import OutputSet; "
-        f"held = OutputSet({str(tmp_path / 'out')!r}); print('held', flush=True); time.sleep(600)")],
-        stdout=subprocess.PIPE, text=True, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+        "import fcntl, time; f = open(%r, 'a+'); fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); "
+        "time.sleep(600)" % str(tmp_path / "out" / ".lock"))], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(OutputBusyError, match="another run is writing to this folder"):

@@ -12,6 +12,7 @@ import csv
 import logging
 import math
 from collections import Counter, defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -67,9 +68,10 @@ class InferenceWriter(ScoreWriter):
       ``volumes.csv`` (volume, n_slices, score: the highest slice score, as in :mod:`~hdhkd_monai.data.aggregate`,
       decision).
 
-    Every file goes inside the output folder (checked after resolving symlinks). The rows of each batch are appended
-    to ``scores.csv`` once its maps and overlays are written (:class:`~hdhkd_monai.handlers.outputs.OutputSet`), so
-    a row means its outputs are complete.
+    Every file goes inside the output folder (checked after resolving symlinks). The 2-D maps are written by a
+    background thread while the network scores the next batch; a batch's rows are appended to ``scores.csv``
+    (:class:`~hdhkd_monai.handlers.outputs.OutputSet`) once its maps and overlays are written, so a row means its
+    outputs are complete.
 
     The overlays' colour scale runs from 0 to twice the decision threshold (the threshold marked on the bar), the
     same for every image; an uncalibrated model gets each map's own range.
@@ -82,6 +84,7 @@ class InferenceWriter(ScoreWriter):
         map_saver: MONAI ``SaveImage`` for the 2-D maps (given each file name).
         maps_dir: where the maps go.
         modality: the volumes' modality, to put slice maps back into the volume's geometry.
+        overlays: write the overlays (each costs a second read of the image and a figure).
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class InferenceWriter(ScoreWriter):
         maps_dir: str | Path,
         normal_quantiles: torch.Tensor | None = None,
         modality: str = "oct",
+        overlays: bool = True,
     ) -> None:
         self.output = output
         self.output_dir = output.path
@@ -102,7 +106,10 @@ class InferenceWriter(ScoreWriter):
         self.maps_dir = Path(maps_dir)
         self.modality = modality
         self.reader = SliceReader()
+        self.overlays = overlays
         self._slices: dict[str, dict[int, tuple[np.ndarray, float]]] = defaultdict(dict)
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="map-writer")
+        self._pending: tuple[list[Future], list[dict]] | None = None
 
     def _reset(self, engine: Engine) -> None:
         self.rows = list(self.output.scores.rows)  # a resumed run's earlier rows count in the summary
@@ -114,34 +121,58 @@ class InferenceWriter(ScoreWriter):
         return target
 
     def _collect(self, engine: Engine) -> None:
+        self._flush()  # the previous batch's maps were written while the network ran: its rows can go now
         first = len(self.rows)
         super()._collect(engine)
-        threshold = self.threshold
-        vmax = 2 * threshold if math.isfinite(threshold) and threshold > 0 else None
-        for data, out in zip(engine.state.batch, engine.state.output):
+        futures = [self._write(data, out) for data, out in zip(engine.state.batch, engine.state.output)]
+        self._pending = ([f for f in futures if f is not None], self.rows[first:])
+
+    def _write(self, data: dict, out: dict) -> Future | None:
+        """One image's outputs: the overlay now, the 2-D map in the writer thread (its future returned)."""
+        amap = out["pred"].detach().float().cpu().numpy()[0]
+        score, threshold = float(out["score"]), self.threshold
+        source, index = data["source"], int(data["slice"])
+        future = None
+        if index >= 0:
+            self._slices[source][index] = (amap, score)
+            name, title = output_name(source, self.root) / f"slice_{index:04d}", f"{Path(source).name} slice {index}"
+        else:
+            name, title = output_name(source, self.root), Path(source).name
+            future = self._writer.submit(self._save_map, out["pred"], self._target(self.maps_dir, name, "_anomaly_map"))
+        if self.overlays:
             path = image_path(out)  # the file scored: the input, a slice, or a downscaled copy
             image, _ = self.reader.get_data(Path(path))
-            amap = out["pred"].detach().float().cpu().numpy()[0]
             if amap.shape != image.shape:
                 raise ValueError(f"{path}: anomaly map {amap.shape} is not at the image's size {image.shape}")
-            score = float(out["score"])
-            source, index = data["source"], int(data["slice"])
-            if index >= 0:
-                self._slices[source][index] = (amap, score)
-                name, title = output_name(source, self.root) / f"slice_{index:04d}", f"{Path(source).name} slice {index}"
-            else:
-                name, title = output_name(source, self.root), Path(source).name
-                map_file = self._target(self.maps_dir, name, "_anomaly_map")
-                self.map_saver(out["pred"], filename=str(map_file))
+            vmax = 2 * threshold if math.isfinite(threshold) and threshold > 0 else None
             flagged = "" if math.isnan(threshold) else ("  flagged abnormal" if decision(score, threshold) else "  normal")
             save_overlay(self._target(self.output_dir / "overlays", name, "_overlay.png"), image, amap,
                          f"{title}  score {score:.4g}{flagged}", 0.0 if vmax else None, vmax, threshold)
-        self.output.scores.append(self.rows[first:])
+        return future
+
+    def _save_map(self, pred: torch.Tensor, target: Path) -> None:
+        try:
+            self.map_saver(pred, filename=str(target))
+        except Exception as e:  # a full disk, a lost mount: name the file, whatever the writer said
+            problem = " ".join(str(e).split())[:300]
+            raise BadInputError(target, f"cannot be written ({type(e).__name__}: {problem}); free disk space or "
+                                        "choose another output_dir, then rerun with resume true") from e
+
+    def _flush(self) -> None:
+        if self._pending is None:
+            return
+        futures, rows = self._pending
+        self._pending = None
+        for future in futures:
+            future.result()
+        self.output.scores.append(rows)
 
     def write_csv(self) -> None:
         """Nothing left to write: the rows went to ``scores.csv`` batch by batch."""
 
     def _complete(self, engine: Engine) -> None:
+        self._flush()
+        self._writer.shutdown()
         super()._complete(engine)
         self._write_volumes()
         self.output.close()
