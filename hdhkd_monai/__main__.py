@@ -74,7 +74,18 @@ def _run(argv: list[str]) -> None:
     for option, default in (("--meta_file", CONFIGS / "metadata.json"), ("--logging_file", CONFIGS / "logging.conf")):
         if argv[:1] == ["run"] and option not in argv:
             argv += [option, str(default)]
-    fire.Fire({"run": scripts.run}, command=literal_paths(argv), name="python -m hdhkd_monai")
+    try:
+        fire.Fire({"run": scripts.run}, command=literal_paths(argv), name="python -m hdhkd_monai")
+    finally:
+        _close_progress_bars()
+
+
+def _close_progress_bars() -> None:
+    """A run that fails mid-way leaves its progress bar open, without a line end: the error line would follow it."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -433,3 +433,24 @@ def test_a_too_large_image_is_skipped_or_scored_as_a_downscaled_copy(bundle, tmp
 
     shape = nib.load(tmp_path / "out" / "maps" / "big_anomaly_map.nii.gz").shape
     assert shape == (81, 122) and shape[0] * shape[1] <= 10000  # the copy's size: 200x300 scaled by sqrt(1/6)
+
+
+def test_a_map_that_cannot_be_written_names_the_file_and_keeps_the_finished_rows(bundle, tmp_path, capsys,
+                                                                                  monkeypatch):
+    images = scans(bundle, tmp_path / "in", n=3)
+    from monai.transforms import SaveImage
+
+    real, calls = SaveImage.__call__, []
+
+    def disk_full_at_second(self, img, meta_data=None, filename=None):
+        calls.append(filename)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(self, img, meta_data, filename)
+
+    monkeypatch.setattr(SaveImage, "__call__", disk_full_at_second)
+    assert infer(bundle, tmp_path / "in", tmp_path / "out", "--batch_size", "1") == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: {tmp_path / 'out' / 'maps' / images[1].stem}_anomaly_map: cannot be written "
+                           "(OSError: [Errno 28] No space left on device); free disk space")
+    assert [r["path"] for r in rows(tmp_path / "out" / "scores.csv")] == [str(images[0])]
