@@ -49,7 +49,7 @@ class ImageBounds:
     def check(self, path: str | Path, shape: tuple[int, int]) -> None:
         if min(shape) < self.min_side:
             raise ImageTooSmallError(path, f"{shape[0]}x{shape[1]} pixels; the network needs at least "
-                                           f"{self.min_side} on each side (min_image_side)")
+                                           f"{self.min_side} on each side (min_image_side); leave it out")
         if math.prod(shape) > self.max_pixels:
             raise ImageTooLargeError(path, f"{shape[0]}x{shape[1]} = {math.prod(shape):,} pixels, more than "
                                            f"max_image_pixels={self.max_pixels:,}; raise max_image_pixels or set "
