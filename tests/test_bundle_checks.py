@@ -121,7 +121,8 @@ def test_inference_config_builds_the_network_training_builds(tmp_path):
     shape the data and the network, taking them from the trained checkpoint when there is one; without one its
     values must be those of train.json, or the trained checkpoint would not fit."""
     train, inference = (json.loads((CONFIGS / f"{name}.json").read_text()) for name in ("train", "inference"))
-    own = {"imports", "output_dir", "batch_size", "network_def", "network", "hdhkd", "run"}  # workflow-specific
+    # workflow-specific; "resume": training continues last.pt by default, inference an interrupted output folder
+    own = {"imports", "output_dir", "batch_size", "network_def", "network", "hdhkd", "run", "resume"}
     shared = set(train) & set(inference) - own
     assert shared >= {"image_size", "preprocessing", "backbone", "num_modules", "teacher_def", "model_ckpt"}
     parsed = [read_config([name], bundle_root=str(tmp_path)) for name in ("train", "inference")]
@@ -131,7 +132,8 @@ def test_inference_config_builds_the_network_training_builds(tmp_path):
     assert {k: v for k, v in inference["hdhkd"].items() if k != "teacher"} == {
         k: v for k, v in train["hdhkd"].items() if k != "teacher"
     }
-    assert set(inference["imports"]) <= set(train["imports"]) | {"$import numpy", "$import hdhkd_monai.data.slices"}
+    assert set(inference["imports"]) <= set(train["imports"]) | {
+        "$import numpy", "$import hdhkd_monai.data.slices", "$import hdhkd_monai.data.screening"}
 
 
 def test_inference_takes_the_settings_from_the_checkpoint(tiny_bundle):

@@ -23,7 +23,7 @@ from hdhkd_monai.data.phantom import make_bscan
 from hdhkd_monai.data.slices import map_in_source_space, slice_inputs
 from hdhkd_monai.data.transforms import ct_slice, oct_bscan
 from hdhkd_monai.errors import BadInputError, one_line_error
-from hdhkd_monai.handlers.inference import relative_stem
+from hdhkd_monai.data.containment import output_name
 from hdhkd_monai.networks import HDHKD, PDN, AnomalyMapNet
 
 SIZE = 64
@@ -140,7 +140,7 @@ def test_a_dicom_series_folder_is_one_volume_at_inference_like_nifti(tmp_path):
     items = image_items(scans, volumes=True)
     expected = (series, scans / "b.png", scans / "bscans" / "0.dcm", scans / "bscans" / "1.dcm")
     assert [item["image"] for item in items] == [str(p) for p in expected]
-    assert relative_stem(series, scans) == series.relative_to(scans)
+    assert output_name(series, scans) == series.relative_to(scans)
 
     hu, affine, display = dicom.load_series(series)
     assert not display

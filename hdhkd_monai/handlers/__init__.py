@@ -14,6 +14,8 @@ from hdhkd_monai.handlers.checkpoint import (
     stored_settings,
 )
 from hdhkd_monai.handlers.inference import InferenceWriter, output_root
+from hdhkd_monai.handlers.outputs import OutputSet
+from hdhkd_monai.handlers.preflight import TrainingPreflight
 from hdhkd_monai.handlers.report import EvaluationReport
 from hdhkd_monai.handlers.sampler import ReshuffleOnRestart, SeededShuffle
 from hdhkd_monai.handlers.scores import ScoreWriter
@@ -31,11 +33,13 @@ __all__ = [
     "IterationValidationHandler",
     "MODEL_CKPT",
     "NamedCheckpointLoader",
+    "OutputSet",
     "ResumeFromCheckpoint",
     "ReshuffleOnRestart",
     "ScoreWriter",
     "SeededShuffle",
     "TeacherStatsHandler",
+    "TrainingPreflight",
     "load_checkpoint",
     "load_network",
     "load_teacher",

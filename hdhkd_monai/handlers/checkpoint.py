@@ -32,6 +32,7 @@ from monai.handlers import CheckpointLoader
 from torch import nn
 
 from hdhkd_monai.errors import CheckpointMismatchError, SettingsMismatchError
+from hdhkd_monai.pretrained import FromCheckpoint, checkpoint_architecture
 from hdhkd_monai.state_dict import check_settings, flat_settings, load_weights, torch_file
 
 __all__ = [
@@ -123,7 +124,13 @@ def stored_settings(path: str | Path) -> dict:
     if extra is None:
         raise CheckpointMismatchError(f"{path}: carries no settings (written by an older version?); train it again")
     calibration = extra["calibration"] or {}
-    return {**flat_settings(extra["settings"]), **{k: v for k, v in calibration.items() if k == "score_top_k"}}
+    settings = flat_settings(extra["settings"])
+    for key, value in settings.items():  # a checkpoint is data: it names no download, file or hub model to load
+        if key.split(".")[-1] == "backbone":
+            checkpoint_architecture(value, path)
+        elif key.split(".")[-1] == "weights" and value is not None:
+            settings[key] = FromCheckpoint(value)
+    return {**settings, **{k: v for k, v in calibration.items() if k == "score_top_k"}}
 
 
 class NamedCheckpointLoader(CheckpointLoader):
@@ -266,6 +273,37 @@ class AtomicCheckpointSaver:
         self.best = float(state["best"])
 
 
+_OPTIMIZER_SETTINGS = {"initial_lr": "learning_rate", "weight_decay": "weight_decay"}  # param group key: config key
+
+
+def optimizer_settings(objects: Mapping[str, Any]) -> list[dict]:
+    """The configured learning rate (a scheduler's ``initial_lr``, else ``lr``) and weight decay of each parameter
+    group of the optimizers among ``objects``, before a checkpoint replaces them."""
+    return [{"initial_lr": group.get("initial_lr", group["lr"]), "weight_decay": group.get("weight_decay")}
+            for obj in objects.values() if isinstance(obj, torch.optim.Optimizer) for group in obj.param_groups]
+
+
+def apply_optimizer_settings(objects: Mapping[str, Any], configured: list[dict]) -> list[str]:
+    """Put the ``configured`` settings back into the optimizers and schedulers among ``objects`` after a checkpoint
+    was loaded into them, keeping the schedule's position (the learning rate is scaled by the factor the schedule
+    had reached); return a message for each one that differed from the checkpoint's."""
+    groups = [group for obj in objects.values() if isinstance(obj, torch.optim.Optimizer) for group in obj.param_groups]
+    schedulers = [obj for obj in objects.values() if isinstance(obj, torch.optim.lr_scheduler.LRScheduler)]
+    changes = []
+    for index, (group, wanted) in enumerate(zip(groups, configured)):
+        for key, name in _OPTIMIZER_SETTINGS.items():
+            stored = group.get(key, group["lr"] if key == "initial_lr" else None)
+            if wanted[key] is None or stored == wanted[key]:
+                continue
+            if key == "initial_lr":
+                group["lr"] = group["lr"] * wanted[key] / stored
+                for scheduler in schedulers:
+                    scheduler.base_lrs[index] = wanted[key]
+            group[key] = wanted[key]
+            changes.append(f"{name} {wanted[key]} (the checkpoint's was {stored}; the schedule's position is kept)")
+    return changes
+
+
 class ResumeFromCheckpoint:
     """Ignite handler that, when training starts, continues from a checkpoint written by
     :class:`AtomicCheckpointSaver` with ``engine_key``: it loads ``load_dict`` (network, optimizer, scheduler, ...)
@@ -298,7 +336,10 @@ class ResumeFromCheckpoint:
             engine.logger.info(f"no checkpoint to resume from at {self.load_path}: training from the start")
             return
         device = getattr(engine.state, "device", None) or "cpu"  # MONAI engines carry one, plain Ignite ones not
+        configured = optimizer_settings(self.load_dict)
         checkpoint = load_checkpoint(self.load_path, self.load_dict, map_location=device)
+        for change in apply_optimizer_settings(self.load_dict, configured):
+            engine.logger.warning(f"resuming {self.load_path} with {change}")
         if self.engine_key not in checkpoint:
             raise CheckpointMismatchError(f"{self.load_path}: has no {self.engine_key!r} entry to resume from")
         iteration = restore_position(engine, checkpoint[self.engine_key])
