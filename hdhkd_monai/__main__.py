@@ -1,8 +1,11 @@
 """``python -m hdhkd_monai run ...``: MONAI's ``python -m monai.bundle run ...`` for this project's bundle, quiet and
-with one-line errors.
+with one-line errors; ``python -m hdhkd_monai infer ...`` is ``run`` with the bundle's ``inference.json``.
 
 - The arguments are MONAI's (``--config_file``, ``--bundle_root``, any ``--key value``); ``--meta_file`` and
   ``--logging_file`` default to the bundle's own.
+- ``--config_file`` also takes names: a bundle config (``train``, ``evaluate``, ``inference``, ...) or a data-set
+  preset (``br35h``, ``chest_ct``, ...), e.g. ``--config_file "['train','br35h']"``; both are installed with the
+  package, so the commands work from any folder.
 - Warnings that are not the user's business are hidden (:data:`hdhkd_monai.quiet.NOT_YOUR_BUSINESS` lists them).
 - A failure prints one line, ``error: <file>: <what is wrong>``, and exits with status 1; ``--debug`` shows the
   whole chained traceback instead.
@@ -10,26 +13,46 @@ with one-line errors.
 
 from __future__ import annotations
 
+import ast
 import sys
 
 from hdhkd_monai.quiet import one_line_error, quiet_warnings
+
+_USAGE = "usage: python -m hdhkd_monai {run,infer} [--config_file FILES] [--key value ...] [--debug]"
+
+
+def _with_defaults(argv: list[str]) -> list[str]:
+    """``argv`` after the command with ``infer``'s config, named configs resolved and the bundle's meta and logging
+    files filled in, as ``monai.bundle run`` arguments."""
+    from hdhkd_monai.launcher import CONFIGS, config_files
+
+    command, args = argv[0], argv[1:]
+    if command == "infer" and "--config_file" not in args:
+        args += ["--config_file", "inference"]
+    if "--config_file" in args:
+        at = args.index("--config_file") + 1
+        value = args[at]
+        names = ast.literal_eval(value) if value.startswith("[") else value.split(",")
+        args[at] = ",".join(config_files(names))
+    for option, default in (("--meta_file", CONFIGS / "metadata.json"), ("--logging_file", CONFIGS / "logging.conf")):
+        if option not in args:
+            args += [option, str(default)]
+    return ["run", *args]
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = [a for a in argv if a != "--debug"]
+    if argv[:1] not in (["run"], ["infer"]):
+        print(_USAGE, file=sys.stderr)
+        return 2
     quiet_warnings()
     import fire
     from monai.bundle import scripts
 
-    from hdhkd_monai.launcher import CONFIGS
-
-    for option, default in (("--meta_file", CONFIGS / "metadata.json"), ("--logging_file", CONFIGS / "logging.conf")):
-        if argv[:1] == ["run"] and option not in argv:
-            argv += [option, str(default)]
     try:
-        fire.Fire({"run": scripts.run}, command=argv, name="python -m hdhkd_monai")
+        fire.Fire({"run": scripts.run}, command=_with_defaults(argv), name="python -m hdhkd_monai")
     except Exception as error:  # every failure of a workflow: shown as one line unless --debug
         if debug:
             raise

@@ -27,7 +27,8 @@ from conftest import SHARED_DATA
 from hdhkd_monai import zoo
 from hdhkd_monai.data.errors import BadInputError
 from hdhkd_monai.anomaly_map import image_score
-from hdhkd_monai.launcher import BUNDLE, CONFIGS, REPO
+from conftest import REPO_ROOT as REPO
+from hdhkd_monai.launcher import BUNDLE, CONFIGS
 from test_bundle_workflows import TINY, run, write_phantom_data
 
 pytest.importorskip("onnxruntime", reason="packing exports ONNX: pip install -e '.[onnx]'")
