@@ -12,6 +12,7 @@ almost all elementwise work, so its count is replaced by an analytic one (see ``
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,9 +22,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-import hdhkd_monai.networks.ss2d as ss2d_module
+import hdhkd_monai.networks.blocks.ss2d as ss2d_module
 from hdhkd_monai.launcher import read_config
-from hdhkd_monai.markdown import replace_section
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's `tools` when run as a script
+from tools.markdown import replace_section  # noqa: E402
 from hdhkd_monai.networks import HDHKD, PDN, STUDENT_BACKBONES
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "complexity.md"

@@ -38,7 +38,8 @@ import torch
 import torch.nn.functional as F
 
 from competing import competing_processes
-from hdhkd_monai.markdown import replace_section
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's `tools` when run as a script
+from tools.markdown import replace_section  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "complexity.md"
 METHODS = ("reference", "torch", "pscan")
@@ -50,7 +51,7 @@ DEFAULT_THREADS = 0  # --threads value meaning "leave torch's default"
 MODES = (("forward", "forward"), ("train", "fwd+bwd"))  # result key, label
 
 ALGORITHM = """\
-`selective_scan` (in `hdhkd_monai/networks/selective_scan.py`) has mamba-ssm's `selective_scan_fn` signature;
+`selective_scan` (in `hdhkd_monai/networks/layers/selective_scan.py`) has mamba-ssm's `selective_scan_fn` signature;
 on CPU it runs the `"torch"` backend, an exact chunked recurrence. The sequence is cut into chunks of T steps
 (T about 400k / (batch x channels x N), a power of two: 16 at 768 channels, 8 at 1536). For each chunk,
 exp(delta*A) (as exp2 of delta*A*log2(e), about 3x faster than exp on this CPU) and delta*B*u are computed in
@@ -112,7 +113,7 @@ def pscan_scan(u, delta, A, B, C, D):
 def worker(args) -> None:
     """Times one method at every thread setting in this process, the settings alternating between repeats so that
     a change in the machine's load hits all of them alike; prints one result per setting."""
-    from hdhkd_monai.networks.selective_scan import selective_scan
+    from hdhkd_monai.networks.layers.selective_scan import selective_scan
 
     default = torch.get_num_threads()
     settings = [int(t) for t in args.threads.split(",")]

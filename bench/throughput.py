@@ -37,10 +37,12 @@ import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timezone
+import sys
 from pathlib import Path
 
 from competing import competing_processes
-from hdhkd_monai.markdown import replace_section
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's `tools` when run as a script
+from tools.markdown import replace_section  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "baselines.md"
 MODELS = ("HDHKD", "EfficientAD-S")
@@ -63,8 +65,8 @@ def _build(name: str, size: int):
 
     from hdhkd_monai.baselines.efficientad import EfficientAD
     from hdhkd_monai.losses import DistillationLoss
-    from hdhkd_monai.networks.hdhkd import HDHKD
-    from hdhkd_monai.networks.pdn import PDN
+    from hdhkd_monai.networks.nets.hdhkd import HDHKD
+    from hdhkd_monai.networks.nets.pdn import PDN
 
     torch.manual_seed(0)
     teacher = PDN(size="small", out_channels=384, padding=False)
@@ -81,7 +83,7 @@ def export_onnx(size: int, path: Path) -> float:
     axis, as ``configs/onnx_export.json`` exports the bundle; returns the export's seconds."""
     import torch
 
-    from hdhkd_monai.networks.hdhkd import AnomalyMapNet
+    from hdhkd_monai.networks.nets.hdhkd import AnomalyMapNet
 
     model, _ = _build("HDHKD", size)
     net = AnomalyMapNet(model, normalize=False).eval()

@@ -49,7 +49,7 @@ from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist 
 from experiments.baselines import BASELINES, run_baselines  # noqa: E402
 from experiments.compare import compare_runs  # noqa: E402
 from hdhkd_monai.launcher import CONFIGS, OFFLINE_TEACHER, read_config, run_bundle  # noqa: E402
-from hdhkd_monai.markdown import replace_section  # noqa: E402
+from tools.markdown import replace_section  # noqa: E402
 
 TABLES = ("main", "table5", "table6", "table7")
 # run.json keys that may change while a row folder is resumed: paths (a copied run folder) and the training length.

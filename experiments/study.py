@@ -7,7 +7,7 @@ The images are loaded once through the data set's preprocessing and kept in memo
 
 1. builds the teacher: ``pretrained`` (the frozen EfficientNet-Lite target, :class:`PretrainedTeacher`) or ``pdn``
    (a PDN distilled from that target for ``--teacher-iterations``, as the bundle's teacher workflow does);
-2. probes it: kNN AUROC of the teacher's own features (:mod:`hdhkd_monai.probe`), and of the target's when the
+2. probes it: kNN AUROC of the teacher's own features (:mod:`tools.probe`), and of the target's when the
    teacher is a PDN;
 3. trains the student and, at each ``--eval-at`` iteration, records the training loss, the discrepancy on the
    normal validation images and the test AUROC (overall and per class) for several image scores.
@@ -36,8 +36,8 @@ from hdhkd_monai.distill import PatchCoreTarget, TeacherDistillation, fit_teache
 from hdhkd_monai.losses import DistillationLoss  # noqa: E402
 from hdhkd_monai.metrics import auroc, per_class_metrics  # noqa: E402
 from hdhkd_monai.networks import HDHKD, PDN  # noqa: E402
-from hdhkd_monai.networks.pretrained_teacher import PretrainedTeacher  # noqa: E402
-from hdhkd_monai.probe import nearest_neighbour_scores, patch_features  # noqa: E402
+from hdhkd_monai.networks.nets.pretrained_teacher import PretrainedTeacher  # noqa: E402
+from tools.probe import nearest_neighbour_scores, patch_features  # noqa: E402
 
 PREPROCESSING = {
     "oct": lambda size: transforms.oct_bscan(size),

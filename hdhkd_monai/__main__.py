@@ -8,7 +8,7 @@ with one-line errors; ``python -m hdhkd_monai infer ...`` is ``run`` with the bu
   package, so the commands work from any folder.
 - Warnings that are not the user's business are hidden (:data:`hdhkd_monai.quiet.NOT_YOUR_BUSINESS` lists them).
 - A failure prints one line, ``error: <file>: <what is wrong>``, and exits with status 1; ``--debug`` shows the
-  whole chained traceback instead.
+  whole chained traceback instead (:func:`hdhkd_monai.errors.run_cli`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from __future__ import annotations
 import ast
 import sys
 
-from hdhkd_monai.quiet import one_line_error, quiet_warnings
+from hdhkd_monai.errors import run_cli
+from hdhkd_monai.quiet import quiet_warnings
 
 _USAGE = "usage: python -m hdhkd_monai {run,infer} [--config_file FILES] [--key value ...] [--debug]"
 
@@ -40,25 +41,18 @@ def _with_defaults(argv: list[str]) -> list[str]:
     return ["run", *args]
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+def _run(argv: list[str]) -> None:
     if argv[:1] not in (["run"], ["infer"]):
-        print(_USAGE, file=sys.stderr)
-        return 2
-    quiet_warnings()
+        raise SystemExit(_USAGE)
     import fire
     from monai.bundle import scripts
 
-    try:
-        fire.Fire({"run": scripts.run}, command=_with_defaults(argv), name="python -m hdhkd_monai")
-    except Exception as error:  # every failure of a workflow: shown as one line unless --debug
-        if debug:
-            raise
-        print(f"error: {one_line_error(error)} (--debug shows the traceback)", file=sys.stderr)
-        return 1
-    return 0
+    fire.Fire({"run": scripts.run}, command=_with_defaults(argv), name="python -m hdhkd_monai")
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_warnings()
+    return run_cli(_run, argv)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ class TeacherDistillation(nn.Module):
     """The trainable PDN teacher and its frozen target, giving the pair the distillation MSE compares.
 
     Args:
-        teacher: the PDN (``hdhkd_monai.networks.pdn.PDN``) or any module [B,3,H,W] -> [B, C, h, w]; trained.
+        teacher: the PDN (``hdhkd_monai.networks.nets.pdn.PDN``) or any module [B,3,H,W] -> [B, C, h, w]; trained.
         target: the frozen :class:`PatchCoreTarget` with ``C`` output channels.
         target_input_size: side length the images are resized to (bilinear) before the target backbone;
             ``None`` feeds them as they are. EfficientAD gives the WideResNet 512x512 images for a 256x256 PDN.

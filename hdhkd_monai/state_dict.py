@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from hdhkd_monai.errors import CheckpointMismatchError, SettingsMismatchError
+
 __all__ = [
-    "CheckpointMismatchError",
-    "SettingsMismatchError",
     "check_settings",
     "flat_settings",
     "load_weights",
@@ -24,13 +24,6 @@ __all__ = [
 
 _SHOWN_KEYS = 5  # how many offending keys an error lists
 
-
-class CheckpointMismatchError(ValueError):
-    """A weights file that is unreadable or does not fit the module it is loaded into; the message names the file."""
-
-
-class SettingsMismatchError(CheckpointMismatchError):
-    """A checkpoint made with other settings than the configured ones (image size, teacher, score top-k, ...)."""
 
 
 def flat_settings(settings: Mapping, prefix: str = "") -> dict:

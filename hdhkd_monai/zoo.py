@@ -32,7 +32,7 @@ from typing import Any
 
 from monai.bundle import ckpt_export, onnx_export
 
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import BadInputError
 from hdhkd_monai.handlers.checkpoint import MODEL_CKPT
 from hdhkd_monai.launcher import BUNDLE, CONFIGS
 from hdhkd_monai.state_dict import torch_file

@@ -12,7 +12,7 @@ from hdhkd_monai.distill import teacher_output_stats
 from hdhkd_monai.engines import AnomalyEvaluator
 from hdhkd_monai.handlers import CalibrationHandler
 from hdhkd_monai.launcher import OFFLINE_TEACHER
-from hdhkd_monai.networks.pdn import PDN
+from hdhkd_monai.networks.nets.pdn import PDN
 
 SIZE = 64
 # the offline teacher preset's real ImageNet weights, small

@@ -20,7 +20,7 @@ from hdhkd_monai.data.datalist import (
     main,
     patient_id,
 )
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import BadInputError
 from hdhkd_monai.data.phantom import write_phantom
 
 REAL_SETS = {"neh-oct": "NORMAL", "oct2017": "NORMAL", "brainmri": "normal", "chestct": "normal"}

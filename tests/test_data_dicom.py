@@ -13,7 +13,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PositronEmissionTomographyImageStorage, generate_uid
 
 from hdhkd_monai.data import dicom
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import BadInputError
 
 PET_TAGS = dict(weight_kg=70.0, dose_bq=370e6, half_life_s=6586.2, injection="100000", series_time="110000")
 

@@ -9,7 +9,7 @@ import tifffile
 from test_data_dicom import write_series
 
 from hdhkd_monai.data.aggregate import volume_scores
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import BadInputError
 from hdhkd_monai.data.slices import main, read_slice_labels, slice_volumes
 from hdhkd_monai.data.datalist import kermany_datalist
 from hdhkd_monai.data.transforms import ct_slice

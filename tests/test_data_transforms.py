@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
 
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import BadInputError
 from hdhkd_monai.data.transforms import CT_WINDOWS, ct_slice, mri_slice, oct_bscan, pet_slice
 
 REAL_SAMPLES = {  # data set -> (pipeline, files per test folder)

@@ -11,7 +11,7 @@ import tifffile
 from nibabel.testing import data_path as nibabel_data
 from test_data_dicom import PET_TAGS, hand_suv_factor, make_dataset, stored_volume, write_series
 
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import BadInputError
 from hdhkd_monai.data.volumes import Volume, normalize, read_volume, slices, suv_from_sidecar
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from hdhkd_monai.distill import PatchCoreTarget, TeacherDistillation, channel_pool, teacher_output_stats
 from hdhkd_monai.launcher import OFFLINE_TEACHER
-from hdhkd_monai.networks.pdn import PDN
+from hdhkd_monai.networks.nets.pdn import PDN
 
 
 def _random_target(**kwargs):

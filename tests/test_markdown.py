@@ -1,6 +1,6 @@
 """Generated doc sections: only the marked section changes, and a missing one is appended."""
 
-from hdhkd_monai.markdown import replace_section
+from tools.markdown import replace_section
 
 
 def test_replaces_only_its_own_section(tmp_path):

@@ -18,7 +18,7 @@ from hdhkd_monai.networks import (
     MultiFeatureModel,
     StudentEncoder,
 )
-from hdhkd_monai.networks.blocks import AttentionMixer, ConvMixer, DenseMixer, DepthwiseConvMixer
+from hdhkd_monai.networks.blocks.mixers import AttentionMixer, ConvMixer, DenseMixer, DepthwiseConvMixer
 
 # A narrow student for tests where the architecture, not its width, is under test.
 SMALL = dict(num_modules=1, fusion_channels=32, encoder_channels=64, decoder_channels=32, d_state=4)

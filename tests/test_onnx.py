@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from hdhkd_monai.networks import selective_scan as scan_module
-from hdhkd_monai.networks.selective_scan import selective_scan
-from hdhkd_monai.networks.ss2d import SS2D
+from hdhkd_monai.networks.layers import selective_scan as scan_module
+from hdhkd_monai.networks.layers.selective_scan import selective_scan
+from hdhkd_monai.networks.blocks.ss2d import SS2D
 from test_selective_scan import CHUNK, assert_close_f32, make_inputs
 
 onnx = pytest.importorskip("onnx", reason="the ONNX tests need the onnx extra: pip install -e '.[onnx]'")

@@ -20,7 +20,7 @@ from torch import nn
 
 from hdhkd_monai.data import datalist as dl
 from hdhkd_monai.data import slices
-from hdhkd_monai.data.errors import BadInputError, run_cli
+from hdhkd_monai.errors import BadInputError, SettingsMismatchError, one_line_error, run_cli
 from hdhkd_monai.engines import AnomalyEvaluator
 from hdhkd_monai.data.transforms import ct_slice, oct_bscan, preprocessing_fingerprint
 from hdhkd_monai.handlers import (
@@ -35,8 +35,6 @@ from conftest import REPO_ROOT as REPO
 from hdhkd_monai.launcher import CONFIGS, read_config
 from hdhkd_monai.networks import HDHKD, PDN, SS2D, AnomalyMapNet
 from hdhkd_monai.pretrained import default_weights
-from hdhkd_monai.quiet import one_line_error
-from hdhkd_monai.state_dict import SettingsMismatchError
 from test_bundle_workflows import TINY, write_phantom_data
 
 
@@ -333,4 +331,5 @@ def test_the_data_tools_print_a_bad_input_as_one_line(tmp_path, capsys):
     assert run_cli(dl.main, ["kermany", str(tmp_path), "--out", str(tmp_path / "datalist.json")]) == 1
     assert capsys.readouterr().err.splitlines() == [f"error: {tmp_path / 'train' / 'NORMAL' / 'scan.png'}: "
                                                     "unreadable image (UnidentifiedImageError: cannot identify "
-                                                    f"image file '{tmp_path / 'train' / 'NORMAL' / 'scan.png'}')"]
+                                                    f"image file '{tmp_path / 'train' / 'NORMAL' / 'scan.png'}') "
+                                                    "(--debug shows the traceback)"]

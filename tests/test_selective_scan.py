@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from hdhkd_monai.networks import selective_scan as scan_module
-from hdhkd_monai.networks.selective_scan import selective_scan
-from hdhkd_monai.networks.ss2d import SS2D
+from hdhkd_monai.networks.layers import selective_scan as scan_module
+from hdhkd_monai.networks.layers.selective_scan import selective_scan
+from hdhkd_monai.networks.blocks.ss2d import SS2D
 
 CHUNK = 8  # small, so that short test sequences span several chunks
 

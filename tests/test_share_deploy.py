@@ -25,7 +25,7 @@ import torch
 
 from conftest import SHARED_DATA
 from hdhkd_monai import zoo
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import BadInputError
 from hdhkd_monai.anomaly_map import image_score
 from conftest import REPO_ROOT as REPO
 from hdhkd_monai.launcher import BUNDLE, CONFIGS

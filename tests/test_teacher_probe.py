@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from hdhkd_monai.networks import HDHKD
-from hdhkd_monai.networks.pretrained_teacher import PretrainedTeacher
-from hdhkd_monai.networks.student import StudentEncoder
+from hdhkd_monai.networks.nets.pretrained_teacher import PretrainedTeacher
+from hdhkd_monai.networks.blocks.student_encoder import StudentEncoder
 from hdhkd_monai.pretrained import efficientnet_lite_state_dict
-from hdhkd_monai.probe import nearest_neighbour_scores, patch_features
+from tools.probe import nearest_neighbour_scores, patch_features
 
 
 def test_nearest_neighbour_scores_equal_a_brute_force_loop():

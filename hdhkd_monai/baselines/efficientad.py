@@ -1,7 +1,7 @@
 """EfficientAD-S (Batzner, Heckler and König, "EfficientAD: Accurate Visual Anomaly Detection at Millisecond-Level
 Latencies", WACV 2024).
 
-A frozen, normalised PDN teacher (the same distilled :class:`~hdhkd_monai.networks.pdn.PDN` HDHKD uses); a student
+A frozen, normalised PDN teacher (the same distilled :class:`~hdhkd_monai.networks.nets.pdn.PDN` HDHKD uses); a student
 PDN with twice the teacher's channels, the first half imitating the teacher on normal images (hard-feature loss), the
 second half imitating an autoencoder; the autoencoder reconstructs the teacher features through a 64-value code.
 Local anomalies show as teacher-student discrepancy, logical/global ones as autoencoder-student discrepancy; both
@@ -22,7 +22,7 @@ from torchvision.transforms import functional as TF
 from hdhkd_monai.anomaly_map import AnomalyPrediction, discrepancy_map, map_quantiles, normalize_map
 from hdhkd_monai.baselines.common import Detector, check_images, freeze, iterate_batches
 from hdhkd_monai.losses import DistillationLoss
-from hdhkd_monai.networks.pdn import PDN
+from hdhkd_monai.networks import PDN
 
 __all__ = ["AutoEncoder", "EfficientAD"]
 

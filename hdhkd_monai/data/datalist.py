@@ -35,7 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hdhkd_monai.data.errors import BadFileLog, BadInputError, cli_logging, logger, run_cli
+from hdhkd_monai.data.bad_files import BadFileLog, cli_logging, logger
+from hdhkd_monai.errors import BadInputError, run_cli
 from hdhkd_monai.data.volumes import INFERENCE_VOLUME_SUFFIXES, VOLUME_SUFFIXES, is_volume, volume_name, volume_suffix
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".npy", ".dcm")

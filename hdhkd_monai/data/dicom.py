@@ -5,7 +5,7 @@ scan times and the patient weight), and rescaled stored values for other modalit
 with ``k`` ascending along the slice normal (row direction x column direction, from ImageOrientationPatient), and an
 affine in RAS (nibabel's convention) for the index order ``(i=col, j=row, k)``.
 
-Every problem raises :class:`~hdhkd_monai.data.errors.BadInputError` naming the file or folder: unreadable or
+Every problem raises :class:`~hdhkd_monai.errors.BadInputError` naming the file or folder: unreadable or
 truncated files, mixed series (several SeriesInstanceUIDs, orientations or shapes), missing or duplicated slices
 (irregular spacing along the normal), and for PET each tag that SUV needs.
 """
@@ -21,7 +21,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from hdhkd_monai.data.errors import BadFileLog, BadInputError
+from hdhkd_monai.data.bad_files import BadFileLog
+from hdhkd_monai.errors import BadInputError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 # Tolerance on slice gaps: a gap further than this from the median gap means a missing or extra slice.

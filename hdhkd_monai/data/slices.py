@@ -36,7 +36,8 @@ from nibabel import orientations
 from tqdm import tqdm
 
 from hdhkd_monai.data import datalist as dl
-from hdhkd_monai.data.errors import BadFileLog, BadInputError, cli_logging, logger, run_cli
+from hdhkd_monai.data.bad_files import BadFileLog, cli_logging, logger
+from hdhkd_monai.errors import BadInputError, run_cli
 from hdhkd_monai.data.volumes import FOREGROUND, MODALITIES, normalize, read_volume, reorient, slices, suv_from_sidecar
 from hdhkd_monai.data.volumes import INFERENCE_VOLUME_SUFFIXES, volume_name, volume_suffix
 

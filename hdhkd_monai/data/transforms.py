@@ -46,7 +46,7 @@ from monai.utils import MetaKeys
 from PIL import Image
 
 from hdhkd_monai.data import dicom
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import BadInputError
 
 DISPLAY_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # (lower, upper) HU bounds of the usual chest CT windows: lung W1500/L-600, mediastinal W350/L50.

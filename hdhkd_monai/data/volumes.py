@@ -25,7 +25,7 @@ import numpy as np
 from nibabel import orientations
 
 from hdhkd_monai.data import dicom
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import BadInputError
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".tif", ".tiff", ".dcm", ".npy")
 #: Volume formats inference takes directly (``slices.slice_inputs``); TIFF, ``.npy`` and ``.dcm`` inputs are 2-D

@@ -9,7 +9,7 @@ from ignite.engine import Events
 from monai.engines.utils import IterationEvents
 
 from hdhkd_monai.anomaly_map import AnomalyPrediction, image_score
-from hdhkd_monai.networks.blocks import plain_tensor
+from hdhkd_monai.networks.layers import plain_tensor
 from hdhkd_monai.state_dict import check_settings
 
 __all__ = ["AnomalyEvaluator"]

@@ -6,7 +6,7 @@ import torch
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
 
-from hdhkd_monai.networks.blocks import plain_tensor
+from hdhkd_monai.networks.layers import plain_tensor
 
 __all__ = ["DistillationTrainer"]
 

@@ -31,14 +31,8 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from torch import nn
 
-from hdhkd_monai.state_dict import (
-    CheckpointMismatchError,
-    SettingsMismatchError,
-    check_settings,
-    flat_settings,
-    load_weights,
-    torch_file,
-)
+from hdhkd_monai.errors import CheckpointMismatchError, SettingsMismatchError
+from hdhkd_monai.state_dict import check_settings, flat_settings, load_weights, torch_file
 
 __all__ = [
     "AtomicCheckpointSaver",

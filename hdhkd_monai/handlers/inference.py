@@ -22,7 +22,7 @@ from ignite.engine import Engine
 from monai.transforms import SaveImage
 
 from hdhkd_monai.data.aggregate import volume_scores
-from hdhkd_monai.data.errors import BadInputError
+from hdhkd_monai.errors import BadInputError
 from hdhkd_monai.data.slices import map_in_source_space
 from hdhkd_monai.data.transforms import SliceReader
 from hdhkd_monai.handlers.overlay import save_overlay

@@ -1,12 +1,21 @@
-"""HDHKD networks: the teachers (PDN, frozen pretrained CNN), the student (encoder, decoders, fusion) and the model wrappers."""
+"""HDHKD networks, laid out as MONAI's: ``layers`` (stateless helpers, the selective scan), ``blocks`` (encoder,
+decoders, mixers, SS2D, MFM) and ``nets`` (the teachers, HDHKD). Imports go one way: layers <- blocks <- nets.
 
-from .decoders import MIXERS, ConvUpsample, MambaUpNet, UpNetModule, UpsampleStem
-from .hdhkd import GLOBAL_DECODERS, HDHKD, AnomalyMapNet, HDHKDStudent
-from .mfm import ConcatFusion, MultiFeatureModel
-from .pdn import PDN
-from .pretrained_teacher import PretrainedTeacher
-from .ss2d import SS2D
-from .student import STUDENT_BACKBONES, StudentEncoder
+The names below are what the bundle configs reference (``hdhkd_monai.networks.HDHKD``)."""
+
+from .blocks import (
+    MIXERS,
+    SS2D,
+    STUDENT_BACKBONES,
+    ConcatFusion,
+    ConvUpsample,
+    MambaUpNet,
+    MultiFeatureModel,
+    StudentEncoder,
+    UpNetModule,
+    UpsampleStem,
+)
+from .nets import GLOBAL_DECODERS, HDHKD, PDN, AnomalyMapNet, HDHKDStudent, PretrainedTeacher
 
 __all__ = [
     "PDN",

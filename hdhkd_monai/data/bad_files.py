@@ -1,15 +1,16 @@
-"""Bad-input errors and the opt-in ``skip_bad`` policy shared by every loader in ``hdhkd_monai.data``.
+"""The opt-in ``skip_bad`` policy shared by every loader in ``hdhkd_monai.data``.
 
 A bad file (unreadable, truncated, wrong shape, NaNs, missing DICOM tags, a broken series) raises
-:class:`BadInputError` whose message starts with the offending path. Loaders that take ``skip_bad=True`` catch it
-through :class:`BadFileLog` instead: each skipped file is logged as a warning and the total is logged once at the end.
+:class:`~hdhkd_monai.errors.BadInputError` whose message starts with the offending path. Loaders that take
+``skip_bad=True`` catch it through :class:`BadFileLog` instead: each skipped file is logged as a warning and the total is logged once at the end.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
+
+from hdhkd_monai.errors import BadInputError
 
 logger = logging.getLogger("hdhkd_monai.data")
 
@@ -17,26 +18,6 @@ logger = logging.getLogger("hdhkd_monai.data")
 def cli_logging() -> None:
     """Show the data package's log (skipped files and their count) on the console of a command-line tool."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-
-
-def run_cli(main, argv: list[str] | None = None) -> int:
-    """Run a data command-line tool's ``main``: a :class:`BadInputError` prints as one line, ``error: <path>:
-    <problem>``, with exit status 1, instead of a traceback."""
-    try:
-        main(argv)
-    except BadInputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
-
-
-class BadInputError(ValueError):
-    """A data file or folder that cannot be used; ``path`` names it and the message says what is wrong."""
-
-    def __init__(self, path: str | Path, problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
 
 
 class BadFileLog:

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import plain_tensor
-from .selective_scan import selective_scan
+from ..layers.selective_scan import selective_scan
+from ..layers.simple import plain_tensor
 
 __all__ = ["SS2D"]
 
@@ -34,7 +34,7 @@ class SS2D(nn.Module):
             row-major order; used by the tests).
         dt_min, dt_max, dt_init_floor: ``delta`` starts log-uniform in ``[dt_min, dt_max]`` (clamped below at
             ``dt_init_floor``) through the bias of the ``delta`` projection.
-        scan_backend: ``backend`` passed to :func:`~hdhkd_monai.networks.selective_scan.selective_scan`.
+        scan_backend: ``backend`` passed to :func:`~hdhkd_monai.networks.layers.selective_scan.selective_scan`.
 
     forward: ``[B, H, W, d_model] -> [B, H, W, d_model]`` (a ``MetaTensor`` input gives a plain tensor).
     """

@@ -1,66 +1,17 @@
-"""Small building blocks shared by the HDHKD decoders.
+"""Token mixers that can stand where SS2D stands in a Mamba UpNet module (Table V: SS2D off; Table VII: decoder
+swaps). Each takes and returns channels-last maps ``[B, H, W, C]``.
 
-Token mixers take and return channels-last maps ``[B, H, W, C]`` so that any of them can stand where SS2D stands in
-a Mamba UpNet module (Table V: SS2D off; Table VII: decoder swaps).
+May import ``networks.layers`` and ``networks.blocks.convolutions``.
 """
 
 from __future__ import annotations
 
-from typing import List
-
 import torch
-import torch.nn.functional as F
-from einops.layers.torch import Rearrange
-from monai.data import MetaTensor
-from monai.networks.blocks import Convolution
 from torch import nn
 
-__all__ = [
-    "plain_tensor",
-    "conv_block",
-    "resize",
-    "PatchExpand",
-    "DepthwiseConvMixer",
-    "ConvMixer",
-    "AttentionMixer",
-    "DenseMixer",
-]
+from .convolutions import conv_block
 
-
-def plain_tensor(x: torch.Tensor) -> torch.Tensor:
-    """``x`` without MONAI metadata: the output of MONAI transforms is a ``MetaTensor``, which some ops reject (the
-    selective scan's ``new_empty``) and whose metadata tracking slows every op. TorchScript sees plain tensors only."""
-    if not torch.jit.is_scripting() and isinstance(x, MetaTensor):
-        return x.as_tensor()
-    return x
-
-
-def conv_block(
-    in_channels: int, out_channels: int, stride: int = 1, act: str | tuple = "relu", norm: str | tuple = "batch"
-) -> nn.Module:
-    """3x3 convolution, then norm and activation (MONAI ``Convolution``); ``stride`` 2 halves the grid (ceil)."""
-    return Convolution(2, in_channels, out_channels, strides=stride, kernel_size=3, act=act, norm=norm)
-
-
-def resize(x: torch.Tensor, size: List[int]) -> torch.Tensor:
-    """Bilinear resize of ``[B, C, h, w]`` to ``[B, C, *size]`` (an exact copy when the size already matches)."""
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-
-
-class PatchExpand(nn.Module):
-    """Linear projection of every token to ``scale**2 * out_channels`` features, rearranged onto a grid ``scale``
-    times finer (Swin-Unet style). ``scale=1`` is a plain token-wise projection.
-
-    forward: ``[B, h, w, in_channels] -> [B, h*scale, w*scale, out_channels]``.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, scale: int = 2) -> None:
-        super().__init__()
-        self.proj = nn.Linear(in_channels, scale * scale * out_channels, bias=False)
-        self.to_grid = Rearrange("b h w (p1 p2 c) -> b (h p1) (w p2) c", p1=scale, p2=scale)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.to_grid(self.proj(x))
+__all__ = ["DepthwiseConvMixer", "ConvMixer", "AttentionMixer", "DenseMixer"]
 
 
 class DepthwiseConvMixer(nn.Module):

@@ -11,7 +11,9 @@ from typing import List
 import torch
 from torch import nn
 
-from .blocks import AttentionMixer, ConvMixer, DenseMixer, DepthwiseConvMixer, PatchExpand, conv_block, resize
+from ..layers.simple import resize
+from .convolutions import PatchExpand, conv_block
+from .mixers import AttentionMixer, ConvMixer, DenseMixer, DepthwiseConvMixer
 from .ss2d import SS2D
 
 __all__ = ["MIXERS", "UpsampleStem", "ConvUpsample", "UpNetModule", "MambaUpNet"]

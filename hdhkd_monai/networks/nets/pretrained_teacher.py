@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence, Tuple
 
-from ..distill import PatchCoreTarget
-from .teacher_stats import TeacherFeatureStats
+from ...distill import PatchCoreTarget
+from ..blocks.teacher_stats import TeacherFeatureStats
 
 __all__ = ["PretrainedTeacher"]
 
@@ -18,7 +18,7 @@ class PretrainedTeacher(TeacherFeatureStats):
     diagnosis), and the PDN-S alone costs 30 GFLOPs at 256x256, while the EfficientNet-Lite0 layers it imitates cost
     well under one. This module gives HDHKD those target features (PatchCore's locally aware patch features,
     :class:`~hdhkd_monai.distill.PatchCoreTarget`) with the PDN's teacher interface: ``out_channels``, ``border``,
-    ``output_size`` and the feature statistics of :class:`~hdhkd_monai.networks.teacher_stats.TeacherFeatureStats`.
+    ``output_size`` and the feature statistics of :class:`~hdhkd_monai.networks.blocks.teacher_stats.TeacherFeatureStats`.
 
     Args:
         backbone, weights, layers, out_channels: see :class:`~hdhkd_monai.distill.PatchCoreTarget`.

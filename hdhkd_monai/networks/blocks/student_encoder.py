@@ -11,8 +11,8 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from ..pretrained import create_backbone, drop_unused_stages, input_normalization
-from .blocks import conv_block
+from ...pretrained import create_backbone, drop_unused_stages, input_normalization
+from .convolutions import conv_block
 
 __all__ = ["STUDENT_BACKBONES", "StudentEncoder"]
 

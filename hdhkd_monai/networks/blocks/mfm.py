@@ -7,7 +7,8 @@ from typing import List
 import torch
 from torch import nn
 
-from .blocks import conv_block, resize
+from ..layers.simple import resize
+from .convolutions import conv_block
 
 __all__ = ["MultiFeatureModel", "ConcatFusion"]
 

@@ -9,8 +9,8 @@ __all__ = ["TeacherFeatureStats"]
 
 
 class TeacherFeatureStats(nn.Module):
-    """Base of the teachers (:class:`~hdhkd_monai.networks.pdn.PDN`,
-    :class:`~hdhkd_monai.networks.pretrained_teacher.PretrainedTeacher`).
+    """Base of the teachers (:class:`~hdhkd_monai.networks.nets.pdn.PDN`,
+    :class:`~hdhkd_monai.networks.nets.pretrained_teacher.PretrainedTeacher`).
 
     Buffers ``feat_mean`` and ``feat_std`` ``[1, out_channels, 1, 1]`` (0 and 1 until
     :func:`hdhkd_monai.distill.fit_teacher_stats` sets them on normal images) travel with the checkpoint, so that

@@ -9,13 +9,13 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ..anomaly_map import discrepancy_map, normalize_map
-from ..state_dict import check_settings
-from .blocks import plain_tensor
-from .decoders import ConvUpsample, MambaUpNet, UpsampleStem
-from .mfm import ConcatFusion, MultiFeatureModel
+from ...anomaly_map import discrepancy_map, normalize_map
+from ...state_dict import check_settings
+from ..blocks.decoders import ConvUpsample, MambaUpNet, UpsampleStem
+from ..blocks.mfm import ConcatFusion, MultiFeatureModel
+from ..blocks.student_encoder import ENCODER_STRIDE, StudentEncoder
+from ..layers.simple import plain_tensor
 from .pdn import PDN
-from .student import ENCODER_STRIDE, StudentEncoder
 
 __all__ = ["GLOBAL_DECODERS", "HDHKDStudent", "HDHKD", "AnomalyMapNet"]
 
@@ -130,7 +130,7 @@ class HDHKD(nn.Module):
     The checkpoint carries ``settings`` (the teacher's type and arguments, the student's arguments that change the
     output) and ``calibration`` (what :class:`~hdhkd_monai.handlers.CalibrationHandler` calibrated with: score
     top-k, map quantiles, threshold quantile) as the module's extra state; loading a checkpoint made with other
-    settings raises :class:`~hdhkd_monai.state_dict.SettingsMismatchError` listing each difference.
+    settings raises :class:`~hdhkd_monai.errors.SettingsMismatchError` listing each difference.
 
     Buffers ``map_quantiles`` ``[2]``, ``threshold`` ``[]`` and ``normal_score_quantiles``
     ``[NORMAL_SCORE_QUANTILES]`` (the percentiles 0..100 of the normal validation images' scores, from which

@@ -7,7 +7,7 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from .teacher_stats import TeacherFeatureStats
+from ..blocks.teacher_stats import TeacherFeatureStats
 
 __all__ = ["PDN"]
 
@@ -25,8 +25,8 @@ class PDN(TeacherFeatureStats):
         in_channels: image channels.
 
     The per-channel feature statistics on normal images (set by the teacher-distillation workflow) come from
-    :class:`~hdhkd_monai.networks.teacher_stats.TeacherFeatureStats`. The network takes images as given (the project feeds ``[0, 1]``); it is trainable on its own, and
-    :class:`~hdhkd_monai.networks.hdhkd.HDHKD` freezes it.
+    :class:`~hdhkd_monai.networks.blocks.teacher_stats.TeacherFeatureStats`. The network takes images as given (the project feeds ``[0, 1]``); it is trainable on its own, and
+    :class:`~hdhkd_monai.networks.nets.hdhkd.HDHKD` freezes it.
 
     forward: ``[B, in_channels, H, W] -> [B, out_channels, h, w]`` raw features, ``(h, w) = output_size((H, W))``.
     """

@@ -1,0 +1,33 @@
+"""Blocks: the reusable modules HDHKD is assembled from (encoder, decoders, token mixers, SS2D, MFM, teacher
+statistics).
+
+May import ``networks.layers`` and ``hdhkd_monai.pretrained``; never ``networks.nets``.
+"""
+
+from .convolutions import PatchExpand, conv_block
+from .decoders import MIXERS, ConvUpsample, MambaUpNet, UpNetModule, UpsampleStem
+from .mfm import ConcatFusion, MultiFeatureModel
+from .mixers import AttentionMixer, ConvMixer, DenseMixer, DepthwiseConvMixer
+from .ss2d import SS2D
+from .student_encoder import STUDENT_BACKBONES, StudentEncoder
+from .teacher_stats import TeacherFeatureStats
+
+__all__ = [
+    "PatchExpand",
+    "conv_block",
+    "MIXERS",
+    "ConvUpsample",
+    "MambaUpNet",
+    "UpNetModule",
+    "UpsampleStem",
+    "ConcatFusion",
+    "MultiFeatureModel",
+    "AttentionMixer",
+    "ConvMixer",
+    "DenseMixer",
+    "DepthwiseConvMixer",
+    "SS2D",
+    "STUDENT_BACKBONES",
+    "StudentEncoder",
+    "TeacherFeatureStats",
+]
