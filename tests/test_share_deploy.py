@@ -161,14 +161,6 @@ def test_pack_names_a_missing_model_and_an_unknown_setting(tmp_path):
     assert not (tmp_path / "package.zip").exists()
 
 
-def _only_the_package(tmp_path) -> dict:
-    """An environment whose Python path holds this clone's package and nothing else of the repository."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "hdhkd_monai").symlink_to(REPO / "hdhkd_monai")
-    return {**os.environ, "PYTHONPATH": str(site)}
-
-
 def _without_the_library(tmp_path) -> dict:
     """An environment where ``import hdhkd_monai`` fails, as where hdhkd-monai is not installed: a stand-in package
     first on the Python path raises (the suite's own install would otherwise be found)."""
@@ -300,65 +292,106 @@ def _wait_for_server(server: subprocess.Popen, url: str, log: Path) -> None:
     pytest.fail(f"monailabel start_server did not answer within {SERVER_START_S} s:\n{log.read_text()[-3000:]}")
 
 
-@pytest.mark.slow
-def test_monailabel_server_answers_with_the_bundles_map_and_score(package, shared_data, tmp_path):
-    """A real ``monailabel start_server`` with monailabel_app/ and the packed phantom bundle, on 127.0.0.1: a real
-    OCT B-scan posted to /infer/<model> comes back as a float heat-map NIfTI at the image's size and a JSON score and
-    decision, equal to the bundle's own inference (its map brought to the image's size, its scores.csv row)."""
+#: Asked through MONAI Label's own client, in the MONAI Label environment: the datastore, an inference by image id,
+#: an unknown image id, an unknown model and an unreadable upload. Prints the answers as JSON.
+CLIENT_SCRIPT = """
+import json, sys
+from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
+url, model, image_id, unreadable, out = sys.argv[1:]
+client = MONAILabelClient(url, tmpdir=out)
+answers = {"datastore": sorted(client.datastore()["objects"])}
+answers["map"], answers["result"] = client.infer(model, image_id, {})
+for name, args in (("unknown_image", (model, "no_such_image", {})), ("unknown_model", ("no_such_model", image_id, {})),
+                   ("unreadable", (model, "", {}, None, unreadable))):
+    try:
+        client.infer(*args)
+        answers[name] = "answered 200"
+    except MONAILabelClientException as error:
+        answers[name] = error.msg
+print(json.dumps(answers))
+"""
+
+
+def _studies(folder: Path, image: Path) -> dict[str, Path]:
+    """The studies folder: the B-scan in each format the app lists (the .dcm only to be listed); {image id: file}."""
     import nibabel as nib
-    import requests
-    from monai.bundle import run as run_workflow
-    from monai.transforms import Resize
     from PIL import Image
+
+    folder.mkdir()
+    grey = Image.open(image).convert("L")
+    files = {f"scan_{ext}": folder / f"scan_{ext}.{ext}" for ext in ("jpg", "png", "tif")}
+    for path in files.values():
+        grey.save(path)
+    files["scan_jpeg"] = shutil.copy2(image, folder / "scan_jpeg.jpeg")
+    files["scan_nii"] = folder / "scan_nii.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(grey, dtype=np.float32).T, np.eye(4)), files["scan_nii"])
+    files["scan_dcm"] = shutil.copy2(image, folder / "scan_dcm.dcm")
+    return files
+
+
+@pytest.mark.slow
+def test_monailabel_client_gets_the_bundles_map_and_score_and_the_reason_of_a_bad_request(package, shared_data,
+                                                                                          tmp_path):
+    """A real ``monailabel start_server`` with monailabel_app/ serving the packed phantom model where hdhkd-monai is
+    not installed, asked through ``MONAILabelClient``: the studies folder lists every image format; a real OCT
+    B-scan comes back as a float heat-map on the image's grid as ITK reads it (size, spacing, direction), with the
+    score and decision of the package's own inference; an unknown image id, an unknown model and an unreadable
+    upload are answered 404, 404 and 422 with the reason."""
+    import itk
+    import nibabel as nib
 
     if not MONAILABEL_PYTHON:
         pytest.skip("set HDHKD_MONAILABEL_PYTHON to the python monailabel_app/make_env.sh prints (.ci/run does)")
     root, _, _ = package
     image = sorted((shared_data / REAL_IMAGES[1]).iterdir())[0]
+    studies = _studies(tmp_path / "studies", image)
+    (tmp_path / "unreadable.jpeg").write_bytes(image.read_bytes()[:200])  # a truncated upload
     port, bin_dir = _free_port(), Path(MONAILABEL_PYTHON).parent
     url, log = f"http://127.0.0.1:{port}", tmp_path / "server.log"
-    (tmp_path / "studies").mkdir()
     env = {
-        **_only_the_package(tmp_path),
+        **_without_the_library(tmp_path),
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",  # monailabel's launcher runs the `python` on PATH
         **{f"MONAI_LABEL_TASKS_{task}": "false" for task in ("TRAIN", "STRATEGY", "SCORING", "BATCH_INFER")},
     }
     app = shutil.copytree(REPO / "monailabel_app", tmp_path / "app")  # the server writes its logs into the app
-    command = [str(bin_dir / "monailabel"), "start_server", "--app", str(app),
-               "--studies", str(tmp_path / "studies"), "--conf", "bundle", str(root),
-               "--host", "127.0.0.1", "--port", str(port)]
+    command = [str(bin_dir / "monailabel"), "start_server", "--app", str(app), "--studies", str(tmp_path / "studies"),
+               "--conf", "bundle", str(root), "--host", "127.0.0.1", "--port", str(port)]
     with open(log, "w") as out:
         server = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_for_server(server, url, log)
-        answers = {}
-        for output in ("json", "image"):
-            with open(image, "rb") as f:
-                response = requests.post(f"{url}/infer/{BUNDLE.name}", params={"output": output},
-                                         files={"file": (image.name, f)}, data={"params": "{}"}, timeout=300)
-            assert response.ok, f"{response.status_code} {response.text[:500]}\n{log.read_text()[-3000:]}"
-            answers[output] = response
+        (tmp_path / "client").mkdir()
+        asked = subprocess.run([MONAILABEL_PYTHON, "-c", CLIENT_SCRIPT, url, BUNDLE.name, "scan_jpeg",
+                                str(tmp_path / "unreadable.jpeg"), str(tmp_path / "client")],
+                               env=env, capture_output=True, text=True, timeout=600)
     finally:
         os.killpg(server.pid, signal.SIGTERM)  # the launcher script and the server it started
         server.wait(timeout=60)
-    result = answers["json"].json()
-    (tmp_path / "map.nii.gz").write_bytes(answers["image"].content)
-    served = nib.load(tmp_path / "map.nii.gz")
-    assert served.get_data_dtype() == np.float32
+    assert asked.returncode == 0, f"{asked.stderr[-3000:]}\n{log.read_text()[-3000:]}"
+    answers = json.loads(asked.stdout.strip().splitlines()[-1])
+    print(json.dumps(answers, indent=1))  # the report quotes them (pytest -s)
+    assert answers["datastore"] == sorted(studies)
+    assert answers["unknown_image"].startswith("Status: 404;") and "no image 'no_such_image'" in answers["unknown_image"]
+    assert answers["unknown_model"].startswith("Status: 404;") and "no model 'no_such_model'" in answers["unknown_model"]
+    assert answers["unreadable"].startswith("Status: 422;") and "cannot read the image" in answers["unreadable"]
+
+    served, source = itk.imread(answers["map"]), itk.imread(str(image))
+    assert itk.size(served) == itk.size(source) and itk.spacing(served) == itk.spacing(source)
+    assert np.array_equal(itk.array_from_matrix(served.GetDirection()), itk.array_from_matrix(source.GetDirection()))
+    assert itk.array_view_from_image(served).dtype == np.float32
 
     (tmp_path / "images.txt").write_text(f"{image}\n")
-    configs = root / "configs"
-    run_workflow(config_file=str(configs / "inference.json"), meta_file=str(configs / "metadata.json"),
-                 bundle_root=str(root), input=str(tmp_path / "images.txt"), output_dir=str(tmp_path / "out"))
+    _run_alone(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--meta_file",
+                "configs/metadata.json", "--input", str(tmp_path / "images.txt"), "--output_dir", str(tmp_path / "out")],
+               shutil.copytree(root, tmp_path / "bundle"), tmp_path)
     with open(tmp_path / "out" / "scores.csv") as f:
         (row,) = list(csv.DictReader(f))
     threshold = float(torch.load(root / "models" / "model.pt", weights_only=True)["model.threshold"])
+    result = answers["result"]
     assert result["score"] == pytest.approx(float(row["score"]), rel=1e-4, abs=1e-6)
     assert result["threshold"] == pytest.approx(threshold) and result["decision"] == int(row["decision"])
-
-    width, height = Image.open(image).size
-    (bundle_map,) = (tmp_path / "out" / "maps").glob("*")  # both maps as nibabel reads them: [H, W]
+    (bundle_map,) = (tmp_path / "out" / "maps").glob("*")  # [rows, columns], as nibabel reads the bundle's map
     expected = nib.load(bundle_map).get_fdata(dtype=np.float32).squeeze()
-    got = served.get_fdata(dtype=np.float32)
-    assert got.shape == expected.shape == (height, width)
+    got = itk.array_from_image(served)  # [rows, columns] too: ITK's arrays are indexed (y, x)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(np.abs(got).max()))
