@@ -44,7 +44,7 @@ from monai.bundle import ckpt_export, onnx_export
 
 from hdhkd_monai.bundle_scripts import write_scripts
 from hdhkd_monai.data.transforms import preprocessing_fingerprint
-from hdhkd_monai.errors import BadInputError
+from hdhkd_monai.errors import BadInputError, run_cli
 from hdhkd_monai.handlers.checkpoint import MODEL_CKPT, checkpoint_entries, flat_model_checkpoint
 from hdhkd_monai.launcher import BUNDLE, CONFIGS, read_config
 
@@ -301,4 +301,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))
