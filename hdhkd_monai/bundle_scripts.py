@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ast
 import importlib.metadata
+import importlib.util
 import re
 import sys
 from collections.abc import Iterable
@@ -61,9 +62,7 @@ def _imports(module: str) -> tuple[set[str], set[str]]:
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            base = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
             names = [base] + [f"{base}.{alias.name}" for alias in node.names]
         else:
             continue
