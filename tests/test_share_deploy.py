@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from monai.apps.utils import HashCheckError
 import torch
 
 from conftest import SHARED_DATA
@@ -250,7 +251,7 @@ def test_large_files_download_from_the_url_base_and_are_hash_checked(package, tm
     listed = (bundle / "large_files.yml").read_text()
     (bundle / "large_files.yml").write_text(listed.replace(zoo._sha256(root / "models" / "model.ts"), "0" * 64))
     (bundle / "models" / "model.ts").unlink()
-    with pytest.raises(RuntimeError, match="sha256 check of downloaded file failed"):
+    with pytest.raises(HashCheckError, match="sha256 hash check of downloaded file failed"):
         zoo_ci.download_large_files(bundle_path=str(bundle), large_file_name="large_files.yml")
 
 
