@@ -7,6 +7,9 @@ with paths taken literally and one-line errors.
 - Path options (:data:`PATH_OPTIONS`, and ``--meta_file``/``--logging_file``) are taken literally: ``--input
   '$x'``, ``2024``, ``[a]`` or ``@eaDir`` name those files. MONAI's own command line parses every value (Python Fire,
   then its config syntax: ``$`` runs Python, ``@`` is a reference, ``%`` a macro), and keeps doing so.
+- ``--config_file`` also takes names: a bundle config (``train``, ``evaluate``, ``inference``, ...) or a data-set
+  preset (``br35h``, ``chest_ct``, ...), e.g. ``--config_file "['train','br35h']"``; both are installed with the
+  package, so the commands work from any folder.
 - Warnings that are not the user's business are hidden (:data:`hdhkd_monai.quiet.NOT_YOUR_BUSINESS` lists them).
 - Exit status: 0 done; :data:`~hdhkd_monai.handlers.outputs.EXIT_SKIPPED` (3) done, but some inputs were skipped
   (listed with the reason in ``skipped.csv``); 1 failed: one line, ``error: <file>: <what is wrong>``, is the last
@@ -63,19 +66,36 @@ def infer_argv(argv: list[str], inference: str) -> list[str]:
     return ["run", "--config_file", str([inference, *extra]), *rest]
 
 
+_USAGE = "usage: python -m hdhkd_monai {run,infer} [--config_file FILES] [--key value ...] [--debug]"
+
+
+def _resolved(argv: list[str]) -> list[str]:
+    """``run``'s arguments with named configs resolved (a bundle config such as ``train`` or a data-set preset such
+    as ``br35h``, installed with the package) and the bundle's meta and logging files filled in."""
+    from hdhkd_monai.launcher import CONFIGS, config_files
+
+    args = argv[1:]
+    if "--config_file" in args:
+        at = args.index("--config_file") + 1
+        value = args[at]
+        names = ast.literal_eval(value) if value.startswith("[") else value.split(",")
+        args[at] = ",".join(config_files(names))
+    for option, default in (("--meta_file", CONFIGS / "metadata.json"), ("--logging_file", CONFIGS / "logging.conf")):
+        if option not in args:
+            args += [option, str(default)]
+    return ["run", *args]
+
+
 def _run(argv: list[str]) -> None:
+    if argv[:1] not in (["run"], ["infer"]):
+        raise SystemExit(_USAGE)
     import fire
     from monai.bundle import scripts
 
-    from hdhkd_monai.launcher import CONFIGS
-
     if argv[:1] == ["infer"]:
-        argv = infer_argv(argv[1:], str(CONFIGS / "inference.json"))
-    for option, default in (("--meta_file", CONFIGS / "metadata.json"), ("--logging_file", CONFIGS / "logging.conf")):
-        if argv[:1] == ["run"] and option not in argv:
-            argv += [option, str(default)]
+        argv = infer_argv(argv[1:], "inference")
     try:
-        fire.Fire({"run": scripts.run}, command=literal_paths(argv), name="python -m hdhkd_monai")
+        fire.Fire({"run": scripts.run}, command=literal_paths(_resolved(argv)), name="python -m hdhkd_monai")
     finally:
         _close_progress_bars()
 

@@ -41,7 +41,7 @@ def run_demo(out: str | Path, settings: dict | None = None, seed: int = 0) -> di
     """Run the three steps into ``out`` with ``settings`` (default :data:`SETTINGS`); return ``eval/metrics.json``."""
     settings = SETTINGS if settings is None else settings
     if not BUNDLE.is_dir():
-        raise FileNotFoundError(f"bundle not found at {BUNDLE}: run the demo from a clone of the repository")
+        raise FileNotFoundError(f"bundle not found at {BUNDLE}: reinstall hdhkd-monai (pip install hdhkd-monai)")
     out = Path(out).resolve()
     data = out / "data"
     d = settings["data"]

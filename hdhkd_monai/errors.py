@@ -23,6 +23,7 @@ __all__ = [
     "SettingsMismatchError",
     "NAMED_ERRORS",
     "one_line_error",
+    "print_fault_last",
     "run_cli",
 ]
 
@@ -92,3 +93,20 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
         print(f"error: {one_line_error(error)} (--debug shows the traceback)", file=sys.stderr)
         return 1
     return 0
+
+
+def print_fault_last() -> None:
+    """Make a failure of ``python -m monai.bundle run`` end with :func:`one_line_error` as the last line of output,
+    after the traceback Python prints (MONAI's entry point, not :func:`run_cli`: the bundle's configs call this in
+    ``initialize``, so their own command line gets the line too). Calling it again changes nothing."""
+    if getattr(sys.excepthook, "prints_fault_last", False):
+        return
+    previous = sys.excepthook
+
+    def hook(kind, error, traceback) -> None:
+        previous(kind, error, traceback)
+        sys.stdout.flush()  # anything still buffered would otherwise come after the line
+        print(f"error: {one_line_error(error)}", file=sys.stderr, flush=True)
+
+    hook.prints_fault_last = True
+    sys.excepthook = hook

@@ -1,15 +1,19 @@
 """Run and read the bundle's workflows the way a user does, for the demo, ``experiments/run.py`` and the tests.
 
 A workflow is one or more configs merged left to right: a bundle config by name (``"train"`` is
-``bundle/hdhkd_oct_anomaly/configs/train.json``) or any JSON file (a data set override from ``configs/``), then
-``--key value`` overrides. :func:`run_bundle` runs ``python -m monai.bundle run`` on them in a subprocess, exactly as
+``bundle/hdhkd_oct_anomaly/configs/train.json``), a data-set preset by name (``"br35h"`` is ``configs/br35h.json``)
+or any JSON file, then ``--key value`` overrides. The bundle and the presets are package data
+(``hdhkd_monai/_bundle``, ``hdhkd_monai/_presets``: links to the repository's folders in a clone, copies in a
+wheel), so this works from any folder. :func:`run_bundle` runs ``python -m monai.bundle run`` on them in a subprocess, exactly as
 typed on a command line; :func:`read_config` gives the same merged config in this process.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
+import site
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -23,23 +27,34 @@ __all__ = [
     "BUNDLE",
     "CONFIGS",
     "OFFLINE_TEACHER",
-    "REPO",
+    "PRESETS",
     "bundle_command",
     "config_files",
     "read_config",
     "run_bundle",
 ]
 
-REPO = Path(__file__).resolve().parents[1]
-#: The bundle in this clone (the package is used from a clone: the bundle is not installed with it).
-BUNDLE = REPO / "bundle" / "hdhkd_oct_anomaly"
+_PACKAGE = Path(__file__).resolve().parent
+#: The bundle, installed with the package (in a clone, the repository's ``bundle/hdhkd_oct_anomaly``).
+BUNDLE = (_PACKAGE / "_bundle" / "hdhkd_oct_anomaly").resolve()
 CONFIGS = BUNDLE / "configs"
+#: The data-set presets (in a clone, the repository's ``configs/``).
+PRESETS = (_PACKAGE / "_presets").resolve()
 _LOG_TAIL = 30  # lines of a failed run's output shown in the error
 
 
 def config_files(workflows: Sequence[str | Path]) -> list[str]:
-    """Paths of ``workflows``: a bundle config name (``"train"``) or a path to a JSON file."""
-    return [str(CONFIGS / f"{w}.json") if isinstance(w, str) and not w.endswith(".json") else str(w) for w in workflows]
+    """Paths of ``workflows``: a bundle config name (``"train"``), a preset name (``"br35h"``, ``"table5/7_full"``)
+    or a path to a JSON file."""
+    return [str(_named_config(w)) if isinstance(w, str) and not w.endswith(".json") else str(w) for w in workflows]
+
+
+def _named_config(name: str) -> Path:
+    for folder in (CONFIGS, PRESETS):
+        if (folder / f"{name}.json").is_file():
+            return folder / f"{name}.json"
+    known = sorted(p.stem for p in CONFIGS.glob("*.json")) + sorted(p.stem for p in PRESETS.glob("*.json"))
+    raise FileNotFoundError(f"no bundle config or preset named {name!r}; known: {', '.join(known)}, or give a path")
 
 
 def bundle_command(
@@ -62,7 +77,7 @@ def run_bundle(
     interpreter: Sequence[str] = (sys.executable,),
     **overrides,
 ) -> None:
-    """Run :func:`bundle_command` from the repository root (so that this clone's ``hdhkd_monai`` is the one imported).
+    """Run :func:`bundle_command` with this process's ``hdhkd_monai`` first on the child's Python path.
 
     The command is printed first, then its output goes to ``log`` (appended) or, without one, to this process's
     console. The warnings of :data:`hdhkd_monai.quiet.NOT_YOUR_BUSINESS` are hidden. A failed run raises ``RuntimeError`` with the end of its output.
@@ -70,7 +85,7 @@ def run_bundle(
     cmd = bundle_command(workflows, interpreter, **overrides)
     if log is None:
         print(f"\n$ {shlex.join(cmd)}\n", flush=True)
-        if subprocess.run(cmd, cwd=REPO, env=quiet_env()).returncode:
+        if subprocess.run(cmd, env=_child_env()).returncode:
             raise RuntimeError(f"bundle run failed: {shlex.join(cmd)}")
         return
     log = Path(log)
@@ -78,10 +93,19 @@ def run_bundle(
     with open(log, "a") as f:
         f.write(f"$ {shlex.join(cmd)}\n")
         f.flush()
-        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=quiet_env())
+        done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_child_env())
     if done.returncode:
         tail = "".join(log.read_text().splitlines(keepends=True)[-_LOG_TAIL:])
         raise RuntimeError(f"bundle run failed (exit {done.returncode}); log {log}:\n{tail}")
+
+
+def _child_env() -> dict[str, str]:
+    """:func:`quiet_env` with the folder holding this ``hdhkd_monai`` first on ``PYTHONPATH``, so the workflow runs
+    the same copy of the package as the caller, from whatever folder."""
+    env = quiet_env()
+    if str(_PACKAGE.parent) not in site.getsitepackages():  # an installed package is found there anyway
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PACKAGE.parent), env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def read_config(workflows: Sequence[str | Path], **overrides) -> ConfigParser:

@@ -3,17 +3,19 @@
 #
 #   monailabel_app/make_env.sh [ENV_DIR]      (default: $HDHKD_MONAILABEL_ENV or ~/.cache/hdhkd-monai/monailabel-env)
 #
-# monailabel needs numpy<2 (its dependency pydicom-seg pins numpy<2 and jsonschema<4), while hdhkd-monai runs on
-# numpy 2, so it cannot share hdhkd-monai's environment. This venv layers monailabel and those pins over the calling
-# python's site-packages (its torch, MONAI and hdhkd-monai dependencies, added through a .pth file, after the venv's
-# own packages), so the ~5 GB torch is not installed twice. Run it with the python hdhkd-monai is installed in. The
-# environment is reused while requirements.txt and that python are unchanged.
+# monailabel needs numpy<2 (its dependency pydicom-seg pins numpy<2 and jsonschema<4) and pydicom<3, while
+# hdhkd-monai runs on numpy 2 and pydicom 3, so it cannot share hdhkd-monai's environment. This venv installs
+# monailabel, MONAI and the packages a packed model's scripts/ import (requirements.txt), and reuses only torch and
+# itk (and what they require but numpy: ~6.5 GB with torch's CUDA libraries) from the calling python through links
+# (link_base.py) and a .pth file, so the rest of that environment (hdhkd-monai itself, packages built for numpy 2) stays out of it and
+# `pip check` finds no conflict. The environment is reused while requirements.txt, link_base.py and the calling
+# python's site-packages folders are unchanged.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 env_dir="${1:-${HDHKD_MONAILABEL_ENV:-$HOME/.cache/hdhkd-monai/monailabel-env}}"
 # the calling python's site-packages folders (a venv's own and, with --system-site-packages, its base's)
 base_sites="$(python -c 'import site; print("\n".join(site.getsitepackages()))')"
-key="$(cat "$here/requirements.txt" - <<<"$base_sites" | sha256sum | cut -d' ' -f1)"
+key="$(cat "$here/requirements.txt" "$here/link_base.py" - <<<"$base_sites" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$env_dir/.hdhkd-key" && "$(cat "$env_dir/.hdhkd-key")" == "$key" ]] \
     && "$env_dir/bin/python" -c "import monailabel" 2>/dev/null; then
     echo "$env_dir/bin/python"
@@ -25,8 +27,10 @@ if [[ -e "$env_dir" && ! -f "$env_dir/.hdhkd-key" ]]; then
 fi
 rm -rf "$env_dir"
 python -m venv "$env_dir"
+python "$here/link_base.py" "$env_dir/linked" torch itk --except numpy
 env_site="$("$env_dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-while read -r dir; do echo "import site; site.addsitedir('$dir')"; done <<<"$base_sites" > "$env_site/hdhkd-base-site.pth"
+echo "import site; site.addsitedir('$env_dir/linked')" > "$env_site/hdhkd-linked.pth"
 "$env_dir/bin/python" -m pip install -q -r "$here/requirements.txt" >&2
+"$env_dir/bin/python" -m pip check >&2
 echo "$key" > "$env_dir/.hdhkd-key"
 echo "$env_dir/bin/python"

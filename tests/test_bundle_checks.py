@@ -122,7 +122,7 @@ def test_inference_config_builds_the_network_training_builds(tmp_path):
     values must be those of train.json, or the trained checkpoint would not fit."""
     train, inference = (json.loads((CONFIGS / f"{name}.json").read_text()) for name in ("train", "inference"))
     # workflow-specific; "resume": training continues last.pt by default, inference an interrupted output folder
-    own = {"imports", "output_dir", "batch_size", "network_def", "network", "hdhkd", "run", "resume"}
+    own = {"imports", "output_dir", "batch_size", "network_def", "network", "hdhkd", "initialize", "run", "resume"}
     shared = set(train) & set(inference) - own
     assert shared >= {"image_size", "preprocessing", "backbone", "num_modules", "teacher_def", "model_ckpt"}
     parsed = [read_config([name], bundle_root=str(tmp_path)) for name in ("train", "inference")]

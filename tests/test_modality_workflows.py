@@ -25,7 +25,8 @@ from test_data_dicom import hand_suv_factor, write_series
 from hdhkd_monai.data import datalist as dl
 from hdhkd_monai.data import slices
 from hdhkd_monai.data.phantom import make_bscan, write_phantom
-from hdhkd_monai.launcher import REPO, run_bundle
+from conftest import REPO_ROOT as REPO
+from hdhkd_monai.launcher import run_bundle
 
 pytestmark = pytest.mark.slow
 

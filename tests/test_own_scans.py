@@ -31,7 +31,8 @@ from hdhkd_monai.handlers import (
     save_checkpoint,
 )
 from hdhkd_monai.__main__ import main as entry_point
-from hdhkd_monai.launcher import CONFIGS, REPO, read_config
+from conftest import REPO_ROOT as REPO
+from hdhkd_monai.launcher import CONFIGS, read_config
 from hdhkd_monai.networks import HDHKD, PDN, SS2D, AnomalyMapNet
 from hdhkd_monai.pretrained import default_weights
 from test_bundle_workflows import TINY, write_phantom_data

@@ -8,6 +8,7 @@ trainer's name when it is saved for resuming. The bundle writes three (in ``ckpt
   AUROC (the latest one without abnormal validation images), calibrated (``map_quantiles``/``threshold``/
   ``normal_score_quantiles`` buffers) and carrying the settings it was made with (``HDHKD``'s extra state; read back
   by :func:`stored_settings`); ``network_def`` of ``inference.json`` loads it as is;
+  a Model Zoo package holds it flat (:func:`flat_model_checkpoint`), as the Zoo's ``ckpt_export`` loads it;
 - ``last.pt``: ``{"model", "optimizer", "lr_scheduler", "best_checkpoint", "trainer"}``, for resuming; ``"trainer"``
   holds the iteration and the random state (:func:`engine_position`).
 
@@ -41,6 +42,8 @@ __all__ = [
     "MODEL_CKPT",
     "NamedCheckpointLoader",
     "ResumeFromCheckpoint",
+    "checkpoint_entries",
+    "flat_model_checkpoint",
     "load_checkpoint",
     "load_network",
     "save_checkpoint",
@@ -112,6 +115,32 @@ def load_network(network: nn.Module, path: str | Path, key: str) -> nn.Module:
     return network
 
 
+#: Where a flat :data:`MODEL_CKPT` keeps its entries beside the network's (inside the network's extra state, which
+#: ``load_state_dict`` hands to ``HDHKD.set_extra_state`` and which keeps only its own keys).
+_EXTRA_STATE, _OTHER_ENTRIES = "model._extra_state", "checkpoint_entries"
+
+
+def flat_model_checkpoint(checkpoint: Mapping[str, Any]) -> dict:
+    """A :data:`MODEL_CKPT` (``{"model": state, "preprocessing": ...}``) as the network's state dict alone, which
+    loads with no ``key_in_ckpt`` (the Model Zoo's ``ckpt_export`` passes none); the weights, calibration buffers and
+    settings are the network's own, the other entries ride in its extra state (:func:`checkpoint_entries` reads both
+    forms)."""
+    state = dict(checkpoint["model"])
+    others = {name: value for name, value in checkpoint.items() if name != "model"}
+    state[_EXTRA_STATE] = {**state[_EXTRA_STATE], _OTHER_ENTRIES: others}
+    return state
+
+
+def checkpoint_entries(path: str | Path) -> dict:
+    """The :data:`MODEL_CKPT` at ``path`` as ``{"model": state, "preprocessing": ...}``, whether it is saved so or
+    flat (:func:`flat_model_checkpoint`)."""
+    checkpoint = torch_file(path)
+    if not isinstance(checkpoint, Mapping) or "model" in checkpoint:
+        return checkpoint
+    extra = checkpoint.get(_EXTRA_STATE)
+    return {"model": checkpoint, **(extra.get(_OTHER_ENTRIES, {}) if isinstance(extra, Mapping) else {})}
+
+
 def stored_settings(path: str | Path) -> dict:
     """The settings the trained model at ``path`` (a :data:`MODEL_CKPT`) was made with, flat: ``image_size``,
     ``backbone``, ..., ``teacher.type``, ... (``HDHKD.settings``) and, once calibrated, ``score_top_k``; for configs
@@ -119,8 +148,8 @@ def stored_settings(path: str | Path) -> dict:
     the network before training gets its defaults)."""
     if not Path(path).is_file():
         return {}
-    state = torch_file(path).get("model", {})
-    extra = state.get("model._extra_state") if isinstance(state, Mapping) else None
+    state = checkpoint_entries(path).get("model", {})
+    extra = state.get(_EXTRA_STATE) if isinstance(state, Mapping) else None
     if extra is None:
         raise CheckpointMismatchError(f"{path}: carries no settings (written by an older version?); train it again")
     calibration = extra["calibration"] or {}
@@ -149,7 +178,10 @@ class NamedCheckpointLoader(CheckpointLoader):
 
     def __call__(self, engine: Engine) -> None:
         if not Path(self.load_path).is_file():
-            raise FileNotFoundError(f"checkpoint not found: {self.load_path}")
+            raise FileNotFoundError(
+                f"checkpoint not found: {self.load_path}; give --bundle_root the folder a training run wrote it into "
+                "(models/ there), or train one there first"
+            )
         engine.state.checkpoint = self.load_path  # for later checks' errors (AnomalyEvaluator's score top-k)
         try:
             super().__call__(engine)
@@ -158,7 +190,7 @@ class NamedCheckpointLoader(CheckpointLoader):
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointMismatchError(f"{self.load_path}: does not fit the configured objects: {e}") from e
         if self.expected:
-            stored = torch_file(self.load_path)
+            stored = checkpoint_entries(self.load_path)
             check_settings({k: stored.get(k, "(absent)") for k in self.expected}, self.expected, str(self.load_path))
 
 
