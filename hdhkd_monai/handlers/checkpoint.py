@@ -31,7 +31,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from torch import nn
 
-from hdhkd_monai.errors import CheckpointMismatchError, SettingsMismatchError
+from hdhkd_monai.errors import BadInputError, CheckpointMismatchError, SettingsMismatchError
 from hdhkd_monai.state_dict import check_settings, flat_settings, load_weights, torch_file
 
 __all__ = [
@@ -113,17 +113,17 @@ def load_network(network: nn.Module, path: str | Path, key: str) -> nn.Module:
 
 def stored_settings(path: str | Path) -> dict:
     """The settings the trained model at ``path`` (a :data:`MODEL_CKPT`) was made with, flat: ``image_size``,
-    ``backbone``, ..., ``teacher.type``, ... (``HDHKD.settings``) and, once calibrated, ``score_top_k``; for configs
-    that take them from the checkpoint rather than from the user. ``{}`` when there is no file yet (a config building
-    the network before training gets its defaults)."""
+    ``backbone``, ``score_top_k``, ..., ``teacher.type``, ... (the detector's ``settings``); for configs
+    that take them from the checkpoint rather than from the user (``inference.json``), so that the trained model is
+    the one home of its settings."""
     if not Path(path).is_file():
-        return {}
+        raise BadInputError(path, "no trained model here: train one (configs/train.json) or point --model_ckpt at "
+                                  "a model.pt")
     state = torch_file(path).get("model", {})
     extra = state.get("model._extra_state") if isinstance(state, Mapping) else None
     if extra is None:
         raise CheckpointMismatchError(f"{path}: carries no settings (written by an older version?); train it again")
-    calibration = extra["calibration"] or {}
-    return {**flat_settings(extra["settings"]), **{k: v for k, v in calibration.items() if k == "score_top_k"}}
+    return flat_settings(extra["settings"])
 
 
 class NamedCheckpointLoader(CheckpointLoader):

@@ -152,9 +152,9 @@ class InferenceWriter(ScoreWriter):
             target = self.maps_dir / f"{relative_stem(source, self.root)}_anomaly_map.nii.gz"
             target.parent.mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(array.astype(np.float32), affine), target)
-            decision = "" if math.isnan(self.threshold) else int(volume["score"] >= self.threshold)
+            verdict = "" if math.isnan(self.threshold) else decision(volume["score"], self.threshold)
             rows.append({"volume": source, "n_slices": volume["n_slices"], "score": volume["score"],
-                         "decision": decision})
+                         "decision": verdict})
         with open(self.output_dir / "volumes.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=("volume", "n_slices", "score", "decision"))
             writer.writeheader()
