@@ -12,6 +12,7 @@ almost all elementwise work, so its count is replaced by an analytic one (see ``
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -39,14 +40,10 @@ SCAN_FLOPS_PER_STATE = 9
 PAPER_TABLE_VII = {"fcn": (46.6, 594), "transformer": (69.7, 775), "conv": (26.2, 265), "mamba": (30.9, 285)}
 TABLE_VII_NAMES = {"fcn": "Baseline+FCN", "transformer": "Baseline+Transformer", "conv": "Baseline+Conv",
                    "mamba": "Baseline+Mamba (ours)"}  # fmt: skip
-TABLE_V = [  # (Conv Upsample, Mamba UpNet, MFM, SS2D) as in the paper's table, and the constructor arguments
-    ("C", dict(global_decoder=None, mfm=False)),
-    ("C+M", dict(ss2d=False, mfm=False)),
-    ("C+M+SS2D", dict(mfm=False)),
-    ("M+MFM", dict(conv_upsample=False, ss2d=False)),
-    ("M+MFM+SS2D", dict(conv_upsample=False)),
-    ("C+M+MFM", dict(ss2d=False)),
-    ("C+M+MFM+SS2D (full)", dict()),
+#: Table V's rows, read from configs/table5/ (the one home of the ablation settings): (name, constructor arguments).
+TABLE_V = [
+    (path.stem, {key.split("#")[-1]: value for key, value in json.loads(path.read_text()).items()})
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs" / "table5").glob("*.json"))
 ]
 
 

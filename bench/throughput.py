@@ -5,7 +5,7 @@ iterations:
 
 - training step: ``zero_grad``, loss, ``backward``, ``Adam.step`` on the trainable parameters
   (HDHKD: ``DistillationLoss()(*model(x))``; EfficientAD-S: ``model.loss(x)``, autoencoder branch jittered);
-- inference: ``model.anomaly_map(x)`` under ``torch.no_grad`` in eval mode; and, beside it, HDHKD's ONNX export
+- inference: ``model(x)`` (the detector contract) under ``torch.no_grad`` in eval mode; and, beside it, HDHKD's ONNX export
   (the map network, exported once per run with a dynamic batch axis, the export's time reported) run by onnxruntime
   at the same thread count (``intra_op_num_threads``; torch's default count gives onnxruntime its own default).
 
@@ -79,14 +79,14 @@ def _build(name: str, size: int):
 
 
 def export_onnx(size: int, path: Path) -> float:
-    """HDHKD's raw anomaly map (``AnomalyMapNet(..., normalize=False)``) exported to ``path`` with a dynamic batch
+    """HDHKD's anomaly map (``AnomalyMapNet``; uncalibrated, so raw) exported to ``path`` with a dynamic batch
     axis, as ``configs/onnx_export.json`` exports the bundle; returns the export's seconds."""
     import torch
 
-    from hdhkd_monai.networks.nets.hdhkd import AnomalyMapNet
+    from hdhkd_monai.networks import AnomalyMapNet
 
     model, _ = _build("HDHKD", size)
-    net = AnomalyMapNet(model, normalize=False).eval()
+    net = AnomalyMapNet(model.eval()).eval()
     start = time.perf_counter()
     torch.onnx.export(net, (torch.rand(1, 3, size, size),), str(path), dynamo=False, input_names=["image"],
                       output_names=["pred"], dynamic_axes={"image": [0], "pred": [0]})
@@ -131,7 +131,7 @@ def _worker(name: str, mode: str, batch: int, size: int, steps: int, warmup: int
 
         def step() -> None:
             with torch.no_grad():
-                model.anomaly_map(x)
+                model(x)
 
     return _time(step, steps, warmup, torch.get_num_threads())
 

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))  # `experiments` as a package when run as a script
 
 from experiments.baselines import BACKBONE, _images, data_loaders, evaluate_rows
 from hdhkd_monai.anomaly_map import AnomalyPrediction
-from hdhkd_monai.baselines import Detector
+from hdhkd_monai.networks import Detector
 from hdhkd_monai.pretrained import efficientnet_lite_state_dict, load_into_features
 
 #: timm feature indices of each row, as the project's baselines count them: PatchCore the stride-8/16 stages (as the

@@ -20,7 +20,8 @@ from monai.data import CacheDataset, DataLoader
 from monai.utils import set_determinism
 from tqdm import tqdm
 
-from hdhkd_monai.baselines import RD4AD, Detector, EfficientAD, PatchCore
+from hdhkd_monai.baselines import RD4AD, EfficientAD, PatchCore
+from hdhkd_monai.networks import Detector
 from hdhkd_monai.data.datalist import datalist_split
 from hdhkd_monai.engines import AnomalyEvaluator
 from hdhkd_monai.handlers import CalibrationHandler, EvaluationReport, load_network

@@ -32,11 +32,12 @@ sys.path.insert(0, str(REPO))
 from hdhkd_monai.anomaly_map import image_score  # noqa: E402
 from hdhkd_monai.data import transforms  # noqa: E402
 from hdhkd_monai.data.datalist import kermany_datalist  # noqa: E402
+from hdhkd_monai.launcher import read_config  # noqa: E402
 from hdhkd_monai.distill import PatchCoreTarget, TeacherDistillation, fit_teacher_stats  # noqa: E402
 from hdhkd_monai.losses import DistillationLoss  # noqa: E402
 from hdhkd_monai.metrics import auroc, per_class_metrics  # noqa: E402
-from hdhkd_monai.networks import HDHKD, PDN  # noqa: E402
-from hdhkd_monai.networks.nets.pretrained_teacher import PretrainedTeacher  # noqa: E402
+from hdhkd_monai.networks import HDHKD, PDN, PretrainedTeacher  # noqa: E402
+
 from tools.probe import nearest_neighbour_scores, patch_features  # noqa: E402
 
 PREPROCESSING = {
@@ -94,7 +95,7 @@ def main(argv=None) -> None:
     parser.add_argument("--normal", default="NORMAL")
     parser.add_argument("--modality", choices=sorted(PREPROCESSING), default="oct")
     parser.add_argument("--name", required=True)
-    parser.add_argument("--image-size", type=int, default=128)
+    parser.add_argument("--image-size", type=int, default=read_config(["train"]).get_parsed_content("image_size"))
     parser.add_argument("--teacher", choices=("pretrained", "pdn"), default="pretrained")
     parser.add_argument("--target-backbone", default="tf_efficientnet_lite0")
     parser.add_argument("--teacher-iterations", type=int, default=150)

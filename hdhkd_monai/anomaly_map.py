@@ -11,7 +11,11 @@ from typing import List, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AnomalyPrediction", "discrepancy_map", "image_score", "quantile", "map_quantiles", "normalize_map"]
+__all__ = ["MAP_QUANTILES", "AnomalyPrediction", "discrepancy_map", "image_score", "quantile", "map_quantiles", "normalize_map"]
+
+
+#: EfficientAD's map-normalisation quantiles of normal maps, sent to 0 and 0.1: the one home of the default.
+MAP_QUANTILES = (0.9, 0.995)
 
 
 class AnomalyPrediction(NamedTuple):
@@ -62,7 +66,7 @@ def quantile(x: torch.Tensor, q: float) -> torch.Tensor:
     return v_lo + (v_hi - v_lo) * (pos - lo)
 
 
-def map_quantiles(maps: torch.Tensor, low: float = 0.9, high: float = 0.995) -> torch.Tensor:
+def map_quantiles(maps: torch.Tensor, low: float = MAP_QUANTILES[0], high: float = MAP_QUANTILES[1]) -> torch.Tensor:
     """``(q_a, q_b)`` over all pixels of the (normal validation) ``maps``, as a tensor ``[2]``."""
     if not 0.0 <= low < high <= 1.0:
         raise ValueError(f"need 0 <= low < high <= 1, got low={low}, high={high}")

@@ -23,15 +23,15 @@ from pathlib import Path
 
 from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist
 from hdhkd_monai.data.phantom import write_phantom
-from hdhkd_monai.launcher import BUNDLE, run_bundle
+from hdhkd_monai.launcher import BUNDLE, read_config, run_bundle
 
 __all__ = ["SETTINGS", "run_demo", "main"]
 
 #: Size of the demo: data, and the config overrides of each workflow (beyond bundle_root/dataset_dir). The phantom
-#: is drawn at ``common["image_size"]``, the size the workflows resize to.
+#: is drawn at the size the workflows resize to (the bundle's ``image_size`` unless ``common`` overrides it).
 SETTINGS = {
     "data": {"n_train": 300, "n_test_per_class": 30, "val_fraction": 0.1, "val_abnormal_fraction": 0.2},
-    "common": {"image_size": 128, "cache_rate": 1.0, "num_workers": 0, "log_interval": 25},
+    "common": {"cache_rate": 1.0, "num_workers": 0, "log_interval": 25},
     "student": {"max_iterations": 250, "batch_size": 4, "val_interval": 125},
     "evaluate": {"n_heatmaps": 4},
 }
@@ -45,7 +45,7 @@ def run_demo(out: str | Path, settings: dict | None = None, seed: int = 0) -> di
     out = Path(out).resolve()
     data = out / "data"
     d = settings["data"]
-    size = settings["common"]["image_size"]
+    size = settings["common"].get("image_size") or read_config(["train"]).get_parsed_content("image_size")
     write_phantom(data, n_train=d["n_train"], n_test_per_class=d["n_test_per_class"], size=size, seed=seed)
     datalist = kermany_datalist(
         data, val_fraction=d["val_fraction"], val_abnormal_fraction=d["val_abnormal_fraction"], seed=seed

@@ -42,13 +42,19 @@ def auprc(labels, scores) -> float:
     return float(average_precision_score(labels, scores)) if _both_classes(labels) else float("nan")
 
 
+def abnormal(scores, threshold: float):
+    """The decision rule, the one place it is stated: abnormal where the score reaches the threshold. Takes a score
+    or an array of scores; gives a bool or a bool array."""
+    return np.asarray(scores) >= threshold
+
+
 def threshold_metrics(labels, scores, threshold: float) -> dict[str, float]:
-    """F1, accuracy, sensitivity (recall of abnormal) and specificity (recall of normal) at ``score >= threshold``.
+    """F1, accuracy, sensitivity (recall of abnormal) and specificity (recall of normal) at the threshold (:func:`abnormal`).
 
     A ratio whose denominator is zero (e.g. SEN without abnormal images) is NaN.
     """
     labels, scores = _as_arrays(labels, scores)
-    pred = scores >= threshold
+    pred = abnormal(scores, threshold)
     tp = int(np.sum(pred & (labels == 1)))
     fp = int(np.sum(pred & (labels == 0)))
     tn = int(np.sum(~pred & (labels == 0)))

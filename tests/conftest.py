@@ -11,8 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from hdhkd_monai.launcher import OFFLINE_TEACHER
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HDHKD_DATA_ROOT", REPO_ROOT.parent / "shared" / "data"))
+
+#: The offline ImageNet backbone of the bundle's teacher (train.json), for tests that build one directly.
+LITE = {"backbone": OFFLINE_TEACHER["target_backbone"], "weights": OFFLINE_TEACHER["target_weights"]}
 
 # Two cores on CI: more threads than cores only adds contention.
 torch.set_num_threads(min(2, torch.get_num_threads()))

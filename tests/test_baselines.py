@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from conftest import LITE
 from ignite.engine import Events
 
 from hdhkd_monai.anomaly_map import normalize_map, quantile
@@ -13,12 +14,9 @@ from hdhkd_monai.baselines.rd4ad import RD4AD, OneClassBottleneck, ReverseDecode
 from hdhkd_monai.distill import teacher_output_stats
 from hdhkd_monai.engines import AnomalyEvaluator
 from hdhkd_monai.handlers import CalibrationHandler
-from hdhkd_monai.launcher import OFFLINE_TEACHER
 from hdhkd_monai.networks.nets.pdn import PDN
 
 SIZE = 64
-# the offline teacher preset's real ImageNet weights, small
-LITE = {"backbone": OFFLINE_TEACHER["target_backbone"], "weights": OFFLINE_TEACHER["target_weights"]}
 
 
 def _striped_images(n: int, seed: int) -> torch.Tensor:

@@ -37,7 +37,8 @@ def phantom(tmp_path):
 
 
 def _network_def(root, **overrides):
-    return read_config(["inference"], bundle_root=str(root), **{**TINY, **overrides}).get_parsed_content("network_def")
+    """The untrained network of train.json, as its checkpoint stores it."""
+    return read_config(["train"], bundle_root=str(root), **{**TINY, **overrides}).get_parsed_content("anomaly_net")
 
 
 def test_a_corrupt_training_image_is_named(phantom):

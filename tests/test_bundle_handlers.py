@@ -26,6 +26,7 @@ from hdhkd_monai.handlers import (
     load_network,
     save_checkpoint,
 )
+from hdhkd_monai.networks import Detector
 
 
 def test_save_checkpoint_replaces_atomically_and_keeps_the_old_file_on_failure(tmp_path):
@@ -100,9 +101,7 @@ def test_best_checkpoint_is_saved_only_when_the_metric_improves(tmp_path):
 
 
 def test_calibration_sets_quantiles_and_threshold_from_normal_images_only(caplog):
-    model = nn.Module()
-    model.register_buffer("map_quantiles", torch.full((2,), math.nan))
-    model.register_buffer("threshold", torch.tensor(math.nan))
+    model = Detector()  # the contract's calibration state; no network needed
     gen = torch.Generator().manual_seed(0)
     maps = torch.rand(12, 1, 8, 8, generator=gen)
     labels = torch.tensor([0] * 8 + [1] * 4)
@@ -121,6 +120,10 @@ def test_calibration_sets_quantiles_and_threshold_from_normal_images_only(caplog
     expected_t = torch.quantile(image_score(normalize_map(normal, expected_q)), 0.75)
     torch.testing.assert_close(model.threshold, expected_t)
     assert engine.state.metrics["threshold"] == pytest.approx(float(expected_t))
+    normal_scores = image_score(normalize_map(normal, expected_q))
+    extremes = torch.stack([normal_scores.min(), normal_scores.max()])
+    torch.testing.assert_close(model.normal_score_quantiles[[0, -1]], extremes)
+    assert model.calibration == {"map_quantiles": [0.9, 0.995], "threshold_quantile": 0.75}
     # 8 normal images are below the default minimum of 20: the user is told the threshold is uncertain
     assert engine.state.metrics["calibration_normals"] == 8
     assert "only 8 normal validation images" in caplog.text

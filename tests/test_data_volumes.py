@@ -12,7 +12,8 @@ from nibabel.testing import data_path as nibabel_data
 from test_data_dicom import PET_TAGS, hand_suv_factor, make_dataset, stored_volume, write_series
 
 from hdhkd_monai.errors import BadInputError
-from hdhkd_monai.data.volumes import Volume, normalize, read_volume, slices, suv_from_sidecar
+from hdhkd_monai.data.modalities import MODALITIES, mri_units
+from hdhkd_monai.data.volumes import Volume, read_volume, slices, suv_from_sidecar
 
 
 def expected_volume() -> np.ndarray:
@@ -143,11 +144,11 @@ def test_truncated_file_is_named(tmp_path, suffix):
 
 def test_oct_normalisation_by_type_and_mri_percentiles():
     array = np.array([[[0, 51, 255]]], np.float32)
-    oct_unit = normalize(Volume(array, None, np.dtype(np.uint8), None), "oct")
+    oct_unit = MODALITIES["oct"].slice_units(Volume(array, None, np.dtype(np.uint8), None))
     np.testing.assert_allclose(oct_unit, [[[0, 0.2, 1.0]]])
     mri = np.zeros((1, 10, 10), np.float32)
     mri[0, :5] = np.arange(50).reshape(5, 10) + 1  # 50 non-zero voxels 1..50, then background
-    out = normalize(Volume(mri, None, np.dtype(np.float32), None), "mri", percentiles=(10, 90))
+    out = mri_units(Volume(mri, None, np.dtype(np.float32), None), percentiles=(10, 90))
     low, high = np.percentile(np.arange(1, 51), [10, 90])  # 5.9, 45.1: background excluded
     np.testing.assert_allclose(out[0, 0, :3], np.clip((np.array([1, 2, 3]) - low) / (high - low), 0, 1))
     np.testing.assert_allclose(out[0, 3, 0], (31 - low) / (high - low), rtol=1e-6)

@@ -69,7 +69,7 @@ def test_shapes_every_backbone_at_64(backbone):
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         assert model.student.encoder(x).shape == (2, 512, 4, 4)
-        f_t, f_sd = model(x)
+        f_t, f_sd = model.features(x)
         assert f_t.shape == f_sd.shape == (2, 384, 8, 8)
         assert model.anomaly_map(x).shape == (2, 1, 64, 64)
 
@@ -78,7 +78,7 @@ def test_shapes_default_backbone_at_256():
     for padding, grid in ((False, 56), (True, 64)):
         model = _model(padding=padding).eval()
         with torch.no_grad():
-            f_t, f_sd = model(torch.rand(1, 3, 256, 256))
+            f_t, f_sd = model.features(torch.rand(1, 3, 256, 256))
         assert f_t.shape == f_sd.shape == (1, 384, grid, grid)
 
 
@@ -247,24 +247,30 @@ def test_anomaly_map_is_the_upsampled_discrepancy():
     model = _model(**SMALL).eval()
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        f_t, f_sd = model(x)
+        f_t, f_sd = model.features(x)
         expected = discrepancy_map(f_t, f_sd, [64, 64], border=4)
         torch.testing.assert_close(model.anomaly_map(x), expected)
 
 
-def test_anomaly_map_net_returns_the_map_raw_then_normalised():
-    model = _model(**SMALL).eval()
-    net = AnomalyMapNet(model).eval()
+def test_training_mode_gives_features_and_eval_mode_the_prediction_raw_then_calibrated():
+    model = _model(score_top_k=10, **SMALL)
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
+        f_t, f_sd = model.train()(x)
+        assert f_t.shape == f_sd.shape == (2, 384, 8, 8)
+        model.eval()
         raw = model.anomaly_map(x)
         assert torch.isnan(model.map_quantiles).all() and torch.isnan(model.threshold)
-        torch.testing.assert_close(net(x), raw)
+        pred = model(x)
+        torch.testing.assert_close(pred.anomaly_map, raw)
+        torch.testing.assert_close(pred.pred_score, raw.flatten(1).topk(10).values.mean(1))
         model.map_quantiles.copy_(torch.tensor([0.5, 2.0]))
-        out = net(x)
-    assert out.shape == (2, 1, 64, 64)
-    torch.testing.assert_close(out, normalize_map(raw, model.map_quantiles))
-    torch.testing.assert_close(AnomalyMapNet(model, normalize=False)(x), raw)
+        calibrated = model(x)
+        exported = AnomalyMapNet(model)(x)
+    assert calibrated.anomaly_map.shape == (2, 1, 64, 64)
+    torch.testing.assert_close(calibrated.anomaly_map, normalize_map(raw, model.map_quantiles))
+    torch.testing.assert_close(calibrated.pred_score, normalize_map(pred.pred_score, model.map_quantiles))
+    torch.testing.assert_close(exported, calibrated.anomaly_map)
     assert "map_quantiles" in model.state_dict() and "threshold" in model.state_dict()
 
 

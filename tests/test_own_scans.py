@@ -21,7 +21,6 @@ from torch import nn
 from hdhkd_monai.data import datalist as dl
 from hdhkd_monai.data import slices
 from hdhkd_monai.errors import BadInputError, SettingsMismatchError, one_line_error, run_cli
-from hdhkd_monai.engines import AnomalyEvaluator
 from hdhkd_monai.data.transforms import ct_slice, oct_bscan, preprocessing_fingerprint
 from hdhkd_monai.handlers import (
     AtomicCheckpointSaver,
@@ -33,7 +32,7 @@ from hdhkd_monai.handlers import (
 from hdhkd_monai.__main__ import main as entry_point
 from conftest import REPO_ROOT as REPO
 from hdhkd_monai.launcher import CONFIGS, read_config
-from hdhkd_monai.networks import HDHKD, PDN, SS2D, AnomalyMapNet
+from hdhkd_monai.networks import HDHKD, PDN, SS2D
 from hdhkd_monai.pretrained import default_weights
 from test_bundle_workflows import TINY, write_phantom_data
 
@@ -45,10 +44,10 @@ def phantom(tmp_path_factory):
     return root
 
 
-def _tiny_hdhkd(padding: bool = False, image_size: int = 32) -> HDHKD:
+def _tiny_hdhkd(padding: bool = False, image_size: int = 32, score_top_k: int | None = None) -> HDHKD:
     """A PDN-teacher HDHKD small enough to build in well under a second."""
     return HDHKD(PDN(padding=padding, out_channels=8), backbone="resnet18", num_modules=1, fusion_channels=16,
-                 encoder_channels=32, decoder_channels=16, image_size=image_size)
+                 encoder_channels=32, decoder_channels=16, image_size=image_size, score_top_k=score_top_k)
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
@@ -106,6 +105,7 @@ def test_backbone_weights_follow_the_backbone():
     [
         (dict(image_size=64), "image_size: made with 32, now 64"),
         (dict(padding=True), "teacher.padding: made with False, now True"),
+        (dict(score_top_k=5), "score_top_k: made with None, now 5"),  # scores in other units than calibrated
     ],
 )
 def test_a_checkpoint_loaded_with_other_settings_names_each_difference(tmp_path, other, named):
@@ -117,17 +117,6 @@ def test_a_checkpoint_loaded_with_other_settings_names_each_difference(tmp_path,
         _tiny_hdhkd(**other).load_state_dict(state)
     _tiny_hdhkd().load_state_dict(state)  # the same settings load
 
-
-def test_scoring_with_another_top_k_than_calibrated_is_named_before_any_image():
-    net = _tiny_hdhkd().eval()
-    net.calibration = {"score_top_k": 50, "map_quantiles": [0.9, 0.995], "threshold_quantile": 0.95}
-    seen = []
-    evaluator = AnomalyEvaluator(device=torch.device("cpu"), val_data_loader=[{"image": torch.rand(1, 3, 32, 32)}],
-                                 network=AnomalyMapNet(net), top_k=5)
-    evaluator.add_event_handler(Events.ITERATION_STARTED, lambda e: seen.append(1))
-    with pytest.raises(SettingsMismatchError, match="made with: score_top_k: made with 50, now 5"):
-        evaluator.run()
-    assert not seen
 
 
 def test_evaluation_builds_the_teacher_without_fitting_its_statistics(phantom):

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import LITE
 
-from hdhkd_monai.anomaly_map import image_score
 from hdhkd_monai.baselines import RD4AD, EfficientAD, PatchCore
 from hdhkd_monai.data.phantom import make_bscan
 from hdhkd_monai.distill import fit_teacher_stats
@@ -22,7 +22,6 @@ from hdhkd_monai.networks import HDHKD, PDN, AnomalyMapNet, PretrainedTeacher
 PINS = Path(__file__).parent / "data" / "pinned_outputs.pt"
 SIZE = 64
 TOP_K = int(0.05 * SIZE**2)
-LITE = {"backbone": "tf_efficientnet_lite0", "weights": "efficientnet-lite"}
 SMALL = dict(num_modules=1, fusion_channels=32, encoder_channels=64, decoder_channels=32, d_state=4)
 
 
@@ -37,13 +36,15 @@ def _images() -> torch.Tensor:
 def _hdhkd_outputs(images: torch.Tensor) -> dict:
     torch.manual_seed(0)
     teacher = fit_teacher_stats(PretrainedTeacher(**LITE), [images[:4]])
-    model = HDHKD(teacher, backbone="tf_efficientnet_lite0", backbone_weights="efficientnet-lite", **SMALL).eval()
-    net = AnomalyMapNet(model)
+    student = dict(backbone=LITE["backbone"], backbone_weights=LITE["weights"], score_top_k=TOP_K, **SMALL)
+    model = HDHKD(teacher, **student).eval()
     with torch.no_grad():
-        raw = net(images)
+        raw = model(images).anomaly_map
         model.map_quantiles.copy_(torch.tensor([0.5, 2.0]))
-        normalised = net(images)
-    return {"hdhkd_raw_map": raw, "hdhkd_map": normalised, "hdhkd_score": image_score(normalised, TOP_K)}
+        calibrated = model(images)
+        exported = AnomalyMapNet(model)(images)
+    torch.testing.assert_close(exported, calibrated.anomaly_map, rtol=0, atol=0)
+    return {"hdhkd_raw_map": raw, "hdhkd_map": calibrated.anomaly_map, "hdhkd_score": calibrated.pred_score}
 
 
 def _baseline_outputs(images: torch.Tensor) -> dict:

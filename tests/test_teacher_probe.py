@@ -4,9 +4,9 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import LITE
 
-from hdhkd_monai.networks import HDHKD
-from hdhkd_monai.networks.nets.pretrained_teacher import PretrainedTeacher
+from hdhkd_monai.networks import HDHKD, PretrainedTeacher
 from hdhkd_monai.networks.blocks.student_encoder import StudentEncoder
 from hdhkd_monai.pretrained import efficientnet_lite_state_dict
 from tools.probe import nearest_neighbour_scores, patch_features
@@ -28,7 +28,7 @@ def _textures(n, size=64, seed=0):
 
 
 def test_probe_on_the_pretrained_teacher_scores_a_planted_anomaly_higher():
-    teacher = PretrainedTeacher().eval()
+    teacher = PretrainedTeacher(**LITE).eval()
     normal = _textures(12)
     test = _textures(4, seed=1)
     anomalous = test.clone()
@@ -41,7 +41,7 @@ def test_probe_on_the_pretrained_teacher_scores_a_planted_anomaly_higher():
 
 @pytest.mark.parametrize("backbone, weights", [("resnet18", None), ("tf_efficientnet_lite0", "efficientnet-lite")])
 def test_pretrained_teacher_is_frozen_and_gives_the_stride_8_grid_hdhkd_trains_against(backbone, weights):
-    teacher = PretrainedTeacher()
+    teacher = PretrainedTeacher(**LITE)
     assert not any(p.requires_grad for p in teacher.parameters())
     x = torch.rand(2, 3, 64, 96)
     f = teacher(x)
@@ -75,7 +75,7 @@ def test_imagenet_student_encoder_starts_from_the_shipped_weights():
 def test_fit_teacher_stats_standardises_the_pretrained_teacher_on_its_images():
     from hdhkd_monai.distill import fit_teacher_stats
 
-    teacher = PretrainedTeacher()
+    teacher = PretrainedTeacher(**LITE)
     images = _textures(8)
     assert fit_teacher_stats(teacher, images.split(4)) is teacher
     f = teacher.normalize(teacher(images))

@@ -1,5 +1,4 @@
-"""Pieces the baselines share: the detector contract, input checks, batch iteration, frozen sub-networks and map
-smoothing."""
+"""Pieces the baselines share: input checks, batch iteration, frozen sub-networks and map smoothing."""
 
 from __future__ import annotations
 
@@ -11,24 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-from hdhkd_monai.anomaly_map import AnomalyPrediction
 
-__all__ = ["Detector", "ImageNormalize", "check_images", "freeze", "iterate_batches", "smooth_map"]
+__all__ = ["ImageNormalize", "check_images", "freeze", "iterate_batches", "smooth_map"]
 
-
-class Detector(nn.Module):
-    """What every baseline is to the workflows' evaluator (``hdhkd_monai.engines.AnomalyEvaluator``):
-    ``model(x)`` gives :meth:`predict`, an :class:`~hdhkd_monai.anomaly_map.AnomalyPrediction` (image scores and
-    anomaly maps), and the ``threshold`` buffer (NaN until ``CalibrationHandler`` sets it from normal validation
-    scores) travels with the state dict, as HDHKD's does. Training is each method's own (``loss``, ``fit``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.register_buffer("threshold", torch.tensor(math.nan))
-
-    def forward(self, x: torch.Tensor) -> AnomalyPrediction:
-        """[B, 3, H, W] in [0, 1] -> image scores [B] and anomaly maps [B, 1, H, W]: the subclass's ``predict``."""
-        return self.predict(x)
 
 
 def check_images(x: torch.Tensor, name: str = "input") -> torch.Tensor:

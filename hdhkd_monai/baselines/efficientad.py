@@ -20,9 +20,9 @@ from torch import nn
 from torchvision.transforms import functional as TF
 
 from hdhkd_monai.anomaly_map import AnomalyPrediction, discrepancy_map, map_quantiles, normalize_map
-from hdhkd_monai.baselines.common import Detector, check_images, freeze, iterate_batches
+from hdhkd_monai.baselines.common import check_images, freeze, iterate_batches
 from hdhkd_monai.losses import DistillationLoss
-from hdhkd_monai.networks import PDN
+from hdhkd_monai.networks import PDN, Detector
 
 __all__ = ["AutoEncoder", "EfficientAD"]
 

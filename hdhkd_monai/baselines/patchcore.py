@@ -18,7 +18,8 @@ from einops import rearrange
 from tqdm.auto import tqdm
 
 from hdhkd_monai.anomaly_map import AnomalyPrediction
-from hdhkd_monai.baselines.common import Detector, check_images, iterate_batches, smooth_map
+from hdhkd_monai.baselines.common import check_images, iterate_batches, smooth_map
+from hdhkd_monai.networks import Detector
 from hdhkd_monai.distill import PatchCoreTarget
 
 __all__ = ["PatchCore", "k_center_greedy", "random_projection"]

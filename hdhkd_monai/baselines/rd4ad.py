@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hdhkd_monai.anomaly_map import AnomalyPrediction
-from hdhkd_monai.baselines.common import Detector, ImageNormalize, check_images, freeze, smooth_map
+from hdhkd_monai.baselines.common import ImageNormalize, check_images, freeze, smooth_map
+from hdhkd_monai.networks import Detector
 from hdhkd_monai.pretrained import create_backbone, input_normalization
 
 __all__ = ["RD4AD", "OneClassBottleneck", "ReverseDecoder", "ResidualBottleneck"]

@@ -3,10 +3,11 @@
 - ``datalist``: folder layouts / CSV -> MONAI datalist JSON (training, validation, test), split by patient;
 - ``transforms``: one MONAI dictionary pipeline per modality (``oct_bscan``, ``mri_slice``, ``ct_slice``,
   ``pet_slice``) and the 2-D ``SliceReader`` behind them;
+- ``modalities``: the registry of modalities (slice units, foreground, orientation);
 - ``volumes`` and ``dicom``: NIfTI / ITK / DICOM / TIFF volumes in physical units (HU, SUV), checked;
 - ``slices``: volumes -> ``.npy`` slices + a datalist whose items carry their volume; ``aggregate``: volume scores;
 - ``phantom``: the synthetic OCT demo data set;
-- ``errors``: ``BadInputError`` (names the bad file) and the opt-in ``skip_bad`` policy.
+- ``bad_files``: the opt-in ``skip_bad`` policy (the error types are in ``hdhkd_monai.errors``).
 
 Submodules are imported on use, so that ``import hdhkd_monai.data.datalist`` stays light.
 """

@@ -38,11 +38,10 @@ from tqdm import tqdm
 from hdhkd_monai.data import datalist as dl
 from hdhkd_monai.data.bad_files import BadFileLog, cli_logging, logger
 from hdhkd_monai.errors import BadInputError, run_cli
-from hdhkd_monai.data.volumes import FOREGROUND, MODALITIES, normalize, read_volume, reorient, slices, suv_from_sidecar
+from hdhkd_monai.data.modalities import MODALITIES, modality as registered
+from hdhkd_monai.data.volumes import read_volume, reorient, slices, suv_from_sidecar
 from hdhkd_monai.data.volumes import INFERENCE_VOLUME_SUFFIXES, volume_name, volume_suffix
 
-# Reorient volumes that have an affine to this axis code before slicing; OCT affines are rarely meaningful.
-DEFAULT_ORIENTATION = {"oct": None, "mri": "LPS", "ct": "LPS", "pet": "LPS"}
 
 
 def read_slice_labels(path: str | Path) -> dict[tuple[str, int], tuple[int, str | None]]:
@@ -87,21 +86,21 @@ def slice_volumes(volume_datalist: dict, out_dir: str | Path, modality: str, axi
     Args:
         volume_datalist: datalist whose "image" entries are volumes (e.g. ``kermany_datalist(..., volumes=True)``).
         out_dir: folder for the ``.npy`` slices.
-        modality: "oct", "mri", "ct" or "pet" (see :func:`~hdhkd_monai.data.volumes.normalize` for the units).
+        modality: a name in :data:`~hdhkd_monai.data.modalities.MODALITIES` ("oct", "mri", "ct", "pet"), which
+            gives the units slices are written in, the foreground threshold and the default orientation.
         axis: axis of the [k, rows, cols] volume to cut along (0: the stored slices / B-scans / frames).
         orientation: axis codes to reorient to before cutting, None to keep the stored order, "default" for
-            ``DEFAULT_ORIENTATION[modality]``.
+            the modality's.
         min_foreground: drop slices with a smaller share of pixels above ``threshold`` (0 keeps every slice).
-        threshold: foreground threshold in the written units; None for ``FOREGROUND[modality]``.
+        threshold: foreground threshold in the written units; None for the modality's.
         pet_units: NIfTI PET values: "suv" (already SUV) or "bqml" (converted with the JSON sidecar).
         slice_labels: per-slice labels from :func:`read_slice_labels`.
         normal: class name given to slices labelled 0 inside abnormal volumes.
         skip_bad: skip unreadable or invalid volumes (logged, counted) instead of raising.
     """
-    if modality not in MODALITIES:
-        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
-    orientation = DEFAULT_ORIENTATION[modality] if orientation == "default" else orientation
-    threshold = FOREGROUND[modality] if threshold is None else threshold
+    kind = registered(modality)
+    orientation = kind.orientation if orientation == "default" else orientation
+    threshold = kind.foreground if threshold is None else threshold
     slice_labels = slice_labels or {}
     out_dir, log = Path(out_dir), BadFileLog(skip_bad)
     every = [(split, item) for split in dl.SPLITS for item in volume_datalist.get(split, [])]
@@ -113,7 +112,7 @@ def slice_volumes(volume_datalist: dict, out_dir: str | Path, modality: str, axi
             volume = read_volume(source, orientation, skip_bad)
             if modality == "pet" and pet_units == "bqml" and volume_suffix(source) in (".nii", ".nii.gz"):
                 volume = suv_from_sidecar(volume)
-            array = normalize(volume, modality)
+            array = kind.slice_units(volume)
             items = []
             for index, image in slices(array, axis, min_foreground, threshold):
                 label, cls = slice_labels.get((volume_name(source), index), (item["label"], None))
@@ -135,7 +134,7 @@ def slice_volumes(volume_datalist: dict, out_dir: str | Path, modality: str, axi
 def slice_inputs(items: list[dict], out_dir: str | Path, modality: str) -> list[dict]:
     """Inference inputs with every volume (:data:`INFERENCE_VOLUME_SUFFIXES`, and DICOM series folders: read whole,
     sorted by position, geometry checked) replaced by its slices, cut and normalised as :func:`slice_volumes` does
-    for training (``DEFAULT_ORIENTATION[modality]``, axis 0, every slice) and written to
+    for training (the modality's orientation, axis 0, every slice) and written to
     ``out_dir/<n>_<volume name>/<slice>.npy``; a slice item is ``{"image": npy, "source": volume, "slice": index}``.
     Other items get ``"source"`` (their image) and ``"slice"`` -1, so that every item has the same keys (a batch
     mixing images and slices collates by the keys of its first item).
@@ -146,7 +145,8 @@ def slice_inputs(items: list[dict], out_dir: str | Path, modality: str) -> list[
         if not source.is_dir() and volume_suffix(source) not in INFERENCE_VOLUME_SUFFIXES:
             result.append({**item, "source": item["image"], "slice": -1})
             continue
-        array = normalize(read_volume(source, DEFAULT_ORIENTATION[modality]), modality)
+        kind = registered(modality)
+        array = kind.slice_units(read_volume(source, kind.orientation))
         folder = Path(out_dir) / f"{n}_{volume_name(source)}"
         folder.mkdir(parents=True, exist_ok=True)
         for index, image in slices(array):
@@ -160,7 +160,7 @@ def map_in_source_space(anomaly_map: np.ndarray, source: str | Path, modality: s
     file's voxel order ``[i, j, k]`` and the source's affine (identity when its format has none), for a NIfTI that
     overlays the source voxel for voxel."""
     stored = read_volume(source)
-    orientation = DEFAULT_ORIENTATION[modality]
+    orientation = registered(modality).orientation
     if orientation and stored.affine is not None:
         _, cut_affine = reorient(stored.array, stored.affine, orientation)
         anomaly_map, _ = reorient(anomaly_map, cut_affine, "".join(orientations.aff2axcodes(stored.affine)))
@@ -175,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="kermany: ROOT/train/<normal>/ + ROOT/test/<class>/; folders: ROOT/<class>/; "
                              "csv: path,label[,class][,patient][,split]")
     parser.add_argument("source", help="root folder, or the CSV file")
-    parser.add_argument("--modality", required=True, choices=MODALITIES)
+    parser.add_argument("--modality", required=True, choices=tuple(MODALITIES))
     parser.add_argument("--out", required=True, help="output folder (slices and datalist.json)")
     parser.add_argument("--normal", default="NORMAL", help="normal class folder name (kermany, folders)")
     parser.add_argument("--axis", type=int, default=0, help="axis of the [k, rows, cols] volume to cut along")

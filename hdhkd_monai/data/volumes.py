@@ -31,9 +31,6 @@ VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr", ".tif", 
 #: Volume files inference takes directly (``slices.slice_inputs``), besides DICOM series folders; TIFF, ``.npy`` and
 #: ``.dcm`` files are 2-D images there.
 INFERENCE_VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
-MODALITIES = ("oct", "mri", "ct", "pet")
-# Foreground thresholds, in the units each modality's slices are written in (see normalize()).
-FOREGROUND = {"oct": 0.15, "mri": 0.05, "ct": -500.0, "pet": 0.1}
 
 
 @dataclass
@@ -186,34 +183,6 @@ def suv_from_sidecar(volume: Volume) -> Volume:
     factor = dicom.suv_bw_factor(ds, sidecar)
     return Volume(volume.array * np.float32(factor), volume.affine, volume.dtype, volume.source, volume.display)
 
-
-def normalize(volume: Volume, modality: str, percentiles: tuple[float, float] = (0.5, 99.5)) -> np.ndarray:
-    """Values each modality's slices are written in: OCT and MRI in [0, 1], CT in HU, PET in SUV (unchanged).
-
-    - OCT: DICOM display images kept (already their stored range's fraction, like the JPEG B-scans), other integer
-      volumes divided by their type's maximum (uint8 / 255), float volumes min-max scaled per volume;
-    - MRI: per-volume percentile normalisation over the non-zero voxels (the background would dominate otherwise),
-      ``percentiles`` mapped to 0 and 1, clipped.
-    """
-    array = volume.array
-    if volume.display and modality in ("ct", "pet"):
-        raise BadInputError(volume.source, f"a DICOM display image (values in [0, 1], not {modality.upper()} units) "
-                                           f"where {'HU' if modality == 'ct' else 'SUV'} are expected; give the "
-                                           "original CT/PET series")
-    if modality == "oct":
-        if volume.display:
-            return array
-        if np.issubdtype(volume.dtype, np.integer):
-            return np.clip(array / np.float32(np.iinfo(volume.dtype).max), 0, 1)
-        low, high = float(array.min()), float(array.max())
-        return (array - low) / np.float32(max(high - low, 1e-12))
-    if modality == "mri":
-        body = array[array != 0]
-        low, high = np.percentile(body if body.size else array, percentiles)
-        return np.clip((array - low) / np.float32(max(high - low, 1e-12)), 0, 1)
-    if modality in ("ct", "pet"):
-        return array
-    raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
 
 
 def slices(array: np.ndarray, axis: int = 0, min_foreground: float = 0.0, threshold: float | None = None):

@@ -6,7 +6,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from hdhkd_monai.anomaly_map import map_quantiles, normalize_map
+from hdhkd_monai.anomaly_map import MAP_QUANTILES, map_quantiles, normalize_map
 
 __all__ = ["CalibrationHandler"]
 
@@ -14,28 +14,27 @@ __all__ = ["CalibrationHandler"]
 class CalibrationHandler:
     """On the validation evaluator, calibrate the model from the normal (label 0) validation images.
 
-    After each validation run:
+    When each validation run starts, ``model.map_quantiles`` is cleared, so the evaluator sees raw maps and scores
+    (``"pred"``, ``"score"``, with ``"label"``). After the run:
 
     - ``model.map_quantiles`` <- the ``low``/``high`` quantiles of all normal-image map pixels (EfficientAD's map
-      normalisation, 0.9 and 0.995): normalised maps are ``0.1 * (m - q_low) / (q_high - q_low)``;
+      normalisation, :data:`~hdhkd_monai.anomaly_map.MAP_QUANTILES`): normalised maps are
+      ``0.1 * (m - q_low) / (q_high - q_low)``;
     - ``model.threshold`` <- the ``threshold_quantile`` quantile of the normal images' scores in normalised units,
       so about ``1 - threshold_quantile`` of normal images are called abnormal (the specificity it aims at);
-    - ``model.normal_score_quantiles`` and ``model.calibration`` (when the model keeps them, as ``HDHKD`` does) <-
-      the percentiles of those scores, from which inference reports each new image's percentile among the normal
-      validation images, and the settings calibrated with (the evaluator's ``top_k``, ``low``/``high``,
-      ``threshold_quantile``), which evaluation and inference check theirs against.
+    - ``model.normal_score_quantiles`` <- the percentiles of those scores, from which inference reports each new
+      image's percentile among the normal validation images;
+    - ``model.calibration`` <- the settings calibrated with (``low``/``high``, ``threshold_quantile``).
 
-    The evaluator must produce raw maps (``AnomalyMapNet(model, normalize=False)``) under ``"pred"``, with ``"score"``
-    and ``"label"``. The image score (the map's maximum or top-k mean) commutes with the increasing affine
-    normalisation, so normalising the raw scores equals scoring the normalised maps. Both values also appear in
-    the evaluator's metrics (``map_q_low``, ``map_q_high``, ``threshold``) for the logs.
+    The image score (the map's maximum or top-k mean) commutes with the increasing affine normalisation, so
+    normalising the raw scores equals scoring the normalised maps. Both values also appear in the evaluator's
+    metrics (``map_q_low``, ``map_q_high``, ``threshold``) for the logs.
 
     With ``low``/``high`` None the maps are left alone and only the threshold is set, in the units of the scores:
     the baselines normalise their own maps (EfficientAD) or score otherwise than by the map (PatchCore).
 
     Args:
-        model: the module owning the ``threshold`` [] buffer, and ``map_quantiles`` [2] when normalising (``HDHKD``,
-            a baseline ``Detector``).
+        model: the :class:`~hdhkd_monai.networks.Detector` the evaluator runs.
         low, high: map-normalisation quantiles, or None.
         threshold_quantile: quantile of normal validation scores used as the decision threshold.
         min_normals: fewer normal validation images than this get a warning: the threshold quantile of a handful
@@ -46,8 +45,8 @@ class CalibrationHandler:
     def __init__(
         self,
         model: nn.Module,
-        low: float | None = 0.9,
-        high: float | None = 0.995,
+        low: float | None = MAP_QUANTILES[0],
+        high: float | None = MAP_QUANTILES[1],
         threshold_quantile: float = 0.95,
         min_normals: int = 20,
     ):
@@ -61,9 +60,13 @@ class CalibrationHandler:
         self._scores: list[float] = []
 
     def attach(self, engine: Engine) -> None:
-        engine.add_event_handler(Events.EPOCH_STARTED, self._reset)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._start)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._calibrate)
+
+    def _start(self, engine: Engine) -> None:
+        self._reset(engine)
+        self.model.map_quantiles.fill_(float("nan"))  # the run's maps and scores are raw, the units calibrated here
 
     def _reset(self, engine: Engine) -> None:
         self._maps, self._scores = [], []
@@ -95,13 +98,8 @@ class CalibrationHandler:
             engine.state.metrics.update(map_q_low=float(quantiles[0]), map_q_high=float(quantiles[1]))
         threshold = torch.quantile(scores, self.threshold_quantile)
         self.model.threshold.copy_(threshold.to(self.model.threshold))
-        if hasattr(self.model, "calibration"):  # HDHKD keeps these with its checkpoint; the baselines do not
-            grid = torch.linspace(0, 1, self.model.normal_score_quantiles.numel())
-            self.model.normal_score_quantiles.copy_(torch.quantile(scores, grid).to(self.model.normal_score_quantiles))
-            self.model.calibration = {
-                "score_top_k": getattr(engine, "top_k", None),
-                "map_quantiles": [self.low, self.high],
-                "threshold_quantile": self.threshold_quantile,
-            }
+        grid = torch.linspace(0, 1, self.model.normal_score_quantiles.numel())
+        self.model.normal_score_quantiles.copy_(torch.quantile(scores, grid).to(self.model.normal_score_quantiles))
+        self.model.calibration = {"map_quantiles": [self.low, self.high], "threshold_quantile": self.threshold_quantile}
         engine.state.metrics.update(threshold=float(threshold), calibration_normals=n)
         self._reset(engine)

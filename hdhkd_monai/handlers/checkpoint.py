@@ -32,7 +32,7 @@ from ignite.engine import Engine, Events
 from monai.handlers import CheckpointLoader
 from torch import nn
 
-from hdhkd_monai.errors import CheckpointMismatchError, SettingsMismatchError
+from hdhkd_monai.errors import BadInputError, CheckpointMismatchError, SettingsMismatchError
 from hdhkd_monai.pretrained import FromCheckpoint, checkpoint_architecture
 from hdhkd_monai.state_dict import check_settings, flat_settings, load_weights, torch_file
 
@@ -143,23 +143,23 @@ def checkpoint_entries(path: str | Path) -> dict:
 
 def stored_settings(path: str | Path) -> dict:
     """The settings the trained model at ``path`` (a :data:`MODEL_CKPT`) was made with, flat: ``image_size``,
-    ``backbone``, ..., ``teacher.type``, ... (``HDHKD.settings``) and, once calibrated, ``score_top_k``; for configs
-    that take them from the checkpoint rather than from the user. ``{}`` when there is no file yet (a config building
-    the network before training gets its defaults)."""
+    ``backbone``, ``score_top_k``, ..., ``teacher.type``, ... (the detector's ``settings``); for configs
+    that take them from the checkpoint rather than from the user (``inference.json``), so that the trained model is
+    the one home of its settings."""
     if not Path(path).is_file():
-        return {}
+        raise BadInputError(path, "no trained model here: train one (configs/train.json) or point --model_ckpt at "
+                                  "a model.pt")
     state = checkpoint_entries(path).get("model", {})
     extra = state.get(_EXTRA_STATE) if isinstance(state, Mapping) else None
     if extra is None:
         raise CheckpointMismatchError(f"{path}: carries no settings (written by an older version?); train it again")
-    calibration = extra["calibration"] or {}
     settings = flat_settings(extra["settings"])
     for key, value in settings.items():  # a checkpoint is data: it names no download, file or hub model to load
         if key.split(".")[-1] == "backbone":
             checkpoint_architecture(value, path)
         elif key.split(".")[-1] == "weights" and value is not None:
             settings[key] = FromCheckpoint(value)
-    return {**settings, **{k: v for k, v in calibration.items() if k == "score_top_k"}}
+    return settings
 
 
 class NamedCheckpointLoader(CheckpointLoader):

@@ -198,9 +198,9 @@ class InferenceWriter(ScoreWriter):
             array, affine = map_in_source_space(stacked, source, self.modality)
             target = self._target(self.maps_dir, output_name(source, self.root), "_anomaly_map.nii.gz")
             nib.save(nib.Nifti1Image(array.astype(np.float32), affine), target)
-            decision = "" if math.isnan(self.threshold) else int(volume["score"] >= self.threshold)
+            verdict = "" if math.isnan(self.threshold) else decision(volume["score"], self.threshold)
             rows.append({"volume": source, "n_slices": volume["n_slices"], "score": volume["score"],
-                         "decision": decision})
+                         "decision": verdict})
         with open(self._target(self.output_dir, Path("volumes"), ".csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=("volume", "n_slices", "score", "decision"))
             writer.writeheader()

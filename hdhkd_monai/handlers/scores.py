@@ -11,14 +11,17 @@ import numpy as np
 import torch
 from ignite.engine import Engine, Events
 
+from hdhkd_monai.metrics import abnormal
+
 __all__ = ["ScoreWriter", "decision", "image_path"]
 
 logger = logging.getLogger(__name__)
 
 
 def decision(score: float, threshold: float) -> int:
-    """1 (abnormal) when the image score reaches the calibrated threshold, else 0."""
-    return int(score >= threshold)
+    """1 (abnormal) when the image score reaches the calibrated threshold (:func:`~hdhkd_monai.metrics.abnormal`),
+    else 0."""
+    return int(abnormal(score, threshold))
 
 
 def image_path(item: dict) -> str:
@@ -33,7 +36,7 @@ class ScoreWriter:
     Columns: ``path, slice, label, class, score, decision, normal_percentile``; ``path`` is the item's ``"source"``
     (the volume an inference slice was cut from) or else the image file, ``slice`` the item's ``"slice"`` index (empty
     for a 2-D image, whose items have none or -1); ``label``/``class`` are empty for unlabelled images (taken from the data items' ``"label"``
-    and ``"class"`` keys), ``decision`` is 1 (abnormal) when ``score >= threshold``, ``normal_percentile`` the share
+    and ``"class"`` keys), ``decision`` is 1 (abnormal) when the score reaches the threshold, ``normal_percentile`` the share
     (%) of the normal validation images that scored lower.
 
     Args:

@@ -4,6 +4,7 @@ decoders, mixers, SS2D, MFM) and ``nets`` (the teachers, HDHKD). Imports go one 
 The names below are what the bundle configs reference (``hdhkd_monai.networks.HDHKD``)."""
 
 from .blocks import (
+    GLOBAL_DECODERS,
     MIXERS,
     SS2D,
     STUDENT_BACKBONES,
@@ -15,9 +16,19 @@ from .blocks import (
     UpNetModule,
     UpsampleStem,
 )
-from .nets import GLOBAL_DECODERS, HDHKD, PDN, AnomalyMapNet, HDHKDStudent, PretrainedTeacher
+from .nets import (
+    HDHKD,
+    NORMAL_SCORE_QUANTILES,
+    PDN,
+    AnomalyMapNet,
+    Detector,
+    HDHKDStudent,
+    PretrainedTeacher,
+)
 
 __all__ = [
+    "Detector",
+    "NORMAL_SCORE_QUANTILES",
     "PDN",
     "PretrainedTeacher",
     "SS2D",

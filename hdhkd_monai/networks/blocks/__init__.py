@@ -5,9 +5,18 @@ May import ``networks.layers`` and ``hdhkd_monai.pretrained``; never ``networks.
 """
 
 from .convolutions import PatchExpand, conv_block
-from .decoders import MIXERS, ConvUpsample, MambaUpNet, UpNetModule, UpsampleStem
+from .decoders import ConvUpsample, MambaUpNet, UpNetModule, UpsampleStem
 from .mfm import ConcatFusion, MultiFeatureModel
-from .mixers import AttentionMixer, ConvMixer, DenseMixer, DepthwiseConvMixer
+from .mixers import (
+    GLOBAL_DECODERS,
+    MIXERS,
+    AttentionMixer,
+    ConvMixer,
+    DenseMixer,
+    DepthwiseConvMixer,
+    Mixer,
+    MixerOptions,
+)
 from .ss2d import SS2D
 from .student_encoder import STUDENT_BACKBONES, StudentEncoder
 from .teacher_stats import TeacherFeatureStats
@@ -16,6 +25,9 @@ __all__ = [
     "PatchExpand",
     "conv_block",
     "MIXERS",
+    "GLOBAL_DECODERS",
+    "Mixer",
+    "MixerOptions",
     "ConvUpsample",
     "MambaUpNet",
     "UpNetModule",

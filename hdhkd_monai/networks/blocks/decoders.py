@@ -13,13 +13,9 @@ from torch import nn
 
 from ..layers.simple import resize
 from .convolutions import PatchExpand, conv_block
-from .mixers import AttentionMixer, ConvMixer, DenseMixer, DepthwiseConvMixer
-from .ss2d import SS2D
+from .mixers import MIXERS, MixerOptions
 
-__all__ = ["MIXERS", "UpsampleStem", "ConvUpsample", "UpNetModule", "MambaUpNet"]
-
-#: Token mixers of the UpNet modules: the paper's SS2D, its Table V ablation, and the Table VII swaps.
-MIXERS = ("ss2d", "dwconv", "attention", "dense", "conv")
+__all__ = ["UpsampleStem", "ConvUpsample", "UpNetModule", "MambaUpNet"]
 
 
 class UpsampleStem(nn.Module):
@@ -103,7 +99,7 @@ class MambaUpNet(nn.Module):
         in_channels: channels of U1; the modules run at ``in_channels // 2`` (``d_model`` of SS2D).
         out_channels: teacher channels.
         num_modules: number of modules (N_mamba, 4 in the paper).
-        mixer: token mixer, one of :data:`MIXERS`: ``"ss2d"`` (the paper), ``"dwconv"`` (Table V, SS2D off: a 3x3
+        mixer: token mixer, a name in :data:`~.mixers.MIXERS`: ``"ss2d"`` (the paper), ``"dwconv"`` (Table V, SS2D off: a 3x3
             depthwise convolution), ``"attention"`` / ``"dense"`` / ``"conv"`` (Table VII: Transformer, FCN, Conv).
         d_state: SS2D state size.
         dropout: dropout of every module.
@@ -134,25 +130,12 @@ class MambaUpNet(nn.Module):
         if in_channels % 2:
             raise ValueError(f"the UpNet halves the channels of U1, so they must be even, got {in_channels}")
         channels = in_channels // 2
-
-        def make_mixer() -> nn.Module:
-            if mixer == "ss2d":
-                return SS2D(channels, d_state=d_state, scan_backend=scan_backend)
-            if mixer == "dwconv":
-                return DepthwiseConvMixer(channels)
-            if mixer == "attention":
-                return AttentionMixer(channels)
-            if mixer == "dense":
-                if grid_size is None:
-                    raise ValueError("the 'dense' (FCN) mixer needs grid_size: build the model with image_size")
-                return DenseMixer(grid_size[0] * grid_size[1])
-            if mixer == "conv":
-                return ConvMixer(channels, act=act, norm=norm)
-            raise ValueError(f"unknown mixer {mixer!r}; choose one of {MIXERS}")
-
+        if mixer not in MIXERS:
+            raise ValueError(f"unknown mixer {mixer!r}; choose one of {tuple(MIXERS)}")
+        options = MixerOptions(d_state, grid_size, scan_backend, act, norm)
         self.blocks = nn.Sequential(*[
-            UpNetModule(in_channels if i == 0 else channels, channels, 2 if i == 0 else 1, make_mixer(), dropout,
-                        act, norm)
+            UpNetModule(in_channels if i == 0 else channels, channels, 2 if i == 0 else 1,
+                        MIXERS[mixer].build(channels, options), dropout, act, norm)
             for i in range(num_modules)
         ])  # fmt: skip
         self.head = nn.Conv2d(channels, out_channels, 1)

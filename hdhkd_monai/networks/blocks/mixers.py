@@ -1,17 +1,22 @@
 """Token mixers that can stand where SS2D stands in a Mamba UpNet module (Table V: SS2D off; Table VII: decoder
-swaps). Each takes and returns channels-last maps ``[B, H, W, C]``.
+swaps), and :data:`MIXERS`, their one registry. Each takes and returns channels-last maps ``[B, H, W, C]``.
 
-May import ``networks.layers`` and ``networks.blocks.convolutions``.
+May import ``networks.layers`` and the other blocks' modules.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional
 
 import torch
 from torch import nn
 
 from .convolutions import conv_block
+from .ss2d import SS2D
 
-__all__ = ["DepthwiseConvMixer", "ConvMixer", "AttentionMixer", "DenseMixer"]
+__all__ = ["MIXERS", "GLOBAL_DECODERS", "Mixer", "MixerOptions", "DepthwiseConvMixer", "ConvMixer", "AttentionMixer",
+           "DenseMixer"]
 
 
 class DepthwiseConvMixer(nn.Module):
@@ -84,3 +89,42 @@ class DenseMixer(nn.Module):
             )
         t = self.mlp(x.reshape(b, h * w, c).transpose(1, 2))
         return t.transpose(1, 2).reshape(b, h, w, c)
+
+
+@dataclass(frozen=True)
+class MixerOptions:
+    """What a mixer factory may need besides the channels: SS2D's state size and scan backend, the stride-4 grid
+    (the FCN mixer's weights depend on it) and the conv blocks' activation and norm."""
+
+    d_state: int = 16
+    grid_size: Optional[List[int]] = None
+    scan_backend: str = "auto"
+    act: str | tuple = "relu"
+    norm: str | tuple = "batch"
+
+
+@dataclass(frozen=True)
+class Mixer:
+    """A registered token mixer: ``build(channels, options)`` makes it; ``decoder`` is the ``global_decoder`` name
+    (Table VII) under which the UpNet uses it, or None for a mixer reached otherwise (``dwconv``: ``ss2d=False``)."""
+
+    build: Callable[[int, MixerOptions], nn.Module]
+    decoder: Optional[str] = None
+
+
+def _dense(channels: int, options: MixerOptions) -> nn.Module:
+    if options.grid_size is None:
+        raise ValueError("the 'dense' (FCN) mixer needs grid_size: build the model with image_size")
+    return DenseMixer(options.grid_size[0] * options.grid_size[1])
+
+
+#: The token mixers of the UpNet modules, by name: adding one is one entry here (and, for the tables, one config).
+MIXERS = {
+    "ss2d": Mixer(lambda c, o: SS2D(c, d_state=o.d_state, scan_backend=o.scan_backend), decoder="mamba"),
+    "dwconv": Mixer(lambda c, o: DepthwiseConvMixer(c)),
+    "attention": Mixer(lambda c, o: AttentionMixer(c), decoder="transformer"),
+    "dense": Mixer(_dense, decoder="fcn"),
+    "conv": Mixer(lambda c, o: ConvMixer(c, act=o.act, norm=o.norm), decoder="conv"),
+}
+#: ``global_decoder`` choices (Table VII) and the mixer each one uses, read off :data:`MIXERS`.
+GLOBAL_DECODERS = {mixer.decoder: name for name, mixer in MIXERS.items() if mixer.decoder is not None}

@@ -1,10 +1,11 @@
-"""Nets: whole models (the teachers and HDHKD with its inference wrapper).
+"""Nets: whole models (the detector contract, the teachers, HDHKD and the single-tensor export wrapper).
 
 May import ``networks.blocks``, ``networks.layers``, ``anomaly_map``, ``state_dict``, ``distill`` and ``pretrained``.
 """
 
-from .hdhkd import GLOBAL_DECODERS, HDHKD, AnomalyMapNet, HDHKDStudent
+from .detector import NORMAL_SCORE_QUANTILES, Detector
+from .hdhkd import HDHKD, AnomalyMapNet, HDHKDStudent
 from .pdn import PDN
 from .pretrained_teacher import PretrainedTeacher
 
-__all__ = ["GLOBAL_DECODERS", "HDHKD", "AnomalyMapNet", "HDHKDStudent", "PDN", "PretrainedTeacher"]
+__all__ = ["Detector", "NORMAL_SCORE_QUANTILES", "HDHKD", "AnomalyMapNet", "HDHKDStudent", "PDN", "PretrainedTeacher"]

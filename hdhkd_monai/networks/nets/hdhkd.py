@@ -1,4 +1,7 @@
-"""HDHKD: the frozen PDN teacher with the dual-decoder student, and the inference wrapper that returns only the map."""
+"""HDHKD: a frozen teacher with the dual-decoder student, as a :class:`~.detector.Detector`, and
+:class:`AnomalyMapNet`, the single-tensor face of any detector for MONAI's export and in/out checks.
+
+May import ``networks.blocks``, ``networks.layers``, ``anomaly_map`` and ``state_dict``."""
 
 from __future__ import annotations
 
@@ -9,22 +12,19 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ...anomaly_map import discrepancy_map, normalize_map
-from ...state_dict import check_settings
+from ...anomaly_map import AnomalyPrediction, discrepancy_map, image_score
 from ..blocks.decoders import ConvUpsample, MambaUpNet, UpsampleStem
+from ..blocks.mixers import GLOBAL_DECODERS
 from ..blocks.mfm import ConcatFusion, MultiFeatureModel
 from ..blocks.student_encoder import ENCODER_STRIDE, StudentEncoder
 from ..layers.simple import plain_tensor
+from .detector import Detector
 from .pdn import PDN
 
-__all__ = ["GLOBAL_DECODERS", "HDHKDStudent", "HDHKD", "AnomalyMapNet"]
+__all__ = ["HDHKDStudent", "HDHKD", "AnomalyMapNet"]
 
 #: Student arguments that do not change a trained model's output (initialisation, regularisation, scan kernel).
 _NOT_MEANING = ("out_channels", "backbone_weights", "dropout", "scan_backend")
-#: Length of the ``normal_score_quantiles`` buffer: the percentiles 0, 1, ..., 100.
-NORMAL_SCORE_QUANTILES = 101
-#: Choices of ``global_decoder`` (Table VII) and the UpNet token mixer each one uses.
-GLOBAL_DECODERS = {"mamba": "ss2d", "transformer": "attention", "fcn": "dense", "conv": "conv"}
 
 
 class HDHKDStudent(nn.Module):
@@ -115,52 +115,38 @@ class HDHKDStudent(nn.Module):
         return self.fusion(feats)
 
 
-class HDHKD(nn.Module):
-    """Hybrid Dual-Heterogeneous Knowledge Distillation network: a frozen PDN teacher and a trainable student.
+class HDHKD(Detector):
+    """Hybrid Dual-Heterogeneous Knowledge Distillation network: a frozen teacher and a trainable student.
 
     Args:
-        teacher: the PDN, with its feature statistics set; it is frozen here (``requires_grad=False``) and stays in
+        teacher: the frozen teacher, with its feature statistics set: a :class:`PretrainedTeacher` (the bundle's
+            default) or the paper's distilled :class:`PDN`; it is frozen here (``requires_grad=False``) and stays in
             eval mode under ``.train()``.
+        score_top_k: the image score is the mean of the map's ``score_top_k`` largest pixels, or its maximum with
+            ``None``.
         student_args: the arguments of :class:`HDHKDStudent` after ``out_channels`` (``backbone``, ``conv_upsample``,
             ``global_decoder``, ... as keywords), documented there; the student's output channels are the teacher's.
 
-    forward: ``x [B, 3, H, W]`` (a tensor or MONAI ``MetaTensor``) in ``[0, 1]`` with ``H``, ``W`` multiples of 16 ->
-    ``(f_t, f_sd)``, both ``[B, C, h, w]`` on the teacher grid; ``f_t`` is the normalised teacher output (no grad).
+    forward: ``x [B, 3, H, W]`` (a tensor or MONAI ``MetaTensor``) in ``[0, 1]`` with ``H``, ``W`` multiples of 16.
+    In training mode it returns :meth:`features`, ``(f_t, f_sd)``; in eval mode the
+    :class:`~hdhkd_monai.anomaly_map.AnomalyPrediction` of every :class:`~.detector.Detector`.
 
-    The checkpoint carries ``settings`` (the teacher's type and arguments, the student's arguments that change the
-    output) and ``calibration`` (what :class:`~hdhkd_monai.handlers.CalibrationHandler` calibrated with: score
-    top-k, map quantiles, threshold quantile) as the module's extra state; loading a checkpoint made with other
-    settings raises :class:`~hdhkd_monai.errors.SettingsMismatchError` listing each difference.
-
-    Buffers ``map_quantiles`` ``[2]``, ``threshold`` ``[]`` and ``normal_score_quantiles``
-    ``[NORMAL_SCORE_QUANTILES]`` (the percentiles 0..100 of the normal validation images' scores, from which
-    inference reports where a score falls among normal images) are NaN until calibrated on normal images.
+    ``settings`` (checked when a checkpoint loads) are the teacher's type and arguments, the score's top-k and the
+    student's arguments that change the output.
     """
 
-    def __init__(self, teacher: PDN, **student_args):
+    def __init__(self, teacher: PDN, score_top_k: Optional[int] = None, **student_args):
         super().__init__()
         self.teacher = teacher.requires_grad_(False).eval()
         self.student = HDHKDStudent(teacher.out_channels, **student_args)
+        self.score_top_k = score_top_k
         self.settings = {
             **_meaning_settings(student_args),
+            "score_top_k": score_top_k,
             "teacher": {"type": type(teacher).__name__, **getattr(teacher, "settings", {})},
         }
-        self.calibration: Optional[dict] = None
         self.border = teacher.border
         self.input_multiple = ENCODER_STRIDE
-        self.register_buffer("map_quantiles", torch.full((2,), float("nan")))
-        self.register_buffer("threshold", torch.tensor(float("nan")))
-        self.register_buffer("normal_score_quantiles", torch.full((NORMAL_SCORE_QUANTILES,), float("nan")))
-
-    def get_extra_state(self) -> Union[dict, torch.Tensor]:
-        if torch.onnx.is_in_onnx_export():  # torch's ONNX exporter reads every state entry as a tensor
-            return torch.empty(0)
-        return {"settings": self.settings, "calibration": self.calibration}
-
-    def set_extra_state(self, state: dict) -> None:
-        """Loading a checkpoint: its settings must equal this network's (else a named error lists each one)."""
-        check_settings(state["settings"], self.settings)
-        self.calibration = state["calibration"]
 
     def train(self, mode: bool = True) -> "HDHKD":
         super().train(mode)
@@ -172,7 +158,8 @@ class HDHKD(nn.Module):
         with torch.no_grad():
             return self.teacher.normalize(self.teacher(x))
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    def features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(f_t, f_sd)``, both ``[B, C, h, w]`` on the teacher grid; ``f_t`` is the normalised teacher output."""
         x = plain_tensor(x)
         k = self.input_multiple
         bad = x.dim() != 4 or x.shape[1] != 3 or x.shape[2] % k != 0 or x.shape[3] % k != 0
@@ -181,10 +168,21 @@ class HDHKD(nn.Module):
         f_t = self.teacher_features(x)
         return f_t, self.student(x, f_t.shape[-2:])
 
+    def forward(self, x: torch.Tensor):
+        if not torch.jit.is_scripting():  # TorchScript exports the inference path only
+            if self.training:
+                return self.features(x)
+        return self.to_calibrated_units(self.predict(x))
+
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
         """Raw anomaly map ``[B, 1, H, W]``: channel mean of ``(f_t - f_sd)**2``, bilinear to the input size."""
-        f_t, f_sd = self.forward(x)
+        f_t, f_sd = self.features(x)
         return discrepancy_map(f_t, f_sd, x.shape[-2:], self.border)
+
+    def predict(self, x: torch.Tensor) -> AnomalyPrediction:
+        """Raw maps ``[B, 1, H, W]`` and their image scores ``[B]`` (top-k mean or maximum)."""
+        maps = self.anomaly_map(x)
+        return AnomalyPrediction(image_score(maps, self.score_top_k), maps)
 
 
 def _meaning_settings(student_args: dict) -> dict:
@@ -196,23 +194,17 @@ def _meaning_settings(student_args: dict) -> dict:
 
 
 class AnomalyMapNet(nn.Module):
-    """Inference wrapper: ``forward(image [B, 3, H, W]) -> [B, 1, H, W]``, the single tensor MONAI's
-    ``verify_net_in_out`` and MONAI Label expect.
+    """The single-tensor face of any :class:`~.detector.Detector`: ``forward(image [B, 3, H, W]) -> [B, 1, H, W]``,
+    the calibrated anomaly map, which MONAI's ``verify_net_in_out``, TorchScript/ONNX export and MONAI Label expect.
+    The bundle's checkpoints hold this module's state dict, so the detector's entries are prefixed ``model.``.
 
-    Once ``model.map_quantiles`` is calibrated (finite) and ``normalize`` is on, the map is normalised as in
-    EfficientAD, ``0.1 * (m - q_a) / (q_b - q_a)``; before that the raw map is returned. Put the model in eval mode
-    first (dropout and batch norm).
+    Args:
+        model: the detector, in eval mode for inference.
     """
 
-    def __init__(self, model: HDHKD, normalize: bool = True):
+    def __init__(self, model: Detector):
         super().__init__()
         self.model = model
-        self.normalize = normalize
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        m = self.model.anomaly_map(image)
-        if not self.normalize:
-            return m
-        q = self.model.map_quantiles
-        # A tensor condition rather than a Python branch, so tracing keeps both outcomes.
-        return torch.where(torch.isfinite(q).all(), normalize_map(m, q), m)
+        return self.model(image).anomaly_map

@@ -21,7 +21,8 @@ class PretrainedTeacher(TeacherFeatureStats):
     ``output_size`` and the feature statistics of :class:`~hdhkd_monai.networks.blocks.teacher_stats.TeacherFeatureStats`.
 
     Args:
-        backbone, weights, layers, out_channels: see :class:`~hdhkd_monai.distill.PatchCoreTarget`.
+        backbone, weights, layers, out_channels: see :class:`~hdhkd_monai.distill.PatchCoreTarget`. The bundle's
+            teacher (``teacher_backbone``, ``teacher_weights``) is stated in ``train.json`` only.
 
     forward: ``[B, 3, H, W]`` in ``[0, 1]`` -> raw features ``[B, out_channels, H/s, W/s]``, ``s`` the stride of the
     shallowest layer (8 for the default layers).
@@ -29,8 +30,8 @@ class PretrainedTeacher(TeacherFeatureStats):
 
     def __init__(
         self,
-        backbone: str = "tf_efficientnet_lite0",
-        weights: str | Path | None = "efficientnet-lite",
+        backbone: str,
+        weights: str | Path | None,
         layers: Sequence[int] = (2, 3),
         out_channels: int = 384,
     ) -> None:

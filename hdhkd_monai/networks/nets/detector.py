@@ -1,0 +1,71 @@
+"""The one detector contract: HDHKD and every baseline are a :class:`Detector`.
+
+May import ``anomaly_map`` and ``state_dict`` (for the settings check); nothing above the networks layer.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
+from torch import nn
+
+from ...anomaly_map import AnomalyPrediction, normalize_map
+from ...state_dict import check_settings
+
+__all__ = ["Detector", "NORMAL_SCORE_QUANTILES"]
+
+#: Length of the ``normal_score_quantiles`` buffer: the percentiles 0, 1, ..., 100.
+NORMAL_SCORE_QUANTILES = 101
+
+
+class Detector(nn.Module):
+    """An anomaly detector as the workflows see it (after anomalib's ``InferenceBatch`` contract).
+
+    In eval mode ``forward(x)`` takes images ``[B, 3, H, W]`` in ``[0, 1]`` and returns an
+    :class:`~hdhkd_monai.anomaly_map.AnomalyPrediction`: image scores ``pred_score [B]`` and anomaly maps
+    ``anomaly_map [B, 1, H, W]``, both in calibrated units once :class:`~hdhkd_monai.handlers.CalibrationHandler`
+    has set ``map_quantiles``. In training mode a subclass may return what its training needs instead (HDHKD: the
+    teacher and student features). Subclasses implement :meth:`predict`, the uncalibrated prediction.
+
+    Calibration travels with the state dict: the buffers ``threshold`` ``[]`` (the decision threshold in calibrated
+    units), ``map_quantiles`` ``[2]`` (the map normalisation, EfficientAD's ``0.1 * (m - q_low) / (q_high -
+    q_low)``) and ``normal_score_quantiles`` ``[NORMAL_SCORE_QUANTILES]`` (percentiles of the normal validation
+    scores) are NaN until calibrated; the extra state holds ``settings`` (what changes the outputs' meaning, checked
+    when a checkpoint loads: a mismatch raises :class:`~hdhkd_monai.errors.SettingsMismatchError`) and
+    ``calibration`` (the quantiles calibrated with).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.settings: dict = {}
+        self.calibration: Optional[dict] = None
+        self.register_buffer("threshold", torch.tensor(float("nan")))
+        self.register_buffer("map_quantiles", torch.full((2,), float("nan")))
+        self.register_buffer("normal_score_quantiles", torch.full((NORMAL_SCORE_QUANTILES,), float("nan")))
+
+    def predict(self, x: torch.Tensor) -> AnomalyPrediction:
+        """Uncalibrated scores ``[B]`` and maps ``[B, 1, H, W]`` of images ``x [B, 3, H, W]``."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> AnomalyPrediction:
+        return self.to_calibrated_units(self.predict(x))
+
+    def to_calibrated_units(self, prediction: AnomalyPrediction) -> AnomalyPrediction:
+        """``prediction`` in calibrated units: map and score normalised by ``map_quantiles`` once they are finite.
+        The image scores are increasing functions of the map, so the affine normalisation commutes with them."""
+        q = self.map_quantiles
+        calibrated = torch.isfinite(q).all()  # a tensor condition, so tracing keeps both outcomes
+        score = torch.where(calibrated, normalize_map(prediction.pred_score, q), prediction.pred_score)
+        anomaly_map = torch.where(calibrated, normalize_map(prediction.anomaly_map, q), prediction.anomaly_map)
+        return AnomalyPrediction(score, anomaly_map)
+
+    def get_extra_state(self) -> Union[dict, torch.Tensor]:
+        if torch.onnx.is_in_onnx_export():  # torch's ONNX exporter reads every state entry as a tensor
+            return torch.empty(0)
+        return {"settings": self.settings, "calibration": self.calibration}
+
+    def set_extra_state(self, state: dict) -> None:
+        """Loading a checkpoint: its settings must equal this detector's (else a named error lists each one)."""
+        check_settings(state["settings"], self.settings)
+        self.calibration = state["calibration"]
