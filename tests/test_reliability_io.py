@@ -41,7 +41,8 @@ from hdhkd_monai.handlers import (
 from hdhkd_monai.handlers.preflight import checkpoint_bytes
 from hdhkd_monai.handlers.inference import output_root
 from hdhkd_monai.handlers.outputs import EXIT_SKIPPED, OutputBusyError, OutputSet, RowFile
-from hdhkd_monai.launcher import REPO, read_config
+from conftest import REPO_ROOT as REPO
+from hdhkd_monai.launcher import read_config
 
 TINY = {"image_size": 64, "num_modules": 1, "decoder_channels": 16, "fusion_channels": 16, "encoder_channels": 32}
 
