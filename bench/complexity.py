@@ -91,9 +91,10 @@ def row(name: str, teacher: PDN, size: int, **config) -> dict:
 
 
 def preset_flops(workflows: tuple[str, ...] = (), size: int | None = None, **overrides) -> dict:
-    """FLOPs of one image through the model a bundle configuration builds (``inference.json`` + ``workflows``):
+    """FLOPs of one image through the model a bundle configuration builds (``train.json`` + ``workflows``):
     ``teacher``, ``student`` and their ``total``, at ``size`` (default: the configuration's own ``image_size``)."""
-    parser = read_config(("inference", *workflows), **overrides)
+    # the teacher's architecture without its trained weights (FLOPs do not depend on them; none may exist yet)
+    parser = read_config(("train", *workflows), **{"teacher": "@teacher_def", **overrides})
     size = size or int(parser.get_parsed_content("image_size"))
     model = parser.get_parsed_content("hdhkd").eval()
     x = torch.rand(1, 3, size, size)

@@ -45,7 +45,7 @@ from monai.bundle import ckpt_export, onnx_export
 from hdhkd_monai.bundle_scripts import write_scripts
 from hdhkd_monai.data.transforms import preprocessing_fingerprint
 from hdhkd_monai.errors import BadInputError, run_cli
-from hdhkd_monai.handlers.checkpoint import MODEL_CKPT, checkpoint_entries, flat_model_checkpoint
+from hdhkd_monai.handlers.checkpoint import MODEL_CKPT, checkpoint_entries, flat_model_checkpoint, no_trained_model
 from hdhkd_monai.launcher import BUNDLE, CONFIGS, read_config
 
 __all__ = ["LARGE_FILES", "pack", "stamp_onnx_calibration"]
@@ -217,7 +217,7 @@ def pack(
     trained_root, out_zip, settings = Path(trained_root), Path(out_zip), dict(settings or {})
     ckpt = trained_root / "models" / MODEL_CKPT
     if not ckpt.is_file():
-        raise BadInputError(ckpt, "no trained model here (train the bundle with this bundle_root first)")
+        raise no_trained_model(ckpt)
     if not url_base:
         print(NO_URLS.format(zip=out_zip, files=", ".join(LARGE_FILES)), file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:

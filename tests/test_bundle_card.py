@@ -16,7 +16,7 @@ def stated_score(meta: dict, top_k: int, image_size: int) -> list[str]:
 
 
 def check_card(configs: Path) -> list[str]:
-    parser = read_config([configs / "inference.json"], bundle_root=str(configs.parent))
+    parser = read_config([configs / "train.json"], bundle_root=str(configs.parent))  # the settings' home
     parser.read_meta(str(configs / "metadata.json"))
     top_k, size = parser.get_parsed_content("score_top_k"), parser.get_parsed_content("image_size")
     return stated_score(json.loads((configs / "metadata.json").read_text()), top_k, size)

@@ -235,9 +235,9 @@ def test_inference_on_own_scans_keeps_each_input_size_geometry_and_every_output(
     for volume in volumes:
         slices = [float(r["score"]) for r in rows if r["path"] == volume["volume"] and r["slice"] != "-1"]
         assert len(slices) == 3 and float(volume["score"]) == max(slices)
-    # the calibration the threshold belongs to travels with the model
-    calibration = _load(root / "models" / "model.pt")["model"]["model._extra_state"]["calibration"]
-    assert calibration["score_top_k"] == int(0.05 * TINY["image_size"] ** 2)
+    # the score the threshold belongs to travels with the model
+    settings = _load(root / "models" / "model.pt")["model"]["model._extra_state"]["settings"]
+    assert settings["score_top_k"] == int(0.05 * TINY["image_size"] ** 2)
 
 
 def test_multi_gpu_train_runs_two_processes_on_gloo(trained, tmp_path):

@@ -1,7 +1,8 @@
 """Maps and scores pinned across refactors: HDHKD and each baseline on fixed images and a fixed seed.
 
 ``tests/data/pinned_outputs.pt`` was written by this module (``HDHKD_WRITE_PINS=1 pytest tests/test_pinned_outputs.py``)
-from the code before the one-model-contract redesign; the test recomputes every output with the current code and
+from the code before the one-model-contract redesign (PatchCore rows rewritten when its default became the coreset on
+unprojected features, issue 21); the test recomputes every output with the current code and
 requires equality to 1e-6. Rewrite the file only for a change that is meant to alter the outputs, and say so in the
 commit.
 """

@@ -52,9 +52,9 @@ def bundle(tmp_path_factory):
     """A bundle folder with an untrained tiny model.pt (its settings stored, as training stores them) and phantom
     B-scans under ``data/test/<class>/``."""
     root = tmp_path_factory.mktemp("bundle")
-    parser = read_config(["inference"], bundle_root=str(root), **TINY)
+    parser = read_config(["train"], bundle_root=str(root), **TINY)
     fingerprint = preprocessing_fingerprint(parser.get_parsed_content("preprocessing"))
-    save_checkpoint({"model": parser.get_parsed_content("network_def")}, root / "models" / "model.pt",
+    save_checkpoint({"model": parser.get_parsed_content("anomaly_net")}, root / "models" / "model.pt",
                     extra={"preprocessing": fingerprint})
     write_phantom(root / "data", n_train=2, n_test_per_class=2, size=64, seed=0)
     return root

@@ -55,13 +55,13 @@ def test_a_missing_data_folder(phantom, monkeypatch, capsys, tmp_path):
 
 def test_no_checkpoint(phantom, monkeypatch, capsys, tmp_path):
     line = _last_line(monkeypatch, capsys, ["inference"], bundle_root=str(tmp_path), input=str(phantom / "data"))
-    assert line == (f"error: checkpoint not found: {tmp_path / 'models' / 'model.pt'}; give --bundle_root the folder "
-                    "a training run wrote it into (models/ there), or train one there first")
+    assert line == f"error: {tmp_path / 'models' / 'model.pt'}: no trained model here: give --bundle_root the folder " \
+                   "a training run wrote models/ into, point --model_ckpt at a model.pt, or train one (configs/train.json)"
 
 
 def test_a_checkpoint_made_with_other_settings(phantom, monkeypatch, capsys, tmp_path):
     """A model trained on CT slices (its stored preprocessing), run through the OCT inference config."""
-    net = read_config(["inference"], bundle_root=str(tmp_path), **TINY).get_parsed_content("network_def")
+    net = read_config(["train"], bundle_root=str(tmp_path), **TINY).get_parsed_content("anomaly_net")
     ckpt = tmp_path / "models" / "model.pt"
     save_checkpoint({"model": net}, ckpt, extra={"preprocessing": preprocessing_fingerprint(ct_slice(64, "lung"))})
     line = _last_line(monkeypatch, capsys, ["inference"], bundle_root=str(tmp_path), input=str(phantom / "data"))

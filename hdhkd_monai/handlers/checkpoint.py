@@ -141,14 +141,19 @@ def checkpoint_entries(path: str | Path) -> dict:
     return {"model": checkpoint, **(extra.get(_OTHER_ENTRIES, {}) if isinstance(extra, Mapping) else {})}
 
 
+def no_trained_model(path: str | Path) -> BadInputError:
+    """The one error for a trained model that is not where a workflow looks for it."""
+    return BadInputError(path, "no trained model here: give --bundle_root the folder a training run wrote models/ "
+                               "into, point --model_ckpt at a model.pt, or train one (configs/train.json)")
+
+
 def stored_settings(path: str | Path) -> dict:
     """The settings the trained model at ``path`` (a :data:`MODEL_CKPT`) was made with, flat: ``image_size``,
     ``backbone``, ``score_top_k``, ..., ``teacher.type``, ... (the detector's ``settings``); for configs
     that take them from the checkpoint rather than from the user (``inference.json``), so that the trained model is
     the one home of its settings."""
     if not Path(path).is_file():
-        raise BadInputError(path, "no trained model here: train one (configs/train.json) or point --model_ckpt at "
-                                  "a model.pt")
+        raise no_trained_model(path)
     state = checkpoint_entries(path).get("model", {})
     extra = state.get(_EXTRA_STATE) if isinstance(state, Mapping) else None
     if extra is None:
@@ -178,10 +183,7 @@ class NamedCheckpointLoader(CheckpointLoader):
 
     def __call__(self, engine: Engine) -> None:
         if not Path(self.load_path).is_file():
-            raise FileNotFoundError(
-                f"checkpoint not found: {self.load_path}; give --bundle_root the folder a training run wrote it into "
-                "(models/ there), or train one there first"
-            )
+            raise no_trained_model(self.load_path)
         engine.state.checkpoint = self.load_path  # for later checks' errors (AnomalyEvaluator's score top-k)
         try:
             super().__call__(engine)
