@@ -132,6 +132,28 @@ def per_class_metrics(
     return result
 
 
+def _stratified_counts(n_normal: int, n_abnormal: int, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """How often each normal [resamples, n_normal] and each abnormal image [resamples, n_abnormal] is drawn in each
+    stratified resample (with replacement, each class keeping its size)."""
+    rng = np.random.default_rng(seed)
+    normal = rng.integers(0, n_normal, (resamples, n_normal))
+    abnormal = rng.integers(0, n_abnormal, (resamples, n_abnormal))
+    rows = np.arange(resamples)[:, None]
+    counts_normal, counts_abnormal = np.zeros((resamples, n_normal)), np.zeros((resamples, n_abnormal))
+    np.add.at(counts_normal, (rows, normal), 1)
+    np.add.at(counts_abnormal, (rows, abnormal), 1)
+    return counts_normal, counts_abnormal
+
+
+def _resampled_auroc(counts_normal, counts_abnormal, normal_scores, abnormal_scores) -> np.ndarray:
+    """AUROC [resamples] of each resample given as draw counts: the Mann-Whitney form (ties count one half), which is
+    what ``roc_auc_score`` computes, as one weighted sum over all normal-abnormal pairs."""
+    above, tied = abnormal_scores[None, :] > normal_scores[:, None], abnormal_scores[None, :] == normal_scores[:, None]
+    beats = above + 0.5 * tied  # [n_normal, n_abnormal]
+    pairs = counts_normal.sum(1) * counts_abnormal.sum(1)
+    return np.einsum("ri,ij,rj->r", counts_normal, beats, counts_abnormal, optimize=True) / pairs
+
+
 def paired_auroc_bootstrap(
     labels, scores_a, scores_b, resamples: int = 2000, confidence: float = 0.95, seed: int = 0
 ) -> dict[str, float]:
@@ -156,12 +178,10 @@ def paired_auroc_bootstrap(
     _, scores_b = _as_arrays(labels, scores_b)
     if not _both_classes(labels):
         raise ValueError("the bootstrap needs normal and abnormal images.")
-    rng = np.random.default_rng(seed)
     normal, abnormal = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
-    diffs = np.empty(resamples)
-    for i in range(resamples):
-        idx = np.concatenate([rng.choice(normal, normal.size), rng.choice(abnormal, abnormal.size)])
-        diffs[i] = roc_auc_score(labels[idx], scores_a[idx]) - roc_auc_score(labels[idx], scores_b[idx])
+    counts_normal, counts_abnormal = _stratified_counts(normal.size, abnormal.size, resamples, seed)
+    diffs = _resampled_auroc(counts_normal, counts_abnormal, scores_a[normal], scores_a[abnormal]) - _resampled_auroc(
+        counts_normal, counts_abnormal, scores_b[normal], scores_b[abnormal])
     a, b = auroc(labels, scores_a), auroc(labels, scores_b)
     tail = 100 * (1 - confidence) / 2
     low, high = np.percentile(diffs, [tail, 100 - tail])

@@ -92,3 +92,16 @@ def test_paired_bootstrap_keeps_both_classes_in_every_resample():
     assert all(math.isfinite(v) for v in result.values())
     with pytest.raises(ValueError, match="normal and abnormal"):
         metrics.paired_auroc_bootstrap(np.ones(5), np.arange(5), np.arange(5))
+
+
+def test_bootstrap_aurocs_equal_roc_auc_score_on_the_drawn_images():
+    """The weighted pair sum is the AUROC of each resample, ties included (scores rounded to force them)."""
+    rng = np.random.default_rng(1)
+    normal, abnormal = np.round(rng.normal(size=7), 1), np.round(rng.normal(size=11) + 0.5, 1)
+    counts_normal, counts_abnormal = metrics._stratified_counts(7, 11, 25, seed=3)
+    fast = metrics._resampled_auroc(counts_normal, counts_abnormal, normal, abnormal)
+    for r in range(25):
+        drawn_normal = np.repeat(normal, counts_normal[r].astype(int))
+        drawn_abnormal = np.repeat(abnormal, counts_abnormal[r].astype(int))
+        labels = np.r_[np.zeros(7), np.ones(11)]
+        assert fast[r] == pytest.approx(roc_auc_score(labels, np.r_[drawn_normal, drawn_abnormal]), abs=1e-12)
