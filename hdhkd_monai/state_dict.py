@@ -61,7 +61,8 @@ def torch_file(path: str | Path, map_location: str | torch.device = "cpu"):
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # corrupt, not a torch file, or pickled objects beyond tensors
-        raise CheckpointMismatchError(f"{path}: cannot be read as a PyTorch checkpoint ({e})") from e
+        raise CheckpointMismatchError(f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e}); "
+                                      "it is damaged or not a checkpoint: copy it again, or train again") from e
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

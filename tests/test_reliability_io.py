@@ -455,3 +455,19 @@ def test_a_map_that_cannot_be_written_names_the_file_and_keeps_the_finished_rows
     assert last.startswith(f"error: {tmp_path / 'out' / 'maps' / images[1].stem}_anomaly_map: cannot be written "
                            "(OSError: [Errno 28] No space left on device); free disk space")
     assert [r["path"] for r in rows(tmp_path / "out" / "scores.csv")] == [str(images[0])]
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint"], ids=["empty", "garbage"])
+def test_an_unreadable_model_checkpoint_is_named_by_the_loader(tmp_path, content):
+    """Evaluation loads model.pt through NamedCheckpointLoader: pickle's own error (it said ``UnpicklingError`` or
+    ``EOFError`` with no file) becomes one that names the file."""
+    from hdhkd_monai.errors import one_line_error
+    from hdhkd_monai.handlers import NamedCheckpointLoader
+
+    ckpt = tmp_path / "model.pt"
+    ckpt.write_bytes(content)
+    loader = NamedCheckpointLoader(load_path=str(ckpt), load_dict={"model": nn.Linear(1, 1)})
+    with pytest.raises(CheckpointMismatchError) as failure:
+        loader(Engine(lambda engine, batch: None))
+    line = one_line_error(failure.value)
+    assert line.startswith(f"{ckpt}: cannot be read as a PyTorch checkpoint") and line.endswith("or train again")

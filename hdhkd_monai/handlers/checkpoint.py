@@ -185,6 +185,7 @@ class NamedCheckpointLoader(CheckpointLoader):
         if not Path(self.load_path).is_file():
             raise no_trained_model(self.load_path)
         engine.state.checkpoint = self.load_path  # for later checks' errors (AnomalyEvaluator's score top-k)
+        stored = checkpoint_entries(self.load_path)  # a file torch cannot read: an error that names it, not pickle's
         try:
             super().__call__(engine)
         except SettingsMismatchError as e:  # the model's own check: it lists the settings that differ
@@ -192,7 +193,6 @@ class NamedCheckpointLoader(CheckpointLoader):
         except (RuntimeError, KeyError, ValueError) as e:
             raise CheckpointMismatchError(f"{self.load_path}: does not fit the configured objects: {e}") from e
         if self.expected:
-            stored = checkpoint_entries(self.load_path)
             check_settings({k: stored.get(k, "(absent)") for k in self.expected}, self.expected, str(self.load_path))
 
 
