@@ -471,3 +471,16 @@ def test_an_unreadable_model_checkpoint_is_named_by_the_loader(tmp_path, content
         loader(Engine(lambda engine, batch: None))
     line = one_line_error(failure.value)
     assert line.startswith(f"{ckpt}: cannot be read as a PyTorch checkpoint") and line.endswith("or train again")
+
+
+def test_a_recursive_glob_through_a_symlink_loop_lists_each_image_once(tmp_path):
+    """``glob`` follows a link to a parent folder until the OS stops it: each image came back ~40 times, and
+    inference refused the run as "would write the same outputs"."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("L", (32, 32)).save(folder / name)
+    (folder / "loop").symlink_to(folder, target_is_directory=True)
+    items = dl.image_items(f"{tmp_path}/**/*.png")
+    assert [item["image"] for item in items] == [str(folder / "a.png"), str(folder / "b.png")]
+    assert output_root(items) == str(folder)

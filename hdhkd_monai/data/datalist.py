@@ -503,7 +503,9 @@ def _outside_series(paths: list[Path]) -> list[Path]:
 
 
 def _items(files: list[Path]) -> list[dict]:
-    return [{"image": str(p.resolve())} for p in sorted(files, key=natural_key)]
+    """One item per file: a ``**`` glob through a symlink loop reaches one file by many paths."""
+    unique = dict.fromkeys(str(p.resolve()) for p in sorted(files, key=natural_key))
+    return [{"image": path} for path in unique]
 
 
 def main(argv: list[str] | None = None) -> None:
