@@ -503,9 +503,12 @@ def _outside_series(paths: list[Path]) -> list[Path]:
 
 
 def _items(files: list[Path]) -> list[dict]:
-    """One item per file: a ``**`` glob through a symlink loop reaches one file by many paths."""
-    unique = dict.fromkeys(str(p.resolve()) for p in sorted(files, key=natural_key))
-    return [{"image": path} for path in unique]
+    """One item per file (a ``**`` glob through a symlink loop reaches one file by many paths), each by its absolute
+    path as the user reaches it: symlinks kept, so scores.csv names the path that was given."""
+    unique: dict[Path, str] = {}
+    for path in sorted(files, key=natural_key):
+        unique.setdefault(path.resolve(), os.path.abspath(path))
+    return [{"image": path} for path in unique.values()]
 
 
 def main(argv: list[str] | None = None) -> None:
