@@ -15,19 +15,10 @@ requirements="$here/anomalib_requirements.txt"
 env_dir="${1:-${HDHKD_ANOMALIB_ENV:-$HOME/.cache/hdhkd-monai/anomalib-env}}"
 base_sites="$(python -c 'import site; print("\n".join(site.getsitepackages()))')"
 key="$(cat "$requirements" - <<<"$base_sites" | sha256sum | cut -d' ' -f1)"
-if [[ -f "$env_dir/.hdhkd-key" && "$(cat "$env_dir/.hdhkd-key")" == "$key" ]] \
-    && "$env_dir/bin/python" -c "import anomalib" 2>/dev/null; then
-    echo "$env_dir/bin/python"
-    exit 0
-fi
-if [[ -e "$env_dir" && ! -f "$env_dir/.hdhkd-key" ]]; then
-    echo "$env_dir exists and is not an environment this script made; give another ENV_DIR" >&2
-    exit 1
-fi
-rm -rf "$env_dir"
+source "$here/../tools/cached_env.sh"
+reuse_cached_env "$env_dir" "$key" anomalib && exit 0
 python -m venv "$env_dir"
 env_site="$("$env_dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 while read -r dir; do echo "import site; site.addsitedir('$dir')"; done <<<"$base_sites" > "$env_site/hdhkd-base-site.pth"
 "$env_dir/bin/python" -m pip install -q -r "$requirements" >&2
-echo "$key" > "$env_dir/.hdhkd-key"
-echo "$env_dir/bin/python"
+mark_cached_env "$env_dir" "$key"

@@ -16,21 +16,12 @@ env_dir="${1:-${HDHKD_MONAILABEL_ENV:-$HOME/.cache/hdhkd-monai/monailabel-env}}"
 # the calling python's site-packages folders (a venv's own and, with --system-site-packages, its base's)
 base_sites="$(python -c 'import site; print("\n".join(site.getsitepackages()))')"
 key="$(cat "$here/requirements.txt" "$here/link_base.py" - <<<"$base_sites" | sha256sum | cut -d' ' -f1)"
-if [[ -f "$env_dir/.hdhkd-key" && "$(cat "$env_dir/.hdhkd-key")" == "$key" ]] \
-    && "$env_dir/bin/python" -c "import monailabel" 2>/dev/null; then
-    echo "$env_dir/bin/python"
-    exit 0
-fi
-if [[ -e "$env_dir" && ! -f "$env_dir/.hdhkd-key" ]]; then
-    echo "$env_dir exists and is not an environment this script made; give another ENV_DIR" >&2
-    exit 1
-fi
-rm -rf "$env_dir"
+source "$here/../tools/cached_env.sh"
+reuse_cached_env "$env_dir" "$key" monailabel && exit 0
 python -m venv "$env_dir"
 python "$here/link_base.py" "$env_dir/linked" torch itk --except numpy
 env_site="$("$env_dir/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 echo "import site; site.addsitedir('$env_dir/linked')" > "$env_site/hdhkd-linked.pth"
 "$env_dir/bin/python" -m pip install -q -r "$here/requirements.txt" >&2
 "$env_dir/bin/python" -m pip check >&2
-echo "$key" > "$env_dir/.hdhkd-key"
-echo "$env_dir/bin/python"
+mark_cached_env "$env_dir" "$key"
