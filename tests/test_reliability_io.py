@@ -29,9 +29,10 @@ from hdhkd_monai.errors import BadInputError
 from hdhkd_monai.data.phantom import write_phantom
 from hdhkd_monai.data.screening import screen_image, screen_inputs
 from hdhkd_monai.data.transforms import preprocessing_fingerprint
-from hdhkd_monai.errors import CheckpointMismatchError
+from hdhkd_monai.errors import CheckpointMismatchError, one_line_error
 from hdhkd_monai.handlers import (
     AtomicCheckpointSaver,
+    NamedCheckpointLoader,
     ResumeFromCheckpoint,
     TrainingPreflight,
     load_network,
@@ -461,9 +462,6 @@ def test_a_map_that_cannot_be_written_names_the_file_and_keeps_the_finished_rows
 def test_an_unreadable_model_checkpoint_is_named_by_the_loader(tmp_path, content):
     """Evaluation loads model.pt through NamedCheckpointLoader: pickle's own error (it said ``UnpicklingError`` or
     ``EOFError`` with no file) becomes one that names the file."""
-    from hdhkd_monai.errors import one_line_error
-    from hdhkd_monai.handlers import NamedCheckpointLoader
-
     ckpt = tmp_path / "model.pt"
     ckpt.write_bytes(content)
     loader = NamedCheckpointLoader(load_path=str(ckpt), load_dict={"model": nn.Linear(1, 1)})
@@ -484,3 +482,12 @@ def test_a_recursive_glob_through_a_symlink_loop_lists_each_image_once(tmp_path)
     items = dl.image_items(f"{tmp_path}/**/*.png")
     assert [item["image"] for item in items] == [str(folder / "a.png"), str(folder / "b.png")]
     assert output_root(items) == str(folder)
+
+
+def test_an_input_reached_through_a_symlinked_folder_keeps_the_path_given(tmp_path):
+    """scores.csv names the path the user gave, not where a link points (../shared is a link in a fresh clone)."""
+    real = tmp_path / "real"
+    real.mkdir()
+    Image.new("L", (32, 32)).save(real / "a.png")
+    (tmp_path / "link").symlink_to(real, target_is_directory=True)
+    assert [item["image"] for item in dl.image_items(tmp_path / "link")] == [str(tmp_path / "link" / "a.png")]
