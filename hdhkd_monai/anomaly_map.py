@@ -11,7 +11,7 @@ from typing import List, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MAP_QUANTILES", "AnomalyPrediction", "discrepancy_map", "image_score", "quantile", "map_quantiles", "normalize_map"]
+__all__ = ["MAP_QUANTILES", "AnomalyPrediction", "discrepancy_map", "squared_discrepancy", "upsample_map", "image_score", "quantile", "map_quantiles", "normalize_map"]
 
 
 #: EfficientAD's map-normalisation quantiles of normal maps, sent to 0 and 0.1: the one home of the default.
@@ -26,22 +26,27 @@ class AnomalyPrediction(NamedTuple):
     anomaly_map: torch.Tensor
 
 
-def discrepancy_map(f_t: torch.Tensor, f_sd: torch.Tensor, size: List[int], border: int = 0) -> torch.Tensor:
-    """Channel mean of ``(f_t - f_sd)**2``, bilinearly resized to the image ``size``.
+def squared_discrepancy(f_t: torch.Tensor, f_sd: torch.Tensor) -> torch.Tensor:
+    """Channel mean of ``(f_t - f_sd)**2``: ``[B, C, h, w]`` twice -> ``[B, 1, h, w]``."""
+    return (f_t - f_sd).pow(2).mean(dim=1, keepdim=True)
 
-    Args:
-        f_t, f_sd: ``[B, C, h, w]`` teacher and student features.
-        size: ``[H, W]`` of the image.
-        border: feature cells missing on each side of the grid (4 for an unpadded PDN, whose first cell is centred
-            4 stride-4 cells into the image); the map is edge-padded by that much first, so that it lines up with the
-            image instead of being stretched over it.
 
-    Returns: ``[B, 1, H, W]``.
+def upsample_map(cells: torch.Tensor, size: List[int], border: int = 0) -> torch.Tensor:
+    """A map on the feature grid ``[B, 1, h, w]``, bilinearly resized to the image ``size`` ``[H, W]``.
+
+    ``border``: feature cells missing on each side of the grid (4 for an unpadded PDN, whose first cell is centred
+    4 stride-4 cells into the image); the map is edge-padded by that much first, so that it lines up with the image
+    instead of being stretched over it.
     """
-    m = (f_t - f_sd).pow(2).mean(dim=1, keepdim=True)
     if border > 0:
-        m = F.pad(m, [border, border, border, border], mode="replicate")
-    return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
+        cells = F.pad(cells, [border, border, border, border], mode="replicate")
+    return F.interpolate(cells, size=size, mode="bilinear", align_corners=False)
+
+
+def discrepancy_map(f_t: torch.Tensor, f_sd: torch.Tensor, size: List[int], border: int = 0) -> torch.Tensor:
+    """:func:`squared_discrepancy` of teacher and student features ``[B, C, h, w]``, :func:`upsample_map` to the
+    image ``size`` ``[H, W]``: ``[B, 1, H, W]``."""
+    return upsample_map(squared_discrepancy(f_t, f_sd), size, border)
 
 
 def image_score(maps: torch.Tensor, top_k: Optional[int] = None) -> torch.Tensor:

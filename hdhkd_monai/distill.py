@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from hdhkd_monai.pretrained import create_backbone, input_normalization
 
-__all__ = ["PatchCoreTarget", "TeacherDistillation", "channel_pool", "teacher_output_stats", "fit_teacher_stats"]
+__all__ = ["PatchCoreTarget", "TeacherDistillation", "channel_pool", "teacher_output_stats", "fit_teacher_stats", "image_batch", "device_of"]
 
 # PatchCore brings every layer to this many channels before aggregating, so each layer weighs the same in the target.
 PATCHCORE_LAYER_DIM = 1024
@@ -63,6 +63,8 @@ class PatchCoreTarget(nn.Module):
         layers: timm feature indices, shallowest first. ``(2, 3)`` is ``layer2``/``layer3`` (strides 8 and 16) of a
             ResNet, and the ends of the stride-8 and stride-16 stages (``blocks.2``/``blocks.4``) of an EfficientNet.
         out_channels: channels of the target, 384 in the paper.
+        normalization: the input normalisation, ``"backbone"`` (its own) or ``"imagenet"``; see
+            :func:`hdhkd_monai.pretrained.input_normalization`.
 
     The module stays in eval mode under ``.train()`` (batch norm statistics never change) and its parameters do not
     require gradients.
@@ -74,6 +76,7 @@ class PatchCoreTarget(nn.Module):
         weights: str | Path | None = None,
         layers: Sequence[int] = (2, 3),
         out_channels: int = 384,
+        normalization: str = "backbone",
     ) -> None:
         super().__init__()
         self.backbone = create_backbone(backbone, weights=weights, out_indices=layers)
@@ -84,7 +87,7 @@ class PatchCoreTarget(nn.Module):
         self.layer_names = tuple(self.backbone.feature_info.module_name())
         self.out_channels = out_channels
         self.layer_dim = PATCHCORE_LAYER_DIM  # an attribute, which TorchScript can read (module globals it cannot)
-        mean, std = input_normalization(backbone)
+        mean, std = input_normalization(backbone, normalization)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
@@ -195,11 +198,11 @@ def _channel_stats(
     features: Callable[[torch.Tensor], torch.Tensor], images: Iterable, max_images: int | None, desc: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std over batch and space of ``features(x)`` for every batch ``x`` (float64 sums)."""
-    device = _device_of(features)
+    device = device_of(features)
     total = total_sq = None
     count = seen = 0
     for batch in tqdm(images, desc=desc, unit="batch"):
-        x = _image_batch(batch).to(device)
+        x = image_batch(batch).to(device)
         if max_images is not None:
             x = x[: max_images - seen]
         f = features(x).double()
@@ -217,7 +220,7 @@ def _channel_stats(
     return mean.float().view(1, -1, 1, 1), std.float().view(1, -1, 1, 1)
 
 
-def _image_batch(batch) -> torch.Tensor:
+def image_batch(batch) -> torch.Tensor:
     """The [B, 3, H, W] tensor of a batch given as a tensor or as a dict with key "image"."""
     if isinstance(batch, Mapping):
         if "image" not in batch:
@@ -229,7 +232,7 @@ def _image_batch(batch) -> torch.Tensor:
     return batch.as_tensor() if hasattr(batch, "as_tensor") else batch  # MetaTensor -> plain tensor
 
 
-def _device_of(module) -> torch.device:
+def device_of(module) -> torch.device:
     """Device of the first parameter or buffer of ``module`` (CPU when it has none or is a plain function)."""
     owner = getattr(module, "__self__", module)  # bound methods: the module they belong to
     if not isinstance(owner, nn.Module):

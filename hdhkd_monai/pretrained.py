@@ -33,7 +33,7 @@ from torch import nn
 from hdhkd_monai.errors import CheckpointMismatchError
 from hdhkd_monai.state_dict import load_weights, read_state_dict
 
-__all__ = ["create_backbone", "default_weights", "drop_unused_stages", "efficientnet_lite_state_dict", "input_normalization", "load_into_features"]
+__all__ = ["create_backbone", "default_weights", "drop_unused_stages", "efficientnet_lite_state_dict", "input_normalization", "load_into_features", "NORMALIZATIONS"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +44,22 @@ _EFFICIENTNET_LITE_PACKAGES = {
 }
 
 
-def input_normalization(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel (mean, std) the backbone ``name`` expects after scaling images to [0, 1].
+#: Input normalisations a frozen feature extractor can be given: the backbone's own, or the ImageNet mean/std that
+#: anomalib applies to every backbone (on chest CT it decided PatchCore's score; docs/results.md, issue 21).
+NORMALIZATIONS = ("backbone", "imagenet")
 
-    Taken from timm's pretrained config: (0.5, 0.5, 0.5)/(0.5, 0.5, 0.5) for ``tf_efficientnet_lite*``,
-    the ImageNet mean/std for ResNets and WideResNets.
+
+def input_normalization(name: str, normalization: str = "backbone") -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel (mean, std) applied to images in [0, 1] before the backbone ``name``.
+
+    ``"backbone"``: the backbone's own, from timm's pretrained config ((0.5, 0.5, 0.5)/(0.5, 0.5, 0.5) for
+    ``tf_efficientnet_lite*``, the ImageNet mean/std for ResNets and WideResNets); ``"imagenet"``: the ImageNet
+    mean/std whatever the backbone.
     """
+    if normalization not in NORMALIZATIONS:
+        raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}")
+    if normalization == "imagenet":
+        return tuple(timm.data.IMAGENET_DEFAULT_MEAN), tuple(timm.data.IMAGENET_DEFAULT_STD)
     cfg = timm.get_pretrained_cfg(name)
     if cfg is None:
         raise ValueError(f"timm has no pretrained config for {name!r}, so its input normalisation is unknown")

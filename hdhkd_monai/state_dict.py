@@ -17,12 +17,20 @@ from hdhkd_monai.errors import CheckpointMismatchError, SettingsMismatchError
 __all__ = [
     "check_settings",
     "flat_settings",
+    "stored_flat_settings",
     "load_weights",
     "read_state_dict",
     "torch_file",
 ]
 
 _SHOWN_KEYS = 5  # how many offending keys an error lists
+
+#: Settings added after models were already trained, with the value every model made before them had: a stored
+#: model without the key was made that way (``{key: (value, condition on the other stored settings)}``).
+_LATER_SETTINGS = {
+    "memory": (None, {}),  # bundle 0.5.0: HDHKD's patch memory
+    "teacher.normalization": ("backbone", {"teacher.type": "PretrainedTeacher"}),  # 0.5.0: a teacher input option
+}
 
 
 
@@ -34,6 +42,17 @@ def flat_settings(settings: Mapping, prefix: str = "") -> dict:
             flat.update(flat_settings(value, f"{prefix}{key}."))
         else:
             flat[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def stored_flat_settings(stored: Mapping) -> dict:
+    """:func:`flat_settings` of a stored model's settings, with the value a setting added later had for models made
+    before it (``_LATER_SETTINGS``), so an older checkpoint keeps loading as what it is."""
+    flat = flat_settings(stored)
+    for key, (value, condition) in _LATER_SETTINGS.items():
+        made_before = not any(k == key or k.startswith(key + ".") for k in flat)
+        if made_before and all(flat.get(k) == v for k, v in condition.items()):
+            flat[key] = value
     return flat
 
 
@@ -78,13 +97,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(state)
 
 
+def _fits(stored: torch.Tensor, own: torch.Tensor) -> bool:
+    """Same shape; or ``own`` is an empty bank (0 rows) that fitting fills, and ``stored`` has its row shape: a
+    memory bank's size depends on the training data (its module resizes it when the state loads)."""
+    return stored.shape == own.shape or (own.ndim > 0 and own.shape[0] == 0 and stored.shape[1:] == own.shape[1:])
+
+
 def load_weights(
     module: nn.Module, state: Mapping[str, torch.Tensor], source: str, known: Collection[str] | None = None
 ) -> nn.Module:
     """Load ``state`` into ``module`` after checking that it fits; returns ``module``.
 
     A ``module.`` prefix on every key (a DistributedDataParallel's state dict) is dropped. Every tensor of
-    ``module`` must be in ``state`` with the same shape. Keys of ``state`` that ``module`` lacks are an error unless
+    ``module`` must be in ``state`` with the same shape (an empty bank that fitting fills takes the stored rows). Keys of ``state`` that ``module`` lacks are an error unless
     they are in ``known`` (e.g. the head of a whole classifier whose trunk ``module`` is). The
     :class:`CheckpointMismatchError` names ``source`` and lists missing, unexpected and mis-shaped keys.
     """
@@ -98,7 +123,7 @@ def load_weights(
         "shape mismatch (file != model)": [
             f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
             for k, v in own.items()
-            if k in state and isinstance(v, torch.Tensor) and state[k].shape != v.shape  # not extra state
+            if k in state and isinstance(v, torch.Tensor) and not _fits(state[k], v)  # not extra state
         ],
     }
     listed = [

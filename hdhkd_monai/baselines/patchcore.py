@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from hdhkd_monai.anomaly_map import AnomalyPrediction
 from hdhkd_monai.baselines.common import check_images, iterate_batches, smooth_map
 from hdhkd_monai.networks import Detector
+from hdhkd_monai.networks.blocks.patch_memory import k_center_greedy
 from hdhkd_monai.distill import PatchCoreTarget
 
 __all__ = ["PatchCore", "k_center_greedy", "random_projection"]
@@ -32,35 +33,6 @@ def random_projection(points: torch.Tensor, dim: int, seed: int = 0) -> torch.Te
     generator = torch.Generator().manual_seed(seed)
     matrix = torch.randn(points.shape[1], dim, generator=generator) / math.sqrt(dim)
     return points @ matrix.to(points)
-
-
-def k_center_greedy(points: torch.Tensor, n: int, start: int = 0, progress: bool = False) -> torch.Tensor:
-    """Greedy k-center selection: repeatedly take the point farthest from everything selected so far.
-
-    Args:
-        points: [N, D] candidates.
-        n: how many to select, 1 <= n <= N.
-        start: index of the first selected point.
-        progress: show a progress bar.
-
-    Returns:
-        [n] indices into ``points``, in selection order.
-    """
-    if not 1 <= n <= len(points):
-        raise ValueError(f"cannot select {n} of {len(points)} points")
-    squared_norms = points.square().sum(dim=1)
-    min_dist = torch.full_like(squared_norms, math.inf)
-    selected = torch.empty(n, dtype=torch.long)
-    index = start
-    for i in tqdm(range(n), desc="PatchCore: coreset", unit="point", disable=not progress):
-        selected[i] = index
-        center = points[index]
-        # |p - c|^2 as one matrix-vector product: the loop is memory-bound, so avoid an [N, D] temporary.
-        dist = squared_norms - 2 * (points @ center) + squared_norms[index]
-        min_dist = torch.minimum(min_dist, dist.clamp_min_(0))
-        min_dist[index] = 0
-        index = int(min_dist.argmax())
-    return selected
 
 
 class PatchCore(Detector):
@@ -80,6 +52,8 @@ class PatchCore(Detector):
         sigma: Gaussian blur of the anomaly map, in image pixels.
         seed: seed of the projection and of the coreset's first point.
         chunk_elements: bound on the elements of each query-by-bank distance matrix (memory).
+        normalization: input normalisation of the backbone, ``"backbone"`` or ``"imagenet"`` (see
+            :func:`hdhkd_monai.pretrained.input_normalization`).
 
     The memory bank is the buffer ``memory_bank`` [M, out_channels]; it travels with ``state_dict``.
     """
@@ -97,11 +71,12 @@ class PatchCore(Detector):
         sigma: float = 4.0,
         seed: int = 0,
         chunk_elements: int = 2**24,
+        normalization: str = "backbone",
     ) -> None:
         super().__init__()
         if not 0 < coreset_ratio <= 1:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
-        self.features = PatchCoreTarget(backbone, weights=weights, layers=layers, out_channels=out_channels)
+        self.features = PatchCoreTarget(backbone, weights, layers, out_channels, normalization)
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
         self.reweight = reweight

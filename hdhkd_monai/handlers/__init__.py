@@ -11,8 +11,10 @@ from hdhkd_monai.handlers.checkpoint import (
     load_checkpoint,
     load_network,
     save_checkpoint,
+    settings_group,
     stored_settings,
 )
+from hdhkd_monai.handlers.memory import FitPatchMemory
 from hdhkd_monai.handlers.inference import InferenceWriter, output_root
 from hdhkd_monai.handlers.outputs import OutputSet
 from hdhkd_monai.handlers.preflight import TrainingPreflight
@@ -27,6 +29,7 @@ __all__ = [
     "CalibrationHandler",
     "CheckpointMismatchError",
     "EvaluationReport",
+    "FitPatchMemory",
     "FitTeacherStats",
     "ImageAUROC",
     "InferenceWriter",
@@ -45,5 +48,6 @@ __all__ = [
     "load_teacher",
     "output_root",
     "save_checkpoint",
+    "settings_group",
     "stored_settings",
 ]

@@ -34,7 +34,7 @@ from torch import nn
 
 from hdhkd_monai.errors import BadInputError, CheckpointMismatchError, SettingsMismatchError
 from hdhkd_monai.pretrained import FromCheckpoint, checkpoint_architecture
-from hdhkd_monai.state_dict import check_settings, flat_settings, load_weights, torch_file
+from hdhkd_monai.state_dict import check_settings, load_weights, stored_flat_settings, torch_file
 
 __all__ = [
     "AtomicCheckpointSaver",
@@ -158,7 +158,7 @@ def stored_settings(path: str | Path) -> dict:
     extra = state.get(_EXTRA_STATE) if isinstance(state, Mapping) else None
     if extra is None:
         raise CheckpointMismatchError(f"{path}: carries no settings (written by an older version?); train it again")
-    settings = flat_settings(extra["settings"])
+    settings = stored_flat_settings(extra["settings"])
     for key, value in settings.items():  # a checkpoint is data: it names no download, file or hub model to load
         if key.split(".")[-1] == "backbone":
             checkpoint_architecture(value, path)
@@ -381,3 +381,11 @@ class ResumeFromCheckpoint:
             f"resumed from {self.load_path} at iteration {iteration} of {engine.state.epoch_length * engine.state.max_epochs}"
             " (set resume=false to start over)"
         )
+
+
+def settings_group(stored: Mapping[str, Any], name: str) -> dict | None:
+    """The settings of group ``name`` from :func:`stored_settings`'s flat ones (``{"memory.max_patches": 4096}``
+    -> ``{"max_patches": 4096}``), or ``None`` when the model was made without it (``{"memory": None}``)."""
+    prefix = f"{name}."
+    group = {key[len(prefix):]: value for key, value in stored.items() if key.startswith(prefix)}
+    return group or None

@@ -1,5 +1,5 @@
 """Blocks: the reusable modules HDHKD is assembled from (encoder, decoders, token mixers, SS2D, MFM, teacher
-statistics).
+statistics, the patch memory).
 
 May import ``networks.layers`` and ``hdhkd_monai.pretrained``; never ``networks.nets``.
 """
@@ -17,6 +17,7 @@ from .mixers import (
     Mixer,
     MixerOptions,
 )
+from .patch_memory import PatchMemory, k_center_greedy, nearest_neighbours
 from .ss2d import SS2D
 from .student_encoder import STUDENT_BACKBONES, StudentEncoder
 from .teacher_stats import TeacherFeatureStats
@@ -38,6 +39,9 @@ __all__ = [
     "ConvMixer",
     "DenseMixer",
     "DepthwiseConvMixer",
+    "PatchMemory",
+    "k_center_greedy",
+    "nearest_neighbours",
     "SS2D",
     "STUDENT_BACKBONES",
     "StudentEncoder",

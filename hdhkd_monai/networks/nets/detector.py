@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ...anomaly_map import AnomalyPrediction, normalize_map
-from ...state_dict import check_settings
+from ...state_dict import check_settings, stored_flat_settings
 
 __all__ = ["Detector", "NORMAL_SCORE_QUANTILES"]
 
@@ -67,5 +67,5 @@ class Detector(nn.Module):
 
     def set_extra_state(self, state: dict) -> None:
         """Loading a checkpoint: its settings must equal this detector's (else a named error lists each one)."""
-        check_settings(state["settings"], self.settings)
+        check_settings(stored_flat_settings(state["settings"]), self.settings)
         self.calibration = state["calibration"]

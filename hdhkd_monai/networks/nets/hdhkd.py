@@ -12,10 +12,11 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ...anomaly_map import AnomalyPrediction, discrepancy_map, image_score
+from ...anomaly_map import AnomalyPrediction, image_score, squared_discrepancy, upsample_map
 from ..blocks.decoders import ConvUpsample, MambaUpNet, UpsampleStem
 from ..blocks.mixers import GLOBAL_DECODERS
 from ..blocks.mfm import ConcatFusion, MultiFeatureModel
+from ..blocks.patch_memory import PatchMemory
 from ..blocks.student_encoder import ENCODER_STRIDE, StudentEncoder
 from ..layers.simple import plain_tensor
 from .detector import Detector
@@ -124,6 +125,11 @@ class HDHKD(Detector):
             eval mode under ``.train()``.
         score_top_k: the image score is the mean of the map's ``score_top_k`` largest pixels, or its maximum with
             ``None``.
+        memory: a :class:`~hdhkd_monai.networks.blocks.PatchMemory` of the teacher's normalised features on the
+            normal training images (fitted by :class:`~hdhkd_monai.handlers.FitPatchMemory`), or ``None``. With one,
+            each map cell adds the squared distance of the teacher's feature to its nearest remembered normal feature
+            (per channel) to the teacher-student discrepancy, in the same units: a cell is anomalous when the
+            student cannot predict the teacher there and no normal training patch looks like it.
         student_args: the arguments of :class:`HDHKDStudent` after ``out_channels`` (``backbone``, ``conv_upsample``,
             ``global_decoder``, ... as keywords), documented there; the student's output channels are the teacher's.
 
@@ -135,14 +141,17 @@ class HDHKD(Detector):
     student's arguments that change the output.
     """
 
-    def __init__(self, teacher: PDN, score_top_k: Optional[int] = None, **student_args):
+    def __init__(self, teacher: PDN, score_top_k: Optional[int] = None, memory: Optional[PatchMemory] = None,
+                 **student_args):
         super().__init__()
         self.teacher = teacher.requires_grad_(False).eval()
         self.student = HDHKDStudent(teacher.out_channels, **student_args)
         self.score_top_k = score_top_k
+        self.memory = memory
         self.settings = {
             **_meaning_settings(student_args),
             "score_top_k": score_top_k,
+            "memory": None if memory is None else memory.settings,
             "teacher": {"type": type(teacher).__name__, **getattr(teacher, "settings", {})},
         }
         self.border = teacher.border
@@ -175,9 +184,13 @@ class HDHKD(Detector):
         return self.to_calibrated_units(self.predict(x))
 
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw anomaly map ``[B, 1, H, W]``: channel mean of ``(f_t - f_sd)**2``, bilinear to the input size."""
+        """Raw anomaly map ``[B, 1, H, W]``: channel mean of ``(f_t - f_sd)**2`` (plus the memory's distance of
+        ``f_t``, when there is a memory), bilinear to the input size."""
         f_t, f_sd = self.features(x)
-        return discrepancy_map(f_t, f_sd, x.shape[-2:], self.border)
+        cells = squared_discrepancy(f_t, f_sd)
+        if self.memory is not None:
+            cells = cells + self.memory(f_t)
+        return upsample_map(cells, x.shape[-2:], self.border)
 
     def predict(self, x: torch.Tensor) -> AnomalyPrediction:
         """Raw maps ``[B, 1, H, W]`` and their image scores ``[B]`` (top-k mean or maximum)."""

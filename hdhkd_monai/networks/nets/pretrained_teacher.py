@@ -21,7 +21,7 @@ class PretrainedTeacher(TeacherFeatureStats):
     ``output_size`` and the feature statistics of :class:`~hdhkd_monai.networks.blocks.teacher_stats.TeacherFeatureStats`.
 
     Args:
-        backbone, weights, layers, out_channels: see :class:`~hdhkd_monai.distill.PatchCoreTarget`. The bundle's
+        backbone, weights, layers, out_channels, normalization: see :class:`~hdhkd_monai.distill.PatchCoreTarget`. The bundle's
             teacher (``teacher_backbone``, ``teacher_weights``) is stated in ``train.json`` only.
 
     forward: ``[B, 3, H, W]`` in ``[0, 1]`` -> raw features ``[B, out_channels, H/s, W/s]``, ``s`` the stride of the
@@ -34,11 +34,12 @@ class PretrainedTeacher(TeacherFeatureStats):
         weights: str | Path | None,
         layers: Sequence[int] = (2, 3),
         out_channels: int = 384,
+        normalization: str = "backbone",
     ) -> None:
         super().__init__(out_channels)
-        self.target = PatchCoreTarget(backbone, weights, layers, out_channels)
+        self.target = PatchCoreTarget(backbone, weights, layers, out_channels, normalization)
         self.settings = {"backbone": backbone, "weights": None if weights is None else str(weights),
-                         "layers": list(layers), "out_channels": out_channels}
+                         "layers": list(layers), "out_channels": out_channels, "normalization": normalization}
         self.stride = self.target.stride
         self.border = 0  # zero-padded convolutions: one cell per stride over the whole image
 

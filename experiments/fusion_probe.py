@@ -1,0 +1,138 @@
+"""Score fusion probe: a trained HDHKD row's discrepancy map beside a kNN map on the same teacher's features.
+
+    python experiments/fusion_probe.py runs/<set>/table5/7_full --preset br35h [--bank-images 300] [--seed 0]
+
+The trained row (a folder written by ``experiments/run.py``: ``run.json``, ``models/model.pt``) is loaded through the
+bundle's own config. Its frozen teacher's raw patch features of the training images form a memory bank (every patch of
+``--bank-images`` images drawn with ``--seed``; all of them without the option), and each validation and test patch
+scores its distance to the nearest bank patch (PatchCore's score, on HDHKD's teacher). Two fusions: each map
+normalised by its own quantiles on the normal validation images and summed (EfficientAD's combination of its two
+maps), and the plain sum of the discrepancy and the squared kNN distance on the teacher's normalised features per
+channel, which are in the same units (both a mean squared channel difference from a normal prediction of the teacher
+features). Test AUROC (overall and per class) of the discrepancy, the kNN and the fused score are written to
+``<row>/fusion.json``, with paired bootstrap intervals of fused minus each single score.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from hdhkd_monai.anomaly_map import discrepancy_map, image_score, map_quantiles, normalize_map, upsample_map  # noqa: E402
+from hdhkd_monai.baselines.common import smooth_map  # noqa: E402
+from hdhkd_monai.data.datalist import datalist_split  # noqa: E402
+from hdhkd_monai.handlers import load_network  # noqa: E402
+from hdhkd_monai.launcher import read_config  # noqa: E402
+from hdhkd_monai.networks.blocks import PatchMemory  # noqa: E402
+from hdhkd_monai.metrics import auroc, paired_auroc_bootstrap, per_class_metrics  # noqa: E402
+
+from tools.probe import patch_features  # noqa: E402
+
+
+def load_row(row: Path, preset: str):
+    """The row's trained detector, built without a memory (the probe fits its own), in eval mode; its raw maps
+    (``predict``, before calibration) and its preprocessing."""
+    run = json.loads((row / "run.json").read_text())
+    parser = read_config(["train", preset, str(row / "run.json")], memory=None)
+    net = load_network(parser.get_parsed_content("anomaly_net"), row / "models" / "model.pt", "model").model.eval()
+    return net, parser.get_parsed_content("preprocessing"), run
+
+
+def images_of(items: list[dict], preprocessing, batch: int = 16):
+    """Preprocessed images of ``items`` in batches ``[b, 3, H, W]``."""
+    for i in range(0, len(items), batch):
+        yield torch.stack([preprocessing(dict(it))["image"].as_tensor() for it in items[i : i + batch]])
+
+
+def nearest_distances(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """Euclidean distance ``[P]`` of each query ``[P, C]`` to its nearest bank row ``[M, C]``, in chunks."""
+    return torch.cat([torch.cdist(q, bank).amin(dim=1) for q in queries.split(2048)])
+
+
+@torch.no_grad()
+def maps_of(net, banks: dict, items: list[dict], preprocessing) -> dict:
+    """Maps ``[N, 1, H, W]`` of ``items``: the raw discrepancy, the kNN on the raw teacher features (PatchCore's,
+    blurred) and the squared kNN distance on the normalised teacher features per channel (the discrepancy's units)."""
+    maps = {"disc": [], "knn_sq": [], **({"knn": []} if "raw" in banks else {})}
+    for x in images_of(items, preprocessing):
+        f_t, f_sd = net.features(x)
+        maps["disc"].append(discrepancy_map(f_t, f_sd, x.shape[-2:]))
+        maps["knn_sq"].append(upsample_map(banks["normalised"](f_t), x.shape[-2:]))
+        if "raw" in banks:
+            raw = net.teacher(x)
+            b, c, h, w = raw.shape
+            knn = nearest_distances(rearrange(raw, "b c h w -> (b h w) c"), banks["raw"]).view(b, 1, h, w)
+            maps["knn"].append(smooth_map(knn, x.shape[-2:]))
+    return {k: torch.cat(v) for k, v in maps.items()}
+
+
+def scores(maps: dict, val_normal: dict, top_k: int) -> dict:
+    """Image scores of each map alone and of two fusions: the sum of the maps after each is normalised by its own
+    normal validation quantiles, and the plain sum of the discrepancy and the squared normalised kNN distance."""
+    result = {
+        "disc": image_score(maps["disc"], top_k), "knn_sq_topk": image_score(maps["knn_sq"], top_k),
+        "sum_sq": image_score(maps["disc"] + maps["knn_sq"], top_k),
+    }  # fmt: skip
+    if "knn" in maps:
+        normed = {k: normalize_map(maps[k], map_quantiles(val_normal[k])) for k in ("disc", "knn")}
+        fused = normed["disc"] + normed["knn"]
+        result.update(knn_max=image_score(maps["knn"]), knn_topk=image_score(maps["knn"], top_k),
+                      fused=image_score(fused, top_k), fused_max=image_score(fused))
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("row", type=Path)
+    parser.add_argument("--preset", required=True)
+    parser.add_argument("--bank-images", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-patches", type=int, default=None,
+                        help="fit the normalised-feature memory as the bundle does (10 %% coreset, at most this many "
+                             "patches) instead of keeping every patch; skips the raw-feature kNN")
+    args = parser.parse_args(argv)
+    start = time.time()
+    net, preprocessing, run = load_row(args.row, args.preset)
+    train = datalist_split(run["datalist"], "training")
+    if args.bank_images is not None and args.bank_images < len(train):
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[: args.bank_images]
+        train = [train[i] for i in pick.tolist()]
+    normalised = patch_features(net.teacher_features, images_of(train, preprocessing)).flatten(0, 1)
+    memory = PatchMemory(normalised.shape[1], coreset_ratio=1.0 if args.max_patches is None else 0.1,
+                         max_patches=args.max_patches, seed=args.seed)
+    banks = {"normalised": memory.fit(normalised)}
+    if args.max_patches is None:  # PatchCore's raw-feature kNN beside it, on the full bank
+        banks["raw"] = patch_features(net.teacher, images_of(train, preprocessing)).flatten(0, 1)
+    print(f"bank: {len(memory.bank)} of {len(normalised)} patches of {len(train)} images ({time.time() - start:.0f} s)", flush=True)
+    val = [it for it in datalist_split(run["datalist"], "validation") if int(it["label"]) == 0]
+    test = datalist_split(run["datalist"], "test")
+    val_maps, test_maps = maps_of(net, banks, val, preprocessing), maps_of(net, banks, test, preprocessing)
+    suffix = "" if args.max_patches is None else f"-{args.max_patches}"
+    torch.save({"validation": val_maps, "test": test_maps}, args.row / f"fusion_maps{suffix}.pt")
+    labels = np.array([int(it["label"]) for it in test])
+    classes = [str(it["class"]) for it in test]
+    result = {"bank_patches": len(memory.bank), "bank_images": len(train), "seconds": round(time.time() - start), "rows": {}}
+    image_scores = {name: s.numpy() for name, s in scores(test_maps, val_maps, net.score_top_k).items()}
+    for name, s in image_scores.items():
+        per_class = per_class_metrics(labels, s, classes, 0.0)
+        result["rows"][name] = {"auroc": 100 * auroc(labels, s), "per_class": {c: 100 * m["auroc"] for c, m in per_class.items()}}
+    for a, b in (("fused", "disc"), ("fused", "knn_max"), ("fused", "sum_sq"), ("sum_sq", "disc")):
+        if a in image_scores and b in image_scores:
+            result["rows"][f"{a}-{b}"] = paired_auroc_bootstrap(labels, image_scores[a], image_scores[b])
+    (args.row / f"fusion{suffix}.json").write_text(json.dumps(result, indent=1, default=float))
+    print(json.dumps({k: v.get("auroc", v) for k, v in result["rows"].items()}, indent=1, default=float))
+    return result
+
+
+if __name__ == "__main__":
+    main()
