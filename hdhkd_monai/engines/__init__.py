@@ -1,6 +1,6 @@
 """Ignite engines of the bundle workflows: distillation training and anomaly-map evaluation."""
 
 from hdhkd_monai.engines.evaluator import AnomalyEvaluator
-from hdhkd_monai.engines.trainer import DistillationTrainer
+from hdhkd_monai.engines.trainer import DistillationTrainer, FitTrainer
 
-__all__ = ["AnomalyEvaluator", "DistillationTrainer"]
+__all__ = ["AnomalyEvaluator", "DistillationTrainer", "FitTrainer"]

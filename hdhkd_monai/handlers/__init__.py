@@ -13,6 +13,7 @@ from hdhkd_monai.handlers.checkpoint import (
     save_checkpoint,
     stored_settings,
 )
+from hdhkd_monai.handlers.fit import FitOnData
 from hdhkd_monai.handlers.inference import InferenceWriter, output_root
 from hdhkd_monai.handlers.outputs import OutputSet
 from hdhkd_monai.handlers.preflight import TrainingPreflight
@@ -27,6 +28,7 @@ __all__ = [
     "CalibrationHandler",
     "CheckpointMismatchError",
     "EvaluationReport",
+    "FitOnData",
     "FitTeacherStats",
     "ImageAUROC",
     "InferenceWriter",
