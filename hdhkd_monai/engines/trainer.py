@@ -60,8 +60,8 @@ class FitTrainer(Trainer):
     the training workflow of every detector (preflight, validation with calibration, the best checkpoint).
 
     One pass over ``train_data_loader``: each batch's ``"image"`` goes to ``network.partial_fit(images)``, and
-    ``network.finish_fit()`` runs when the pass ends, before the handlers of ``Events.COMPLETED`` (validation,
-    checkpoints) see the network. Each iteration returns ``{}`` (there is no loss).
+    ``network.finish_fit()`` runs when the pass ends, before any handler sees the network (validation at the end of
+    the epoch, checkpoints). Each iteration returns ``{}`` (there is no loss).
 
     Args:
         device: where the batches go (the network should be there already).
@@ -71,11 +71,11 @@ class FitTrainer(Trainer):
     """
 
     def __init__(self, device, train_data_loader, network, train_handlers=None) -> None:
-        super().__init__(device=device, max_epochs=1, data_loader=train_data_loader, handlers=train_handlers,
-                         decollate=False)
+        super().__init__(device=device, max_epochs=1, data_loader=train_data_loader, decollate=False)
         self.network = network
-        # EPOCH_COMPLETED precedes COMPLETED, where the validation and checkpoint handlers run
+        # registered before the handlers, so an epoch-level validation sees the fitted network
         self.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: engine.network.finish_fit())
+        self._register_handlers(train_handlers or [])
 
     def _iteration(self, engine: FitTrainer, batchdata: dict) -> dict:
         if batchdata is None or "image" not in batchdata:
