@@ -6,6 +6,8 @@ or any JSON file, then ``--key value`` overrides. The bundle and the presets are
 (``hdhkd_monai/_bundle``, ``hdhkd_monai/_presets``: links to the repository's folders in a clone, copies in a
 wheel), so this works from any folder. :func:`run_bundle` runs ``python -m monai.bundle run`` on them in a subprocess, exactly as
 typed on a command line; :func:`read_config` gives the same merged config in this process.
+
+May import every layer of the library (it is the top one); never ``tools``, ``experiments`` or ``bench``.
 """
 
 from __future__ import annotations

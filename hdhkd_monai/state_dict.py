@@ -2,6 +2,8 @@
 
 One reader and one loader serve the student's optional backbone weights, the distillation target's pretrained
 weights and the workflows' checkpoints, so all of them accept the same files and report a misfit the same way.
+
+May import ``hdhkd_monai.errors`` only.
 """
 
 from __future__ import annotations

@@ -10,4 +10,7 @@
 - ``bad_files``: the opt-in ``skip_bad`` policy (the error types are in ``hdhkd_monai.errors``).
 
 Submodules are imported on use, so that ``import hdhkd_monai.data.datalist`` stays light.
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); nothing of the networks or above.
 """

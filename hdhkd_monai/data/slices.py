@@ -21,6 +21,9 @@ CLI::
     python -m hdhkd_monai.data.slices csv volumes.csv --modality pet --out DIR --slice-labels labels.csv
 
 writes the slices and ``DIR/datalist.json``. Per-volume scores: :func:`hdhkd_monai.data.aggregate.volume_scores`.
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); nothing of the networks or above.
 """
 
 from __future__ import annotations

@@ -25,6 +25,9 @@ silent clip; windows (``ct_slice``'s HU window, ``pet_slice``'s ``suv_max``) cli
 
 Arrays keep image row/column order ([H, W], as PIL and numpy index them; MONAI's own PILReader transposes unless
 ``reverse_indexing=False``), so anomaly maps computed on the output overlay the original image directly.
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); nothing of the networks or above.
 """
 
 from __future__ import annotations

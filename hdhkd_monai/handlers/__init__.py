@@ -1,4 +1,8 @@
-"""Ignite handlers of the bundle workflows: checkpoints, validation schedule, calibration, reports."""
+"""Ignite handlers of the bundle workflows: checkpoints, validation schedule, calibration, reports.
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
+"""
 
 from hdhkd_monai.handlers.auroc import ImageAUROC
 from hdhkd_monai.handlers.calibration import CalibrationHandler

@@ -15,6 +15,9 @@ trainer's name when it is saved for resuming. The bundle writes three (in ``ckpt
 Evaluation and inference load :data:`MODEL_CKPT` with MONAI's ``CheckpointLoader`` (:class:`NamedCheckpointLoader` only
 adds the file to its errors); training saves and resumes with the two handlers here, whose docstrings say what
 MONAI's own could not do.
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
 """
 
 from __future__ import annotations
