@@ -6,7 +6,7 @@ patient, at volume level, so all slices of a volume land in one split. Each volu
 filtered for empty slices, and written as ``OUT/<volume id>/<slice index>.npy``.
 
 Slices are float32 ``.npy`` files, not PNGs: they keep the physical values (HU, SUV) exactly, so the CT window or
-the PET SUV range stays a choice of the preprocessing config (``ct_slice(window=...)``, ``pet_slice(suv_max=...)``)
+the PET SUV range stays a choice of the preprocessing config (``window`` of ``configs/chest_ct.json``, ``suv_max`` of ``configs/pet.json``)
 instead of being baked in when slicing; a 16-bit PNG would need a fixed offset and scale per modality, and an 8-bit
 one would lose precision. The per-modality pipelines read them with the same reader as PNGs.
 

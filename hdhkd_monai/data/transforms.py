@@ -97,8 +97,8 @@ class SliceReader(ImageReader):
         try:
             if not self.display_images and (suffix in DISPLAY_SUFFIXES or dicom.holds_display_image(path)):
                 raise BadInputError(path, f"{self.purpose}; this display image (PNG/JPEG, or a DICOM other than CT, "
-                                          "PET or MR) is already windowed: use the display-image setting "
-                                          "(window / suv_max None) for it")
+                                          "PET or MR) is already windowed: use a display-image preset "
+                                          "(configs/chest_ct_png.json) for it")
             if suffix == ".npy":
                 array = np.load(path, allow_pickle=False).astype(np.float32)
             elif suffix == ".dcm":
