@@ -68,10 +68,11 @@ class FitTrainer(Trainer):
         train_data_loader: the normal training images, ``{"image": [B, 3, H, W]}`` batches.
         network: the detector, with ``partial_fit`` and ``finish_fit``.
         train_handlers: Ignite handlers, as for ``SupervisedTrainer``.
+        max_epochs: passes over the data; each ends in a fit of its own, so 1 (a MONAI train workflow names it).
     """
 
-    def __init__(self, device, train_data_loader, network, train_handlers=None) -> None:
-        super().__init__(device=device, max_epochs=1, data_loader=train_data_loader, decollate=False)
+    def __init__(self, device, train_data_loader, network, train_handlers=None, max_epochs: int = 1) -> None:
+        super().__init__(device=device, max_epochs=max_epochs, data_loader=train_data_loader, decollate=False)
         self.network = network
         # registered before the handlers, so an epoch-level validation sees the fitted network
         self.add_event_handler(Events.EPOCH_COMPLETED, lambda engine: engine.network.finish_fit())
