@@ -5,9 +5,9 @@ EfficientAD-S, PatchCore, RD4AD) and ``table5`` restricted to ``1_conv`` into th
 2 teacher iterations. The tests check the tables it wrote, the markdown, the refusal of unknown rows, and that running
 a table again resumes its rows instead of training them again. The whole file took 70 s to 95 s in three runs on the
 shared 2-core machine (``OMP_NUM_THREADS=1``, load average 5-6) when the baselines trained in the runner's own loop;
-since they train through the bundle (a training and an evaluation ``monai.bundle run`` each, 11 subprocesses in the fixture)
-it took 198 s and 217 s beside a long study (load 2-3), where the earlier version took 143 s. Most of it is the
-start-up of the subprocesses. It writes about 330 MB of checkpoints under pytest's tmp_path.
+since they train through the bundle (a training and an evaluation ``monai.bundle run`` each, 11 subprocesses in the
+fixture) it took 198 s and 217 s beside a long study (load 2-3), where the earlier version took 143 s. Most of it
+is the start-up of the subprocesses. It writes about 330 MB of checkpoints under pytest's tmp_path.
 """
 
 import csv
