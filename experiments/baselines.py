@@ -80,7 +80,10 @@ def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: P
     budget = {"image_size": args.image_size, "iterations": args.iterations, "batch_size": args.batch_size,
               "seed": args.seed, "teacher": str(teacher_ckpt)}  # fmt: skip
     names = [n for n in args.baselines if n in BASELINE_CONFIGS]
-    return cached_rows(names, budget, out, args, lambda name, root: _bundle_row(name, root, budget, datalist, preset, teacher_ckpt))
+    def make_row(name: str, root: Path) -> dict:
+        return _bundle_row(name, root, budget, datalist, preset, teacher_ckpt)
+
+    return cached_rows(names, budget, out, args, make_row)
 
 
 def _bundle_row(name: str, root: Path, budget: dict, datalist: Path, preset: Path, teacher_ckpt: Path | None) -> dict:
