@@ -1,31 +1,36 @@
-"""The baselines of the ``main`` table under HDHKD's data, preprocessing, resolution and training budget.
+"""The baselines of the ``main`` table under HDHKD's data, preprocessing, resolution and training budget, trained and
+evaluated by the bundle's own workflows.
 
-EfficientAD-S uses the PDN teacher that the runner distils (the paper configuration's teacher workflow); PatchCore and
-RD4AD use the pip-shipped EfficientNet-Lite0 ImageNet weights, the same that HDHKD-S's teacher and student start from. Each is trained for the same iterations at the same batch size and
-then evaluated by HDHKD's own engine and handlers: ``AnomalyEvaluator`` on the validation split with
-``CalibrationHandler`` (the same quantile of the normal validation scores as HDHKD's threshold), then on the test
-split with ``EvaluationReport``, which writes ``OUT/baselines/<name>/eval/`` (metrics.json, scores.csv, curves,
-heat-maps) as the evaluation workflow does for an HDHKD row.
+Each baseline is a detector config of the bundle (:data:`BASELINES`), given after ``train.json`` as a user would:
+``python -m monai.bundle run --config_file "['configs/train.json','configs/rd4ad.json',...]"`` trains it (the same
+iterations, batch size, seed, preset and cached data as an HDHKD row; validation with ``CalibrationHandler`` at the
+same threshold quantile writes ``models/model.pt``), then ``evaluate.json`` reports on the test split into
+``OUT/baselines/<name>/eval/`` (metrics.json, scores.csv, curves, heat-maps). EfficientAD-S uses the PDN teacher that
+the runner distils (the paper configuration's teacher workflow); PatchCore and RD4AD use the pip-shipped
+EfficientNet-Lite0 ImageNet weights, the same that HDHKD-S's teacher and student start from.
+
+The in-process helpers below (:func:`data_loaders`, :func:`evaluate_rows`) serve the rows that are not bundle
+detectors (anomalib's models, ``experiments/anomalib_peer.py``) and the diagnosis tools.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
-from itertools import cycle, islice
 from pathlib import Path
 
 import torch
 from monai.data import CacheDataset, DataLoader
 from monai.utils import set_determinism
-from tqdm import tqdm
 
-from hdhkd_monai.baselines import RD4AD, EfficientAD, PatchCore
 from hdhkd_monai.networks import Detector
 from hdhkd_monai.data.datalist import datalist_split
 from hdhkd_monai.engines import AnomalyEvaluator
-from hdhkd_monai.handlers import CalibrationHandler, EvaluationReport, load_network
-from hdhkd_monai.launcher import OFFLINE_TEACHER, read_config
+from hdhkd_monai.handlers import CalibrationHandler, EvaluationReport
+from hdhkd_monai.launcher import OFFLINE_TEACHER, read_config, run_bundle
+
+from experiments.report import trainable_params
 
 # The ImageNet weights of HDHKD-S's teacher and of the PDN's distillation target.
 BACKBONE = {"backbone": OFFLINE_TEACHER["target_backbone"], "weights": OFFLINE_TEACHER["target_weights"]}
@@ -52,17 +57,6 @@ def _evaluate(model: Detector, validation: DataLoader, test: DataLoader, thresho
     return json.loads((out / "metrics.json").read_text())
 
 
-def _train(model, loader: DataLoader, iterations: int) -> None:
-    """The same iterations and batches as HDHKD, with the optimiser of the baseline's own paper."""
-    optimizer = model.configure_optimizer()
-    model.train()
-    for batch in tqdm(islice(cycle(loader), iterations), total=iterations, desc="training", leave=False):
-        optimizer.zero_grad()
-        loss = model.loss(batch["image"])
-        loss.backward()
-        optimizer.step()
-
-
 def data_loaders(datalist: Path, preset: Path, image_size: int, batch_size: int) -> tuple:
     """The config parser and the training, validation and test loaders every baseline sees: HDHKD's datalist,
     preprocessing and image size, in [0, 1] at ``image_size``."""
@@ -75,63 +69,72 @@ def data_loaders(datalist: Path, preset: Path, image_size: int, batch_size: int)
     return parser, train, validation, test
 
 
-#: The baselines of the ``main`` table, in its row order.
-BASELINES = ("EfficientAD-S", "PatchCore", "RD4AD")
+#: The bundle configs that make each baseline of the ``main`` table, after ``train.json``; its row order.
+BASELINE_CONFIGS = {"EfficientAD-S": ("paper", "efficientad"), "PatchCore": ("patchcore", "fit"), "RD4AD": ("rd4ad",)}
+BASELINES = tuple(BASELINE_CONFIGS)
 
 
 def run_baselines(args, out: Path, datalist: Path, preset: Path, teacher_ckpt: Path | None) -> list[dict]:
-    """Train and evaluate the baselines named in ``args.baselines``; ``teacher_ckpt`` is EfficientAD-S's PDN."""
-    parser, train, validation, test = data_loaders(datalist, preset, args.image_size, args.batch_size)
-    threshold_quantile = parser["threshold_quantile"]
-
-    def efficientad():
-        teacher = load_network(parser.get_parsed_content("teacher_def"), teacher_ckpt, key="teacher")
-        model = EfficientAD(teacher, image_size=args.image_size)
-        _train(model, train, args.iterations)
-        model.fit_map_normalisation(_images(validation))
-        return model
-
-    def patchcore():
-        return PatchCore(**BACKBONE, out_channels=384).fit(_images(train))
-
-    def rd4ad():
-        model = RD4AD(**BACKBONE)
-        _train(model, train, args.iterations)
-        return model
-
+    """Train and evaluate the baselines named in ``args.baselines`` through the bundle; ``teacher_ckpt`` is
+    EfficientAD-S's PDN."""
     budget = {"image_size": args.image_size, "iterations": args.iterations, "batch_size": args.batch_size,
               "seed": args.seed, "teacher": str(teacher_ckpt)}  # fmt: skip
-    builders = {"EfficientAD-S": efficientad, "PatchCore": patchcore, "RD4AD": rd4ad}
-    ours = {name: builders[name] for name in args.baselines if name in builders}
-    return evaluate_rows(ours, budget, out, args, validation, test, threshold_quantile)
+    names = [n for n in args.baselines if n in BASELINE_CONFIGS]
+    def make_row(name: str, root: Path) -> dict:
+        return _bundle_row(name, root, budget, datalist, preset, teacher_ckpt)
+
+    return cached_rows(names, budget, out, args, make_row)
 
 
-def evaluate_rows(builders: dict, budget: dict, out: Path, args, validation, test, threshold_quantile: float) -> list[dict]:
-    """Build (``builders``: row name -> function returning the fitted detector), calibrate and evaluate each row into
-    ``out/baselines/<name>``. A row already evaluated under ``budget`` is read back instead (unless ``args.fresh``)."""
+def _bundle_row(name: str, root: Path, budget: dict, datalist: Path, preset: Path, teacher_ckpt: Path | None) -> dict:
+    """Train baseline ``name`` into the bundle folder ``root`` (from scratch) and evaluate it; its table row."""
+    shutil.rmtree(root, ignore_errors=True)  # another budget's checkpoints must not be resumed
+    settings = {"bundle_root": str(root), "datalist": str(datalist), "image_size": budget["image_size"],
+                "max_iterations": budget["iterations"], "batch_size": budget["batch_size"],
+                "val_interval": budget["iterations"], "cache_rate": 1.0, "seed": budget["seed"],
+                **({"teacher_ckpt": str(teacher_ckpt)} if teacher_ckpt else {})}  # fmt: skip
+    root.mkdir(parents=True)
+    (root / "run.json").write_text(json.dumps(settings, indent=2))
+    detector = ["train", *BASELINE_CONFIGS[name]]
+    start = time.time()
+    run_bundle([*detector, preset, root / "run.json"], log=root / "log.txt")
+    train_s = time.time() - start
+    run_bundle([*detector, "evaluate", preset, root / "run.json"], log=root / "log.txt")
+    metrics = json.loads((root / "eval" / "metrics.json").read_text())
+    return {"name": name, "budget": budget, "train_s": train_s,
+            "trainable_params": trainable_params([*detector, preset, root / "run.json"]), **metrics}  # fmt: skip
+
+
+def cached_rows(names, budget: dict, out: Path, args, make_row) -> list[dict]:
+    """The rows ``names``, each made by ``make_row(name, OUT/baselines/<name>)`` and kept in
+    ``OUT/baselines/<name>.json``; a row already made under ``budget`` is read back instead (unless ``args.fresh``)."""
     rows = []
-    for name, build in builders.items():
+    for name in names:
         record = out / "baselines" / f"{name}.json"
         previous = json.loads(record.read_text()) if record.exists() and not args.fresh else {}
         if previous.get("budget") == budget:
             print(f"{name}: evaluated before under this budget, read from {record}", flush=True)
             rows.append(previous)
             continue
+        print(f"{name}: training", flush=True)
+        rows.append(make_row(name, record.with_suffix("")))
+        print(f"  AUROC {rows[-1]['image']['auroc']:.4f}, training {rows[-1]['train_s']:.0f} s", flush=True)
+        record.parent.mkdir(exist_ok=True)
+        record.write_text(json.dumps(rows[-1], indent=2, default=float))
+    return rows
+
+
+def evaluate_rows(builders: dict, budget: dict, out: Path, args, validation, test, threshold_quantile: float) -> list[dict]:
+    """Build (``builders``: row name -> function returning the fitted detector, for models that are not bundle
+    detectors), calibrate and evaluate each row into ``out/baselines/<name>``, in this process."""
+
+    def make_row(name: str, root: Path) -> dict:
         set_determinism(seed=args.seed)
         start = time.time()
-        print(f"{name}: training", flush=True)
-        model = build()
+        model = builders[name]()
         train_s = time.time() - start
-        metrics = _evaluate(model, validation, test, threshold_quantile, record.with_suffix("") / "eval")
-        row = {
-            "name": name,
-            "budget": budget,
-            "train_s": train_s,
-            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
-            **metrics,
-        }
-        print(f"  AUROC {row['image']['auroc']:.4f}, training {train_s:.0f} s", flush=True)
-        record.parent.mkdir(exist_ok=True)
-        record.write_text(json.dumps(row, indent=2, default=float))
-        rows.append(row)
-    return rows
+        metrics = _evaluate(model, validation, test, threshold_quantile, root / "eval")
+        return {"name": name, "budget": budget, "train_s": train_s,
+                "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad), **metrics}
+
+    return cached_rows(list(builders), budget, out, args, make_row)

@@ -28,10 +28,11 @@ def row_name(config_file: Path) -> str:
 
 
 def trainable_params(config_files: list[Path]) -> int:
-    """Trainable parameters of the ``hdhkd`` network the merged configs build (teacher from its checkpoint)."""
+    """Trainable parameters of the ``detector`` the merged configs build (HDHKD or a baseline; a teacher from its
+    checkpoint)."""
     from hdhkd_monai.launcher import read_config
 
-    model = read_config(config_files).get_parsed_content("hdhkd")
+    model = read_config(config_files).get_parsed_content("detector")
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

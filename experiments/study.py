@@ -30,9 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from hdhkd_monai.anomaly_map import image_score  # noqa: E402
-from hdhkd_monai.data import transforms  # noqa: E402
 from hdhkd_monai.data.datalist import kermany_datalist  # noqa: E402
-from hdhkd_monai.launcher import read_config  # noqa: E402
+from hdhkd_monai.launcher import preprocessing, read_config  # noqa: E402
 from hdhkd_monai.distill import PatchCoreTarget, TeacherDistillation, fit_teacher_stats  # noqa: E402
 from hdhkd_monai.losses import DistillationLoss  # noqa: E402
 from hdhkd_monai.metrics import auroc, per_class_metrics  # noqa: E402
@@ -40,11 +39,7 @@ from hdhkd_monai.networks import HDHKD, PDN, PretrainedTeacher  # noqa: E402
 
 from tools.probe import nearest_neighbour_scores, patch_features  # noqa: E402
 
-PREPROCESSING = {
-    "oct": lambda size: transforms.oct_bscan(size),
-    "mri": lambda size: transforms.mri_slice(size),
-    "ct_png": lambda size: transforms.ct_slice(size, window=None),
-}
+PREPROCESSING = {"oct": (), "mri": ("br35h",), "ct_png": ("chest_ct_png",)}  # the presets of each modality
 #: Image scores compared at every evaluation: the map maximum and the mean of the top 1 % / 5 % of its pixels.
 SCORES = {"max": None, "top1%": 0.01, "top5%": 0.05}
 
@@ -120,7 +115,7 @@ def main(argv=None) -> None:
     out = REPO / "runs" / "study" / args.data.name / f"{args.name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     datalist = kermany_datalist(args.data, normal=args.normal, val_fraction=0.15, holdout="last")
-    pre = PREPROCESSING[args.modality](args.image_size)
+    pre = preprocessing(PREPROCESSING[args.modality], args.image_size)
     train, _, _ = load_split(datalist["training"], pre)
     val, _, _ = load_split(datalist["validation"], pre)
     test, labels, classes = load_split(datalist["test"], pre)

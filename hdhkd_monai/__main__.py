@@ -14,6 +14,8 @@ with paths taken literally and one-line errors.
 - Exit status: 0 done; :data:`~hdhkd_monai.handlers.outputs.EXIT_SKIPPED` (3) done, but some inputs were skipped
   (listed with the reason in ``skipped.csv``); 1 failed: one line, ``error: <file>: <what is wrong>``, is the last
   line; ``--debug`` shows the whole chained traceback instead (:func:`hdhkd_monai.errors.run_cli`).
+
+May import every layer of the library (it is the top one); never ``tools``, ``experiments`` or ``bench``.
 """
 
 from __future__ import annotations

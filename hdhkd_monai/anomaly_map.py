@@ -2,6 +2,8 @@
 
 Maps are ``[B, 1, H, W]`` float tensors. The raw map is the channel mean of the squared teacher-student discrepancy;
 EfficientAD's normalisation maps the ``q_a`` quantile of normal maps to 0 and ``q_b`` to 0.1.
+
+May import ``hdhkd_monai.errors`` only.
 """
 
 from __future__ import annotations

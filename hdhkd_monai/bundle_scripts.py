@@ -10,6 +10,8 @@ those files from this installed ``hdhkd_monai`` into ``<bundle>/scripts/`` with 
 
 :func:`third_party_requirements` lists the installed distributions that the copied code imports, with their versions,
 for the metadata's ``required_packages_version``.
+
+May import every layer of the library (it is the top one); never ``tools``, ``experiments`` or ``bench``.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@
 Every step is a ``python -m monai.bundle run`` command on the bundle's configs with small-size overrides (listed in
 :data:`SETTINGS`), run by :func:`hdhkd_monai.launcher.run_bundle`, which prints each command before running it, so it
 can be rerun or adapted by hand. The output folder is laid out like a bundle (``models/``, ``eval/``, plus ``data/``).
+
+May import every layer of the library (it is the top one); never ``tools``, ``experiments`` or ``bench``.
 """
 
 from __future__ import annotations

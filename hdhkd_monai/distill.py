@@ -8,6 +8,9 @@
 - :func:`teacher_output_stats`: channel mean/std of a teacher's own outputs on normal images;
   :func:`fit_teacher_stats` stores them in its ``feat_mean``/``feat_std`` buffers before student training (as
   EfficientAD does), for the distilled PDN and the frozen pretrained teacher alike.
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); nothing of the networks or above.
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ or any JSON file, then ``--key value`` overrides. The bundle and the presets are
 (``hdhkd_monai/_bundle``, ``hdhkd_monai/_presets``: links to the repository's folders in a clone, copies in a
 wheel), so this works from any folder. :func:`run_bundle` runs ``python -m monai.bundle run`` on them in a subprocess, exactly as
 typed on a command line; :func:`read_config` gives the same merged config in this process.
+
+May import every layer of the library (it is the top one); never ``tools``, ``experiments`` or ``bench``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "PRESETS",
     "bundle_command",
     "config_files",
+    "preprocessing",
     "read_config",
     "run_bundle",
 ]
@@ -115,6 +118,14 @@ def read_config(workflows: Sequence[str | Path], **overrides) -> ConfigParser:
     parser.read_meta(str(CONFIGS / "metadata.json"))
     parser.update(overrides)
     return parser
+
+
+def preprocessing(presets: Sequence[str | Path] = (), image_size: int | None = None, **overrides):
+    """The ``preprocessing`` Compose of ``train.json`` with data-set ``presets`` (``"br35h"``, ``"chest_ct"``, ...)
+    and ``overrides`` (``window="mediastinal"``, ``intensity_range=[0, 255]``), as the workflows build it; for
+    Python code that loads images as a workflow would. ``image_size`` defaults to the bundle's."""
+    sizes = {} if image_size is None else {"image_size": image_size}
+    return read_config(["train", *presets], **sizes, **overrides).get_parsed_content("preprocessing")
 
 
 def _offline_teacher() -> dict[str, str]:

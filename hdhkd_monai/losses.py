@@ -1,4 +1,7 @@
-"""Training loss of the student (eq. 5)."""
+"""Training loss of the student (eq. 5).
+
+May import ``hdhkd_monai.errors`` only.
+"""
 
 from __future__ import annotations
 

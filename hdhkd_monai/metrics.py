@@ -3,6 +3,8 @@
 Convention: label 1 = abnormal (the positive class), 0 = normal; a higher score means more anomalous, and an image
 is called abnormal when ``score >= threshold``. AUROC and AUPRC (average precision) come from scikit-learn; the
 thresholded metrics are computed from the confusion counts.
+
+May import ``hdhkd_monai.errors`` only.
 """
 
 from __future__ import annotations

@@ -16,6 +16,8 @@ checkpoint's tensors follow), and accepts only architectures of the installed ti
 program neither download nor open a file.
 
 The project's networks take [0, 1] input; :func:`input_normalization` gives the mean/std the backbone was trained with.
+
+May import the shared leaves (``errors``, ``state_dict``, ``anomaly_map``, ``metrics``, ``quiet``, ``losses``).
 """
 
 from __future__ import annotations

@@ -1,5 +1,8 @@
 """Quiet defaults of the project's own entry points (``python -m hdhkd_monai``, the launcher the demo, experiments
-and tests use): which warnings are hidden."""
+and tests use): which warnings are hidden.
+
+May import ``hdhkd_monai.errors`` only.
+"""
 
 from __future__ import annotations
 

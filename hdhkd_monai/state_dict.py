@@ -2,6 +2,8 @@
 
 One reader and one loader serve the student's optional backbone weights, the distillation target's pretrained
 weights and the workflows' checkpoints, so all of them accept the same files and report a misfit the same way.
+
+May import ``hdhkd_monai.errors`` only.
 """
 
 from __future__ import annotations
@@ -25,13 +27,6 @@ __all__ = [
 
 _SHOWN_KEYS = 5  # how many offending keys an error lists
 
-#: Settings added after models were already trained, with the value every model made before them had: a stored
-#: model without the key was made that way (``{key: (value, condition on the other stored settings)}``).
-_LATER_SETTINGS = {
-    "memory": (None, {}),  # bundle 0.5.0: HDHKD's patch memory
-    "teacher.normalization": ("backbone", {"teacher.type": "PretrainedTeacher"}),  # 0.5.0: a teacher input option
-}
-
 
 
 def flat_settings(settings: Mapping, prefix: str = "") -> dict:
@@ -45,11 +40,16 @@ def flat_settings(settings: Mapping, prefix: str = "") -> dict:
     return flat
 
 
-def stored_flat_settings(stored: Mapping) -> dict:
-    """:func:`flat_settings` of a stored model's settings, with the value a setting added later had for models made
-    before it (``_LATER_SETTINGS``), so an older checkpoint keeps loading as what it is."""
+def stored_flat_settings(stored: Mapping, later: Mapping = {}) -> dict:
+    """:func:`flat_settings` of a stored model's settings, with the value each setting added ``later`` had for models
+    made before it, so an older checkpoint keeps loading as what it is.
+
+    Args:
+        later: ``{key: (value, condition)}``: a stored model without ``key`` (nor ``key.*``) whose settings match
+            ``condition`` (``{key: value}``, possibly empty) was made with ``value``.
+    """
     flat = flat_settings(stored)
-    for key, (value, condition) in _LATER_SETTINGS.items():
+    for key, (value, condition) in later.items():
         made_before = not any(k == key or k.startswith(key + ".") for k in flat)
         if made_before and all(flat.get(k) == v for k, v in condition.items()):
             flat[key] = value

@@ -24,6 +24,8 @@ it writes the checkpoint's threshold and quantiles into an ONNX model ``python -
 ``TRAINED_ROOT`` is the ``bundle_root`` training wrote into: ``models/model.pt`` and, when the evaluate workflow
 ran, ``eval/metrics.json``. The exports run MONAI's own ``ckpt_export`` and ``onnx_export`` with the arguments of the
 command lines in the bundle's docs (``configs/onnx_export.json`` gives ONNX its dynamic batch axis).
+
+May import every layer of the library (it is the top one); never ``tools``, ``experiments`` or ``bench``.
 """
 
 from __future__ import annotations

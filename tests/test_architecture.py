@@ -69,3 +69,9 @@ def test_the_library_never_imports_repository_tooling(path):
     roots |= {n.module.split(".")[0] for n in ast.walk(tree)
               if isinstance(n, ast.ImportFrom) and n.module and not n.level}
     assert not roots & {"tools", "experiments", "bench", "tests"}, path
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(LIBRARY)))
+def test_every_module_says_what_it_is_for_and_what_it_may_import(path):
+    doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    assert doc.strip() and "May import" in doc, f"{path}: its opening docstring needs a 'May import ...' line"

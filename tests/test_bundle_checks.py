@@ -98,6 +98,7 @@ def test_onnx_export_gives_a_model_with_a_dynamic_batch_and_the_same_maps(tiny_b
     [
         (("train", "paper", "train_teacher"), "train", TEACHER),
         (("train",), "train", {}),
+        (("train", "patchcore", "fit"), "train", {}),  # a baseline's workflow is a MONAI train workflow too
         (("inference",), "infer", {}),
     ],
 )
@@ -124,7 +125,8 @@ def test_inference_config_builds_the_network_training_builds(tmp_path):
     preprocessing, teacher and network as train.json, and takes their settings from the trained checkpoint only (no
     fallback values that could drift from train.json's); without a checkpoint it says so, naming the file."""
     train, inference = (json.loads((CONFIGS / f"{name}.json").read_text()) for name in ("train", "inference"))
-    assert train["preprocessing"] == inference["preprocessing"] and train["teacher_def"] == inference["teacher_def"]
+    for key in ("image_reader", "intensity_range", "intensity", "preprocessing", "teacher_def"):
+        assert train[key] == inference[key], key
     assert {k: v for k, v in inference["hdhkd"].items() if k != "teacher"} == {
         k: v for k, v in train["hdhkd"].items() if k != "teacher"
     }

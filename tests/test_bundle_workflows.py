@@ -98,6 +98,10 @@ def test_train_workflow_validates_calibrates_and_checkpoints(trained):
     # the frozen teacher inside the student checkpoint carries its statistics on the training images
     assert best["model.teacher.feat_std"].shape == (1, 384, 1, 1)
     assert best["model.teacher.feat_mean"].abs().sum() > 0 and not torch.allclose(best["model.teacher.feat_std"], torch.ones(1))
+    # the patch memory was fitted on every training image's 8x8 teacher cells: a 10 % greedy coreset of them
+    n_train = len(json.loads((root / "data" / "datalist.json").read_text())["training"])
+    assert best["model.memory.bank"].shape == (round(0.1 * n_train * 8 * 8), 384)
+    assert f"patch memory: {round(0.1 * n_train * 8 * 8)} of {n_train * 64} training patches kept" in log
     # validation every val_interval iterations, logged at the trainer's iteration
     assert re.search(r"Epoch\[2\] Metrics -- .*val_auroc", log) and re.search(r"Epoch\[4\] Metrics -- .*val_auroc", log)
     tags = _scalar_tags(root / "eval")

@@ -16,8 +16,10 @@ from hdhkd_monai.launcher import read_config
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = REPO_ROOT / "configs"
 BASE = REPO_ROOT / "bundle" / "hdhkd_oct_anomaly" / "configs" / "train.json"
-CONTRACT_KEYS = {"bundle_root", "dataset_dir", "datalist", "output_dir", "ckpt_dir", "image_size", "preprocessing", "modality",
-                 "backbone", "teacher_ckpt", "max_iterations", "batch_size", "val_interval"}
+# the keys a data-set preset may set: the bundle's, and the parameters of its own intensity list (window, suv_max)
+CONTRACT_KEYS = {"bundle_root", "dataset_dir", "datalist", "output_dir", "ckpt_dir", "image_size", "image_reader",
+                 "intensity", "intensity_range", "window", "suv_max", "modality", "backbone", "teacher_ckpt",
+                 "max_iterations", "batch_size", "val_interval"}
 
 
 def sample(name: str, folder) -> str:

@@ -21,7 +21,7 @@ from hdhkd_monai.data import dicom
 from hdhkd_monai.data.datalist import image_items
 from hdhkd_monai.data.phantom import make_bscan
 from hdhkd_monai.data.slices import map_in_source_space, slice_inputs
-from hdhkd_monai.data.transforms import ct_slice, oct_bscan
+from hdhkd_monai.launcher import preprocessing
 from hdhkd_monai.errors import BadInputError, one_line_error
 from hdhkd_monai.data.containment import output_name
 from hdhkd_monai.networks import HDHKD, PDN, AnomalyMapNet
@@ -82,7 +82,7 @@ def test_a_display_dicom_scores_like_the_png_it_was_made_from(tmp_path, scorer, 
     top = 2**bits - 1
     stored = pixels if photometric == "MONOCHROME2" else top - pixels
     display_dataset(stored, bits, photometric).save_as(tmp_path / "b.dcm", enforce_file_format=True)
-    pipeline = oct_bscan(SIZE)
+    pipeline = preprocessing(image_size=SIZE)
     from_png, from_dicom = (pipeline({"image": str(tmp_path / name)})["image"] for name in ("b.png", "b.dcm"))
     torch.testing.assert_close(from_dicom.as_tensor(), from_png.as_tensor(), rtol=0, atol=1e-6)
     assert abs(scorer(from_dicom) - scorer(from_png)) < 1e-3
@@ -107,15 +107,15 @@ def test_values_outside_the_expected_range_are_named_not_clipped(tmp_path):
     """0-255 values where [0, 1] is expected, HU without a window, a display image under a HU window: one named
     error each. Declaring the range scales instead."""
     np.save(tmp_path / "raw.npy", bscan(2, 8).astype(np.float32))
-    assert_named(oct_bscan(SIZE), tmp_path / "raw.npy",
+    assert_named(preprocessing(image_size=SIZE), tmp_path / "raw.npy",
                  r"raw.npy: pixel values \d+ to 2\d\d lie outside \[0, 1\].*intensity_range")
-    scaled = oct_bscan(SIZE, intensity_range=(0, 255))({"image": str(tmp_path / "raw.npy")})["image"]
+    scaled = preprocessing(image_size=SIZE, intensity_range=[0, 255])({"image": str(tmp_path / "raw.npy")})["image"]
     assert 0 <= float(scaled.min()) and float(scaled.max()) <= 1 and float(scaled.std()) > 0.05
     make_dataset(stored_volume((1, 8, 8))[0]).save_as(tmp_path / "ct.dcm", enforce_file_format=True)
-    assert_named(ct_slice(SIZE, window=None), tmp_path / "ct.dcm",
-                 r"ct.dcm: pixel values -\d+ to \d+ lie outside.*window=")
+    assert_named(preprocessing(["chest_ct_png"], SIZE), tmp_path / "ct.dcm",
+                 r"ct.dcm: pixel values -\d+ to \d+ lie outside.*need a window: use configs/chest_ct.json")
     display_dataset(bscan(2, 8)).save_as(tmp_path / "oct.dcm", enforce_file_format=True)
-    assert_named(ct_slice(SIZE, window="lung"), tmp_path / "oct.dcm", r"oct.dcm: .*expects HU.*display image")
+    assert_named(preprocessing(["chest_ct"], SIZE), tmp_path / "oct.dcm", r"oct.dcm: .*expects HU.*display image")
 
 
 def assert_named(pipeline, path, pattern):

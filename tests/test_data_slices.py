@@ -12,7 +12,7 @@ from hdhkd_monai.data.aggregate import volume_scores
 from hdhkd_monai.errors import BadInputError
 from hdhkd_monai.data.slices import main, read_slice_labels, slice_volumes
 from hdhkd_monai.data.datalist import kermany_datalist
-from hdhkd_monai.data.transforms import ct_slice
+from hdhkd_monai.launcher import preprocessing
 
 
 def ct_volume(seed: int, k: int = 4) -> np.ndarray:
@@ -67,7 +67,7 @@ def test_empty_slices_are_dropped_and_slices_feed_the_ct_pipeline(ct_root, tmp_p
     datalist = slice_volumes(volume_list, tmp_path / "s", "ct", min_foreground=0.5)
     assert {it["slice"] for split in datalist.values() for it in split} == {1, 2, 3}  # slice 0 is air only
     item = datalist["test"][0]
-    out = ct_slice(image_size=8, window=(-200.0, 200.0))({"image": item["image"]})["image"]
+    out = preprocessing(["chest_ct"], 8, window=[-200.0, 200.0])({"image": item["image"]})["image"]
     hu = volumes[item["volume"].split("/")[-1]][item["slice"]]
     np.testing.assert_allclose(out[0].numpy(), np.clip((hu + 200) / 400, 0, 1), atol=1e-6)
 

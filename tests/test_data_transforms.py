@@ -1,4 +1,4 @@
-"""Per-modality MONAI pipelines: orientation, colour modes, units (HU, SUV, percentiles), real files, bad input."""
+"""The preprocessing lists of the bundle and its data-set presets: orientation, colour modes, units (HU, SUV, percentiles), real files, bad input."""
 
 import numpy as np
 import pydicom
@@ -8,10 +8,11 @@ from PIL import Image
 from pydicom.data import get_testdata_file
 
 from hdhkd_monai.errors import BadInputError
-from hdhkd_monai.data.transforms import CT_WINDOWS, ct_slice, mri_slice, oct_bscan, pet_slice
+from hdhkd_monai.data.transforms import CT_WINDOWS
+from hdhkd_monai.launcher import preprocessing
 
-REAL_SAMPLES = {  # data set -> (pipeline, files per test folder)
-    "neh-oct": (oct_bscan, 2), "oct2017": (oct_bscan, 2), "brainmri": (mri_slice, 6), "chestct": (ct_slice, 2)}
+REAL_SAMPLES = {  # data set -> (presets, files per test folder)
+    "neh-oct": ((), 2), "oct2017": ((), 2), "brainmri": (("br35h",), 6), "chestct": (("chest_ct_png",), 2)}
 
 
 def bad_input(excinfo) -> BadInputError:
@@ -35,7 +36,7 @@ def test_orientation_of_an_asymmetric_png(tmp_path):
     array = np.zeros((40, 80), np.uint8)
     array[:10, :60] = 255
     Image.fromarray(array).save(tmp_path / "band.png")
-    image = oct_bscan(image_size=40)({"image": str(tmp_path / "band.png")})["image"]
+    image = preprocessing(image_size=40)({"image": str(tmp_path / "band.png")})["image"]
     check_output(image, 40)
     assert image[0, :8, :28].min() > 0.9
     assert image[0, 12:, :].max() < 0.1 and image[0, :, 32:].max() < 0.1
@@ -49,7 +50,7 @@ def test_colour_modes_become_the_same_grey(tmp_path, mode):
         Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "other.png")  # same grey at 16 bits
     else:
         Image.fromarray(grey).convert(mode).save(tmp_path / "other.png")
-    pipeline = oct_bscan(image_size=30)
+    pipeline = preprocessing(image_size=30)
     reference = pipeline({"image": str(tmp_path / "grey.png")})["image"]
     other = pipeline({"image": str(tmp_path / "other.png")})["image"]
     torch.testing.assert_close(other, reference, atol=1e-6, rtol=0)
@@ -59,7 +60,7 @@ def test_grey_jpeg_stored_as_rgb_matches_its_grey_version(tmp_path):
     grey = np.random.default_rng(1).integers(0, 256, (32, 32)).astype(np.uint8)
     Image.fromarray(np.stack([grey] * 3, -1)).save(tmp_path / "rgb.png")
     Image.fromarray(grey).save(tmp_path / "grey.png")
-    out = [mri_slice(image_size=32)({"image": str(tmp_path / n)})["image"] for n in ("rgb.png", "grey.png")]
+    out = [preprocessing(["br35h"], 32)({"image": str(tmp_path / n)})["image"] for n in ("rgb.png", "grey.png")]
     torch.testing.assert_close(out[0], out[1])
 
 
@@ -69,7 +70,7 @@ def test_mask_is_binary_and_aligned(tmp_path):
     mask[40:50, 5:20] = 255
     Image.fromarray(image).save(tmp_path / "i.png")
     Image.fromarray(mask).save(tmp_path / "m.png")
-    out = oct_bscan(image_size=32)({"image": str(tmp_path / "i.png"), "mask": str(tmp_path / "m.png")})
+    out = preprocessing(image_size=32)({"image": str(tmp_path / "i.png"), "mask": str(tmp_path / "m.png")})
     assert out["mask"].shape == (1, 32, 32) and set(out["mask"].unique().tolist()) == {0.0, 1.0}
     rows, cols = torch.nonzero(out["mask"][0], as_tuple=True)
     assert (rows.min(), rows.max(), cols.min(), cols.max()) == (20, 24, 3, 9)
@@ -80,7 +81,7 @@ def test_ct_small_dicom_window_in_hounsfield_units():
     ds = pydicom.dcmread(path)
     hu = ds.pixel_array * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
     for name, (low, high) in CT_WINDOWS.items():
-        out = ct_slice(image_size=ds.Rows, window=name)({"image": path})["image"]
+        out = preprocessing(["chest_ct"], ds.Rows, window=name)({"image": path})["image"]
         check_output(out, ds.Rows)
         np.testing.assert_allclose(out[0].numpy(), np.clip((hu - low) / (high - low), 0, 1), atol=1e-6)
 
@@ -89,14 +90,14 @@ def test_mr_small_dicom_percentiles():
     path = get_testdata_file("MR_small.dcm")
     values = pydicom.dcmread(path).pixel_array.astype(np.float64)
     low, high = np.percentile(values, [2, 98])
-    out = mri_slice(image_size=64, percentiles=(2, 98))({"image": path})["image"]
+    out = preprocessing(["br35h"], 64, **{"intensity#0#lower": 2, "intensity#0#upper": 98})({"image": path})["image"]
     np.testing.assert_allclose(out[0].numpy(), np.clip((values - low) / (high - low), 0, 1), atol=1e-5)
 
 
 def test_pet_slice_scales_suv(tmp_path):
     suv = np.linspace(0, 12, 16 * 16, dtype=np.float32).reshape(16, 16)
     np.save(tmp_path / "suv.npy", suv)
-    out = pet_slice(image_size=16, suv_max=8.0)({"image": str(tmp_path / "suv.npy")})["image"]
+    out = preprocessing(["pet"], 16, suv_max=8.0)({"image": str(tmp_path / "suv.npy")})["image"]
     np.testing.assert_allclose(out[0].numpy(), np.clip(suv / 8.0, 0, 1), atol=1e-6)
 
 
@@ -104,13 +105,13 @@ def test_resize_antialiases_when_shrinking(tmp_path):
     """A one-pixel checkerboard shrunk 128 -> 48 blurs to mid grey (std ~0.01); plain bilinear aliases (std ~0.15)."""
     board = (np.indices((128, 128)).sum(0) % 2 * 255).astype(np.uint8)
     Image.fromarray(board).save(tmp_path / "board.png")
-    out = oct_bscan(image_size=48)({"image": str(tmp_path / "board.png")})["image"]
+    out = preprocessing(image_size=48)({"image": str(tmp_path / "board.png")})["image"]
     assert abs(float(out.mean()) - 0.5) < 0.02 and float(out.std()) < 0.05
 
 
 def test_real_images_of_every_shared_set(shared_data):
-    for name, (factory, per_folder) in REAL_SAMPLES.items():
-        pipeline = factory(256, window=None) if factory is ct_slice else factory(256)
+    for name, (presets, per_folder) in REAL_SAMPLES.items():
+        pipeline = preprocessing(presets, 256)
         folders = sorted(p for p in (shared_data / name).glob("*/*") if p.is_dir())
         assert folders, f"no class folders in {shared_data / name}"
         for folder in folders:
@@ -127,7 +128,7 @@ def test_real_rgba_png_with_jpg_name(shared_data):
     with Image.open(path) as image:
         assert image.mode == "RGBA"
         luma = np.asarray(image.convert("L"), np.float32)
-    out = mri_slice(image_size=256, percentiles=None)({"image": str(path)})["image"]
+    out = preprocessing(image_size=256)({"image": str(path)})["image"]
     expected = torch.nn.functional.interpolate(torch.from_numpy(luma / 255)[None, None], (256, 256),
                                                mode="bilinear", antialias=True)[0, 0]
     assert float((out[0] - expected).abs().mean()) < 0.01
@@ -136,12 +137,12 @@ def test_real_rgba_png_with_jpg_name(shared_data):
 def test_display_image_rejected_by_hu_window(tmp_path):
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "ct.png")
     with pytest.raises(RuntimeError) as excinfo:
-        ct_slice(64, window="lung")({"image": str(tmp_path / "ct.png")})
+        preprocessing(["chest_ct"], 64)({"image": str(tmp_path / "ct.png")})
     assert bad_input(excinfo).path == tmp_path / "ct.png" and "expects HU" in str(bad_input(excinfo))
     with pytest.raises(RuntimeError) as excinfo:
-        pet_slice(64)({"image": str(tmp_path / "ct.png")})
+        preprocessing(["pet"], 64)({"image": str(tmp_path / "ct.png")})
     assert "expects SUV" in str(bad_input(excinfo))
-    for pipeline in (ct_slice(64, window=None), ct_slice(64, window="none"), pet_slice(64, suv_max="none")):
+    for pipeline in (preprocessing(["chest_ct_png"], 64), preprocessing(image_size=64)):  # display-image settings
         assert pipeline({"image": str(tmp_path / "ct.png")})["image"].shape == (3, 64, 64)
 
 
@@ -156,7 +157,7 @@ def test_bad_files_are_named(tmp_path, case):
     elif case == "volume":
         np.save(path, np.zeros((3, 4, 4), np.float32))
     with pytest.raises(RuntimeError) as excinfo:
-        oct_bscan(64)({"image": str(path)})
+        preprocessing(image_size=64)({"image": str(path)})
     error = bad_input(excinfo)
     assert error.path == path
     assert {"truncated": "unreadable", "missing": "not found", "nan": "NaN", "volume": "expected a 2-D"}[case] in str(

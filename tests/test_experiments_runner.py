@@ -4,19 +4,25 @@ One module fixture writes 64x64 phantom B-scans and runs the ``main`` table (tea
 EfficientAD-S, PatchCore, RD4AD) and ``table5`` restricted to ``1_conv`` into the same run folder, at 2 student and
 2 teacher iterations. The tests check the tables it wrote, the markdown, the refusal of unknown rows, and that running
 a table again resumes its rows instead of training them again. The whole file took 70 s to 95 s in three runs on the
-shared 2-core machine (``OMP_NUM_THREADS=1``, load average 5-6); most of it is the start-up of the 7
-``monai.bundle run`` subprocesses. It writes about 330 MB of checkpoints under pytest's tmp_path.
+shared 2-core machine (``OMP_NUM_THREADS=1``, load average 5-6) when the baselines trained in the runner's own loop;
+since they train through the bundle (a training and an evaluation ``monai.bundle run`` each, 11 subprocesses in the
+fixture) it took 198 s and 217 s beside a long study (load 2-3), where the earlier version took 143 s. Most of it
+is the start-up of the subprocesses. It writes about 330 MB of checkpoints under pytest's tmp_path.
 """
 
+import csv
 import json
 import shutil
 import time
 
 import pytest
 import torch
+from monai.bundle import ckpt_export
 
 from experiments import compare, report, run
 from hdhkd_monai.data.phantom import ANOMALY_CLASSES, write_phantom
+from hdhkd_monai.handlers import load_network
+from hdhkd_monai.launcher import CONFIGS, read_config
 
 pytestmark = pytest.mark.slow
 
@@ -69,6 +75,33 @@ def test_tables_have_one_row_per_expected_name_with_metrics_counts_and_budget(ru
         # the baselines' per-image scores pair with HDHKD's, image by image, for experiments/compare.py
         labels, _, _ = compare.paired(hdhkd_scores, compare.read_scores(out / "baselines" / name), "a", "b")
         assert labels.size == N_TEST_PER_CLASS * (1 + len(ANOMALY_CLASSES))
+
+
+def test_a_baseline_trained_by_the_runner_is_a_bundle_model_that_inference_json_scores_and_exports(runs, tmp_path):
+    """The runner trains RD4AD with the bundle's train.json + rd4ad.json, so its folder is a bundle like HDHKD's:
+    inference.json + rd4ad.json rebuilds the detector from model.pt's settings and scores the test images as the
+    evaluation did, and MONAI's ckpt_export gives a TorchScript model (traced) with the same maps."""
+    _, out, _ = runs
+    root = out / "baselines" / "RD4AD"
+    parser = read_config(["inference", "rd4ad"], bundle_root=str(root), input=str(out / "datalist.json"),
+                         output_dir=str(tmp_path / "inference"))  # fmt: skip
+    parser.get_parsed_content("evaluator").run()
+    with open(tmp_path / "inference" / "scores.csv", newline="") as f:
+        inferred = {row["path"]: float(row["score"]) for row in csv.DictReader(f)}
+    evaluated = {path: score for path, (_, score) in compare.read_scores(root).items()}
+    assert inferred.keys() == evaluated.keys()
+    assert all(abs(inferred[p] - evaluated[p]) < 1e-5 for p in inferred), (inferred, evaluated)
+
+    exported = tmp_path / "rd4ad.ts"
+    ckpt_export(
+        net_id="network_def", filepath=str(exported), ckpt_file=str(root / "models" / "model.pt"), key_in_ckpt="model",
+        meta_file=str(CONFIGS / "metadata.json"), config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / "rd4ad.json")],
+        bundle_root=str(root), use_trace=True, input_shape=[1, 3, BUDGET["image_size"], BUDGET["image_size"]],
+    )  # fmt: skip
+    network = load_network(parser.get_parsed_content("network_def"), root / "models" / "model.pt", key="model").eval()
+    x = torch.rand(2, 3, BUDGET["image_size"], BUDGET["image_size"])
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.load(str(exported))(x), network(x), rtol=1e-5, atol=1e-6)
 
 
 def test_hdhkd_rows_train_their_own_ablation_and_evaluate_from_their_checkpoint(runs):
@@ -166,11 +199,10 @@ def test_baselines_evaluated_under_the_same_budget_are_read_back_and_a_new_budge
 
     _, out, tables = runs
 
-    def train(*args):
+    def train(*args, **kwargs):
         raise Retrained
 
-    monkeypatch.setattr(baselines, "_train", train)
-    monkeypatch.setattr(baselines.PatchCore, "fit", train)
+    monkeypatch.setattr(baselines, "run_bundle", train)
     args = run.argparse.Namespace(**{k: v for k, v in BUDGET.items() if k != "teacher_iterations"}, fresh=False,
                                   baselines=list(BASELINES))
     inputs = (out, out / "datalist.json", run.REPO / "configs" / "oct2017.json", out / "teacher" / "models" / "teacher.pt")

@@ -21,7 +21,7 @@ from torch import nn
 from hdhkd_monai.data import datalist as dl
 from hdhkd_monai.data import slices
 from hdhkd_monai.errors import BadInputError, SettingsMismatchError, one_line_error, run_cli
-from hdhkd_monai.data.transforms import ct_slice, oct_bscan, preprocessing_fingerprint
+from hdhkd_monai.data.transforms import preprocessing_fingerprint
 from hdhkd_monai.handlers import (
     AtomicCheckpointSaver,
     EvaluationReport,
@@ -31,7 +31,7 @@ from hdhkd_monai.handlers import (
 )
 from hdhkd_monai.__main__ import main as entry_point
 from conftest import REPO_ROOT as REPO
-from hdhkd_monai.launcher import CONFIGS, read_config
+from hdhkd_monai.launcher import CONFIGS, preprocessing, read_config
 from hdhkd_monai.networks import HDHKD, PDN, SS2D
 from hdhkd_monai.pretrained import default_weights
 from test_bundle_workflows import TINY, write_phantom_data
@@ -279,9 +279,9 @@ def test_slice_maps_go_back_to_the_source_volume_voxel_for_voxel(tmp_path, modal
 def test_a_model_run_with_another_preprocessing_is_named(tmp_path):
     """The data set's config file forgotten at inference (a CT model through the OCT pipeline): model.pt stores
     what its preprocessing makes of a probe slice, and the loader compares."""
-    lung, oct_ = (preprocessing_fingerprint(p) for p in (ct_slice(64, "lung"), oct_bscan(64)))
-    assert lung != oct_ and lung == preprocessing_fingerprint(ct_slice(64, "lung"))
-    assert preprocessing_fingerprint(oct_bscan(32))[0] == [3, 32, 32]
+    lung, oct_ = (preprocessing_fingerprint(p) for p in (preprocessing(["chest_ct"], 64), preprocessing(image_size=64)))
+    assert lung != oct_ and lung == preprocessing_fingerprint(preprocessing(["chest_ct"], 64))
+    assert preprocessing_fingerprint(preprocessing(image_size=32))[0] == [3, 32, 32]
     net = nn.Linear(2, 1)
     save_checkpoint({"model": net}, tmp_path / "model.pt", extra={"preprocessing": lung})
     engine = Engine(lambda e, b: None)

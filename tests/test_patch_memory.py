@@ -134,8 +134,10 @@ def test_a_model_stored_before_the_memory_and_normalisation_settings_loads_as_ma
     input normalisation, and load so; asking them for a memory is a named mismatch."""
     stored = {"score_top_k": 20, "teacher": {"type": "PretrainedTeacher", "backbone": "b", "weights": None}}
     now = {**stored, "memory": None, "teacher": {**stored["teacher"], "normalization": "backbone"}}
-    check_settings(stored_flat_settings(stored), now)
+    check_settings(stored_flat_settings(stored, HDHKD.later_settings), now)
     with pytest.raises(SettingsMismatchError, match="memory"):
-        check_settings(stored_flat_settings(stored), {**now, "memory": {"coreset_ratio": 0.1, "max_patches": 4096}})
+        check_settings(stored_flat_settings(stored, HDHKD.later_settings), {**now, "memory": {"coreset_ratio": 0.1, "max_patches": 4096}})
     with pytest.raises(SettingsMismatchError, match="normalization"):
-        check_settings(stored_flat_settings(stored), {**now, "teacher": {**now["teacher"], "normalization": "imagenet"}})
+        check_settings(stored_flat_settings(stored, HDHKD.later_settings), {**now, "teacher": {**now["teacher"], "normalization": "imagenet"}})
+    baseline = {"image_size": 64, "teacher": {"type": "PDN"}}  # another detector's settings gain nothing
+    assert stored_flat_settings(baseline, {}) == {"image_size": 64, "teacher.type": "PDN"}

@@ -12,9 +12,9 @@ import sys
 import pytest
 from monai.bundle import ConfigWorkflow
 
-from hdhkd_monai.data.transforms import ct_slice, preprocessing_fingerprint
+from hdhkd_monai.data.transforms import preprocessing_fingerprint
 from hdhkd_monai.handlers import save_checkpoint
-from hdhkd_monai.launcher import CONFIGS, bundle_command, read_config
+from hdhkd_monai.launcher import CONFIGS, bundle_command, preprocessing, read_config
 from test_bundle_workflows import TINY, write_phantom_data
 
 
@@ -63,7 +63,7 @@ def test_a_checkpoint_made_with_other_settings(phantom, monkeypatch, capsys, tmp
     """A model trained on CT slices (its stored preprocessing), run through the OCT inference config."""
     net = read_config(["train"], bundle_root=str(tmp_path), **TINY).get_parsed_content("anomaly_net")
     ckpt = tmp_path / "models" / "model.pt"
-    save_checkpoint({"model": net}, ckpt, extra={"preprocessing": preprocessing_fingerprint(ct_slice(64, "lung"))})
+    save_checkpoint({"model": net}, ckpt, extra={"preprocessing": preprocessing_fingerprint(preprocessing(["chest_ct"], 64))})
     line = _last_line(monkeypatch, capsys, ["inference"], bundle_root=str(tmp_path), input=str(phantom / "data"))
     assert line.startswith(f"error: settings differ from those {ckpt} was made with: preprocessing: made with")
     assert line.endswith("Use the configuration it was trained with (same config files and overrides), or train a "

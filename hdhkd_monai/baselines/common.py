@@ -1,4 +1,7 @@
-"""Pieces the baselines share: input checks, batch iteration, frozen sub-networks and map smoothing."""
+"""Pieces the baselines share: input checks, batch iteration, frozen sub-networks and map smoothing.
+
+May import ``baselines``, ``networks`` and the layers below; never ``engines`` or ``handlers``.
+"""
 
 from __future__ import annotations
 

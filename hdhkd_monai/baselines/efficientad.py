@@ -5,7 +5,10 @@ A frozen, normalised PDN teacher (the same distilled :class:`~hdhkd_monai.networ
 PDN with twice the teacher's channels, the first half imitating the teacher on normal images (hard-feature loss), the
 second half imitating an autoencoder; the autoencoder reconstructs the teacher features through a 64-value code.
 Local anomalies show as teacher-student discrepancy, logical/global ones as autoencoder-student discrepancy; both
-maps are quantile-normalised on normal validation images and averaged.
+maps are quantile-normalised on normal validation images and averaged. The bundle trains it with
+``configs/efficientad.json``: :class:`EfficientADLoss` on its training-mode output.
+
+May import ``anomaly_map``, ``losses``, ``networks`` and ``baselines.common``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from hdhkd_monai.baselines.common import check_images, freeze, iterate_batches
 from hdhkd_monai.losses import DistillationLoss
 from hdhkd_monai.networks import PDN, Detector
 
-__all__ = ["AutoEncoder", "EfficientAD"]
+__all__ = ["AutoEncoder", "EfficientAD", "EfficientADLoss"]
 
 class AutoEncoder(nn.Module):
     """EfficientAD's autoencoder: strided convolutions down to a 64-value code, then bilinear upsampling + convolutions.
@@ -87,6 +90,9 @@ class EfficientAD(Detector):
             factor in [0.8, 1.2], one chosen at random per batch), as the paper does.
         quantiles: (low, high) quantiles of the map normalisation, (0.9, 0.995) in the paper.
 
+    forward: in training mode :meth:`training_outputs`, what :class:`EfficientADLoss` compares; in eval mode the
+    :class:`~hdhkd_monai.anomaly_map.AnomalyPrediction` of every detector.
+
     Buffers ``quantiles_st`` and ``quantiles_ae`` [2] are NaN until :meth:`fit_map_normalisation`.
     """
 
@@ -101,6 +107,9 @@ class EfficientAD(Detector):
         quantiles: tuple[float, float] = (0.9, 0.995),
     ) -> None:
         super().__init__()
+        size = [image_size] * 2 if isinstance(image_size, int) else list(image_size)
+        self.settings = {"image_size": size[0] if size[0] == size[1] else size, "student_size": student_size,
+                         "teacher": {"type": type(teacher).__name__, **getattr(teacher, "settings", {})}}
         if not teacher.feat_mean.any() and bool((teacher.feat_std == 1).all()):
             warnings.warn(
                 "the teacher's feature statistics are unset (feat_mean 0, feat_std 1): EfficientAD will train on raw "
@@ -112,7 +121,7 @@ class EfficientAD(Detector):
         self.channels = teacher.out_channels
         self.student = PDN(size=student_size, out_channels=2 * self.channels, padding=teacher.padding)
         self.autoencoder = AutoEncoder(image_size, self.channels)
-        self.hard_loss = DistillationLoss(hard_quantile=hard_quantile)
+        self.hard_quantile = hard_quantile
         self.penalty_weight = penalty_weight
         self.augment = augment
         self.quantiles = quantiles
@@ -148,29 +157,41 @@ class EfficientAD(Detector):
         reconstruction = self.autoencoder(x, target.shape[-2:])
         return target, student[:, : self.channels], student[:, self.channels :], reconstruction
 
+    def forward(self, x: torch.Tensor):
+        if not torch.jit.is_scripting() and self.training:  # TorchScript exports the inference path only
+            return self.training_outputs(x)
+        return super().forward(x)
+
+    def training_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """What :class:`EfficientADLoss` compares, for normal images ``x`` [B, 3, H, W] in [0, 1]: ``(target,
+        student, ae_target, ae_student, reconstruction)``, the normalised teacher features and the student's output
+        on ``x``, then the same two and the autoencoder's on the copy the autoencoder branch sees (colour-jittered
+        in training when ``augment`` is set, else ``x`` itself)."""
+        check_images(x)
+        with torch.no_grad():
+            target = self.teacher.normalize(self.teacher(x))
+        student, ae_target, ae_student = self.student(x), target, None
+        if self.training and self.augment:  # the autoencoder branch sees a jittered copy
+            x = self._jitter(x)
+            with torch.no_grad():
+                ae_target = self.teacher.normalize(self.teacher(x))
+            ae_student = self.student(x)
+        ae_student = student if ae_student is None else ae_student
+        return target, student, ae_target, ae_student, self.autoencoder(x, target.shape[-2:])
+
     def loss(self, x: torch.Tensor, penalty_images: torch.Tensor | None = None) -> torch.Tensor:
-        """Scalar training loss: hard student-teacher loss (+ penalty) + autoencoder loss + student-AE loss.
+        """Scalar training loss: :class:`EfficientADLoss` of :meth:`training_outputs` (+ penalty).
 
         Args:
             x: normal training images [B, 3, H, W] in [0, 1].
             penalty_images: optional [B', 3, H', W'] images unlike the training data (ImageNet in the paper) on
                 which the student's teacher half is pushed towards zero output.
         """
-        check_images(x)
-        with torch.no_grad():
-            target = self.teacher.normalize(self.teacher(x))
-        student = self.student(x)
-        loss = self.hard_loss(target, student[:, : self.channels])
+        loss = EfficientADLoss(self.hard_quantile)(*self.training_outputs(x))
         if penalty_images is not None:
             check_images(penalty_images, "penalty_images")
             loss = loss + self.penalty_weight * self.student(penalty_images)[:, : self.channels].square().mean()
-        if self.training and self.augment:  # the autoencoder branch sees a jittered copy
-            x = self._jitter(x)
-            with torch.no_grad():
-                target = self.teacher.normalize(self.teacher(x))
-            student = self.student(x)
-        reconstruction = self.autoencoder(x, target.shape[-2:])
-        return loss + F.mse_loss(reconstruction, target) + F.mse_loss(student[:, self.channels :], reconstruction)
+        return loss
 
     @torch.no_grad()
     def local_global_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,3 +250,22 @@ class EfficientAD(Detector):
         """One of brightness, contrast or saturation changed by a factor in [0.8, 1.2], for the whole batch."""
         adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)[int(torch.randint(3, ()))]
         return adjust(x, float(torch.empty(()).uniform_(0.8, 1.2)))
+
+
+class EfficientADLoss(nn.Module):
+    """EfficientAD's training loss from :meth:`EfficientAD.training_outputs`: the hard-feature loss of the student's
+    first half against the teacher, plus the autoencoder's MSE against the teacher and the student's second half's
+    MSE against the autoencoder (both on the autoencoder branch's images).
+
+    Args:
+        hard_quantile: the hard-feature loss keeps squared errors at or above this quantile (0.999 in the paper).
+    """
+
+    def __init__(self, hard_quantile: float = 0.999) -> None:
+        super().__init__()
+        self.hard_loss = DistillationLoss(hard_quantile=hard_quantile)
+
+    def forward(self, target, student, ae_target, ae_student, reconstruction) -> torch.Tensor:
+        channels = target.shape[1]
+        return (self.hard_loss(target, student[:, :channels]) + F.mse_loss(reconstruction, ae_target)
+                + F.mse_loss(ae_student[:, channels:], reconstruction))

@@ -5,7 +5,10 @@ neighbourhood average of two layers, channel pooling) from all normal training i
 greedy k-center coreset selection on the features themselves (optionally on a random projection of them: faster, but
 on brainmri a projection to 128 dimensions cost 0.2-5.0 AUROC points; docs/results.md, issue 21). A test patch scores
 its distance to the nearest bank entry; the image score is the largest patch score (optionally reweighted as in the
-paper's eq. 7); the map is the patch scores upsampled to the image and Gaussian-blurred (sigma 4).
+paper's eq. 7); the map is the patch scores upsampled to the image and Gaussian-blurred (sigma 4). The bundle fits
+it with ``configs/patchcore.json``: ``FitTrainer`` hands it the training batches (:meth:`PatchCore.partial_fit`).
+
+May import ``anomaly_map``, ``distill`` (its feature extractor), ``networks`` and ``baselines.common``.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class PatchCore(Detector):
         sigma: Gaussian blur of the anomaly map, in image pixels.
         seed: seed of the projection and of the coreset's first point.
         chunk_elements: bound on the elements of each query-by-bank distance matrix (memory).
+        image_size: the input side it is fitted at, recorded in ``settings`` (inference builds the model and its
+            preprocessing from them); ``None`` records none.
         normalization: input normalisation of the backbone, ``"backbone"`` or ``"imagenet"`` (see
             :func:`hdhkd_monai.pretrained.input_normalization`).
 
@@ -71,9 +76,14 @@ class PatchCore(Detector):
         sigma: float = 4.0,
         seed: int = 0,
         chunk_elements: int = 2**24,
+        image_size: int | None = None,
         normalization: str = "backbone",
     ) -> None:
         super().__init__()
+        # what changes a fitted model's outputs; the coreset's ratio, projection and seed only choose the bank
+        self.settings = {"backbone": backbone, "layers": list(layers), "out_channels": out_channels,
+                         "reweight": reweight, "num_neighbors": num_neighbors, "sigma": sigma, "image_size": image_size,
+                         "normalization": normalization}
         if not 0 < coreset_ratio <= 1:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
         self.features = PatchCoreTarget(backbone, weights, layers, out_channels, normalization)
@@ -85,11 +95,11 @@ class PatchCore(Detector):
         self.seed = seed
         self.chunk_elements = chunk_elements
         self.register_buffer("memory_bank", torch.empty(0, out_channels))
+        self._patches: list[torch.Tensor] = []  # partial_fit's patch features, until finish_fit
         self.register_load_state_dict_pre_hook(_resize_memory_bank)
 
-    @torch.no_grad()
     def fit(self, images: torch.Tensor | Iterable) -> PatchCore:
-        """Build the memory bank from normal images.
+        """Build the memory bank from normal images: :meth:`partial_fit` of each batch, then :meth:`finish_fit`.
 
         Args:
             images: a batch [B, 3, H, W] in [0, 1], or an iterable of such batches (or of dicts with key "image",
@@ -98,14 +108,21 @@ class PatchCore(Detector):
         Returns:
             self, with ``memory_bank`` [M, out_channels], M = max(1, round(coreset_ratio * patches)).
         """
-        device = self.memory_bank.device
-        patches = [
-            rearrange(self.features(x.to(device)), "b c h w -> (b h w) c")
-            for x in tqdm(iterate_batches(images), desc="PatchCore: features", unit="batch")
-        ]
-        if not patches:
+        for x in tqdm(iterate_batches(images), desc="PatchCore: features", unit="batch"):
+            self.partial_fit(x)
+        return self.finish_fit()
+
+    @torch.no_grad()
+    def partial_fit(self, x: torch.Tensor) -> None:
+        """Keep the patch features of normal images ``x`` [B, 3, H, W] for :meth:`finish_fit`."""
+        self._patches.append(rearrange(self.features(x.to(self.memory_bank.device)), "b c h w -> (b h w) c"))
+
+    def finish_fit(self) -> PatchCore:
+        """The memory bank from the patch features kept by :meth:`partial_fit` (:meth:`fit_bank`); returns self."""
+        if not self._patches:
             raise ValueError("PatchCore.fit received no images: the image iterable or data loader is empty")
-        return self.fit_bank(torch.cat(patches))
+        patches, self._patches = torch.cat(self._patches), []
+        return self.fit_bank(patches)
 
     @torch.no_grad()
     def fit_bank(self, patches: torch.Tensor) -> PatchCore:

@@ -8,6 +8,9 @@ anomaly map is its sum over the scales, upsampled and Gaussian-smoothed.
 
 Channel counts come from the encoder's ``feature_info``, so any timm backbone with three consecutive stride-doubling
 feature levels works: WideResNet-50-2 (the paper, 256/512/1024 channels) or an EfficientNet-Lite (24/40/112).
+The bundle trains it with ``configs/rd4ad.json``: :class:`ReverseDistillationLoss` on its training-mode output.
+
+May import ``anomaly_map``, ``pretrained``, ``networks`` and ``baselines.common``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from hdhkd_monai.baselines.common import ImageNormalize, check_images, freeze, s
 from hdhkd_monai.networks import Detector
 from hdhkd_monai.pretrained import create_backbone, input_normalization
 
-__all__ = ["RD4AD", "OneClassBottleneck", "ReverseDecoder", "ResidualBottleneck"]
+__all__ = ["RD4AD", "OneClassBottleneck", "ReverseDecoder", "ReverseDistillationLoss", "ResidualBottleneck"]
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
@@ -143,6 +146,11 @@ class RD4AD(Detector):
         bottleneck_blocks: residual blocks in the one-class embedding.
         decoder_blocks: residual blocks per decoder stage, deepest first.
         sigma: Gaussian smoothing of the anomaly map, in image pixels.
+        image_size: the input side it is trained at, recorded in ``settings`` (inference builds the model and its
+            preprocessing from them); ``None`` records none.
+
+    forward: in training mode :meth:`features`, what :class:`ReverseDistillationLoss` compares; in eval mode the
+    :class:`~hdhkd_monai.anomaly_map.AnomalyPrediction` of every detector.
 
     Input images are [B, 3, H, W] in [0, 1] with H, W multiples of 32; normalisation for the encoder happens inside.
     """
@@ -155,8 +163,11 @@ class RD4AD(Detector):
         bottleneck_blocks: int = 3,
         decoder_blocks: Sequence[int] = (3, 4, 6),
         sigma: float = 4.0,
+        image_size: int | None = None,
     ) -> None:
         super().__init__()
+        self.settings = {"backbone": backbone, "layers": list(layers), "bottleneck_blocks": bottleneck_blocks,
+                         "decoder_blocks": list(decoder_blocks), "sigma": sigma, "image_size": image_size}
         if len(layers) != 3 or len(decoder_blocks) != 3:
             raise ValueError(f"RD4AD needs 3 encoder layers and 3 decoder stages, got {layers} and {decoder_blocks}")
         self.normalize = ImageNormalize(*input_normalization(backbone))
@@ -190,10 +201,14 @@ class RD4AD(Detector):
             encoded = self.encoder(self.normalize(x))
         return encoded, self.decoder(self.bottleneck(encoded))
 
+    def forward(self, x: torch.Tensor):
+        if not torch.jit.is_scripting() and self.training:  # TorchScript exports the inference path only
+            return self.features(x)
+        return super().forward(x)
+
     def loss(self, x: torch.Tensor) -> torch.Tensor:
-        """Scalar training loss: sum over scales of the mean per-pixel cosine distance (paper eq. 2-3)."""
-        encoded, decoded = self.features(x)
-        return sum(_cosine_distance(e, d).mean() for e, d in zip(encoded, decoded))
+        """Scalar training loss of images ``x`` (:class:`ReverseDistillationLoss` of :meth:`features`)."""
+        return ReverseDistillationLoss()(*self.features(x))
 
     @torch.no_grad()
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -211,6 +226,14 @@ class RD4AD(Detector):
         """[B, 3, H, W] -> image scores [B] (map maximum) and anomaly maps [B, 1, H, W]."""
         maps = self.anomaly_map(x)
         return AnomalyPrediction(maps.flatten(1).amax(dim=1), maps)
+
+
+class ReverseDistillationLoss(nn.Module):
+    """RD4AD's loss (paper eq. 2-3): the sum over scales of the mean per-pixel cosine distance between encoder and
+    decoder features, each a sequence of [B, c_k, h_k, w_k] maps."""
+
+    def forward(self, encoded: Sequence[torch.Tensor], decoded: Sequence[torch.Tensor]) -> torch.Tensor:
+        return sum(_cosine_distance(e, d).mean() for e, d in zip(encoded, decoded))
 
 
 def _cosine_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

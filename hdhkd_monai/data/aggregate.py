@@ -2,6 +2,9 @@
 
 Items are datalist items carrying "volume" (and "label", "class", "patient"), as written by
 ``python -m hdhkd_monai.data.slices``; a volume is abnormal when any of its slices is.
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); nothing of the networks or above.
 """
 
 from __future__ import annotations

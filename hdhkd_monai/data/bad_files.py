@@ -3,6 +3,9 @@
 A bad file (unreadable, truncated, wrong shape, NaNs, missing DICOM tags, a broken series) raises
 :class:`~hdhkd_monai.errors.BadInputError` whose message starts with the offending path. Loaders that take
 ``skip_bad=True`` catch it through :class:`BadFileLog` instead: each skipped file is logged as a warning and the total is logged once at the end.
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); nothing of the networks or above.
 """
 
 from __future__ import annotations

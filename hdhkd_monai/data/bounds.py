@@ -7,6 +7,9 @@
   input's own size, so a bigger image costs memory and time in proportion (a 6000 x 6000 PNG took 96 s, 5.9 GB and a
   106 MB map). :class:`ImageTooLargeError` names the option that scores a downscaled copy instead
   (:func:`downscaled_copy`), which bounds memory for any input.
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); nothing of the networks or above.
 """
 
 from __future__ import annotations

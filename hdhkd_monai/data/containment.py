@@ -9,6 +9,9 @@
 
 Characters that matter to shells and to MONAI's config syntax (``$ @ % ; |``) stay in the names: the project never
 passes a path through a shell, and paths reach the configs as values, not as config text.
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); nothing of the networks or above.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ CLI::
     python -m hdhkd_monai.data.datalist br35h ROOT --out datalist.json
     python -m hdhkd_monai.data.datalist folders ROOT --normal normal --out datalist.json
     python -m hdhkd_monai.data.datalist csv FILE.csv --out datalist.json
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); nothing of the networks or above.
 """
 
 from __future__ import annotations

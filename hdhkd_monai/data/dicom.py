@@ -15,6 +15,9 @@ affine in RAS (nibabel's convention) for the index order ``(i=col, j=row, k)``.
 Every problem raises :class:`~hdhkd_monai.errors.BadInputError` naming the file or folder: unreadable or
 truncated files, mixed series (several SeriesInstanceUIDs, orientations or shapes), missing or duplicated slices
 (irregular spacing along the normal), and for PET each tag that SUV needs.
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); nothing of the networks or above.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ File names follow Kermany's ``CLASS-PATIENT-IMAGE`` pattern (three images per sy
 patients disjoint), so the datalist builders split them by patient exactly as the real data.
 
 CLI: ``python -m hdhkd_monai.data.phantom --out DIR --n-train 60 --n-test-per-class 10 --size 256 --seed 0``.
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); nothing of the networks or above.
 """
 
 from __future__ import annotations

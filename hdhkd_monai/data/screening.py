@@ -5,6 +5,9 @@ An input is skipped when it is a symlink out of the input folder, not a regular 
 (:mod:`~hdhkd_monai.data.bounds`; a too-large image is replaced by a downscaled copy when asked), or not decodable
 by the reader the preprocessing uses; a volume when it cannot be read or cut into slices. Images are checked in
 parallel threads (the decoders release the GIL).
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); nothing of the networks or above.
 """
 
 from __future__ import annotations

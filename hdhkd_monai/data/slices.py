@@ -6,7 +6,7 @@ patient, at volume level, so all slices of a volume land in one split. Each volu
 filtered for empty slices, and written as ``OUT/<volume id>/<slice index>.npy``.
 
 Slices are float32 ``.npy`` files, not PNGs: they keep the physical values (HU, SUV) exactly, so the CT window or
-the PET SUV range stays a choice of the preprocessing config (``ct_slice(window=...)``, ``pet_slice(suv_max=...)``)
+the PET SUV range stays a choice of the preprocessing config (``window`` of ``configs/chest_ct.json``, ``suv_max`` of ``configs/pet.json``)
 instead of being baked in when slicing; a 16-bit PNG would need a fixed offset and scale per modality, and an 8-bit
 one would lose precision. The per-modality pipelines read them with the same reader as PNGs.
 
@@ -21,6 +21,9 @@ CLI::
     python -m hdhkd_monai.data.slices csv volumes.csv --modality pet --out DIR --slice-labels labels.csv
 
 writes the slices and ``DIR/datalist.json``. Per-volume scores: :func:`hdhkd_monai.data.aggregate.volume_scores`.
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); nothing of the networks or above.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
-"""One MONAI dictionary pipeline per modality: load a 2-D slice, scale it to [0, 1], resize, grey -> 3 channels.
+"""The project's own transforms of the preprocessing lists in the bundle configs, where MONAI has none.
 
-Every factory returns a :class:`monai.transforms.Compose` on the key ``"image"`` (and ``"mask"`` when an item has
-one) and is meant to be called from a bundle config::
-
-    "preprocessing": {"_target_": "hdhkd_monai.data.transforms.ct_slice", "image_size": "@image_size",
-                      "window": "lung"}
+The preprocessing itself is a ``Compose`` list in ``train.json`` and ``inference.json`` (key ``preprocessing``):
+load the slice (``LoadImaged`` with :class:`SliceReader`, key ``image_reader``), channel first, the intensity step
+(key ``intensity``: a list the data-set presets in ``configs/`` replace: OCT's ``intensity_range`` with
+:class:`RequireRanged`, MRI's percentiles, a CT window from :func:`ct_window`, PET's SUV range), resize to
+``image_size``, grey -> 3 channels, float32. ``hdhkd_monai.launcher.preprocessing`` builds it in Python.
 
 Output: ``image`` float32 [3, image_size, image_size] in [0, 1] (no ImageNet normalisation; the networks take
 [0, 1] input); ``mask`` float32 [1, image_size, image_size] in {0, 1}. :class:`EnsureMaskd` gives items without a
@@ -19,12 +19,15 @@ Loading goes through :class:`SliceReader`, so every modality accepts the same fi
   B-scans, secondary captures) as a display image like a PNG, its stored range (``BitsStored``) mapped to [0, 1] and
   MONOCHROME1 inverted (:func:`hdhkd_monai.data.dicom.pixel_values`).
 
-Where a pipeline maps the data's own range to [0, 1] (``oct_bscan``'s ``intensity_range``, and the display-image
-settings of the others), a value outside that range is an error naming the file (:class:`RequireRanged`), not a
-silent clip; windows (``ct_slice``'s HU window, ``pet_slice``'s ``suv_max``) clip, which is what a window is for.
+Where an intensity step maps the data's own range to [0, 1] (OCT's ``intensity_range``, the display-image presets),
+a value outside that range is an error naming the file (:class:`RequireRanged`), not a silent clip; windows (a CT
+window, PET's ``suv_max``) clip, which is what a window is for.
 
 Arrays keep image row/column order ([H, W], as PIL and numpy index them; MONAI's own PILReader transposes unless
 ``reverse_indexing=False``), so anomaly maps computed on the output overlay the original image directly.
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); nothing of the networks or above.
 """
 
 from __future__ import annotations
@@ -36,18 +39,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from monai.data import ImageReader, MetaTensor
-from monai.transforms import (
-    AsDiscreted,
-    Compose,
-    EnsureChannelFirstd,
-    EnsureTyped,
-    LoadImaged,
-    MapTransform,
-    RepeatChanneld,
-    Resized,
-    ScaleIntensityRanged,
-    ScaleIntensityRangePercentilesd,
-)
+from monai.transforms import Compose, MapTransform
 from monai.utils import MetaKeys
 from PIL import Image
 
@@ -80,7 +72,7 @@ class SliceReader(ImageReader):
     Args:
         display_images: accept PNG/JPEG/... files. False for pipelines that window physical units (CT HU, PET SUV):
             a display image is already windowed, and windowing it again would silently give a blank image.
-        purpose: wording for that error (e.g. "ct_slice(window='lung') expects HU").
+        purpose: wording for that error (e.g. "a CT window expects HU values").
     """
 
     def __init__(self, display_images: bool = True, purpose: str = ""):
@@ -105,8 +97,8 @@ class SliceReader(ImageReader):
         try:
             if not self.display_images and (suffix in DISPLAY_SUFFIXES or dicom.holds_display_image(path)):
                 raise BadInputError(path, f"{self.purpose}; this display image (PNG/JPEG, or a DICOM other than CT, "
-                                          "PET or MR) is already windowed: use the display-image setting "
-                                          "(window / suv_max None) for it")
+                                          "PET or MR) is already windowed: use a display-image preset "
+                                          "(configs/chest_ct_png.json) for it")
             if suffix == ".npy":
                 array = np.load(path, allow_pickle=False).astype(np.float32)
             elif suffix == ".dcm":
@@ -126,11 +118,6 @@ class SliceReader(ImageReader):
             raise BadInputError(path, f"{int((~np.isfinite(array)).sum())} NaN or infinite pixel values")
         meta = {MetaKeys.SPATIAL_SHAPE: np.asarray(array.shape), MetaKeys.ORIGINAL_CHANNEL_DIM: float("nan")}
         return array, meta
-
-
-def _off(value) -> bool:
-    """None, or "none" as typed on a MONAI command line (which drops ``--key None`` overrides)."""
-    return value is None or (isinstance(value, str) and value.lower() == "none")
 
 
 class RequireRanged(MapTransform):
@@ -160,95 +147,15 @@ class RequireRanged(MapTransform):
         return data
 
 
-def _unit_range(low: float = 0.0, high: float = 1.0, advice: str | None = None) -> list:
-    """Map [low, high] linearly to [0, 1]: a window, clipping outside values; or, with ``advice``, the data's own
-    range, where an outside value is an error (:class:`RequireRanged`) ending with that advice."""
-    check = [] if advice is None else [RequireRanged("image", low, high, advice)]
-    return [*check, ScaleIntensityRanged("image", float(low), float(high), 0.0, 1.0, clip=True)]
-
-
-# What to do about values outside [0, 1] in a display-image setting, per pipeline.
-_DISPLAY_ADVICE = {
-    "mri": "use percentiles (per-slice normalisation), or slices normalised by python -m hdhkd_monai.data.slices",
-    "ct": "HU values need a window (window='lung', 'mediastinal' or (lower, upper))",
-    "pet": "SUV values need suv_max",
-}
-
-
-def _pipeline(image_size: int, intensity: list, display_images: bool = True, purpose: str = "") -> Compose:
-    size = (int(image_size), int(image_size))
-    return Compose([
-        LoadImaged("image", reader=SliceReader(display_images, purpose), image_only=True),
-        LoadImaged("mask", reader=SliceReader(), image_only=True, allow_missing_keys=True),
-        EnsureChannelFirstd(["image", "mask"], channel_dim="no_channel", allow_missing_keys=True),
-        *intensity,
-        Resized("image", size, mode="bilinear", anti_aliasing=True),
-        Resized("mask", size, mode="nearest", allow_missing_keys=True),
-        AsDiscreted("mask", threshold=0.5, allow_missing_keys=True),
-        RepeatChanneld("image", repeats=3),
-        EnsureTyped(["image", "mask"], dtype=torch.float32, allow_missing_keys=True),
-    ])
-
-
-def oct_bscan(image_size: int, intensity_range: Sequence[float] = (0.0, 1.0)) -> Compose:
-    """OCT B-scans (JPEG/PNG, or ``.npy`` B-scans of volumes, already in [0, 1]).
-
-    Args:
-        image_size: output height and width.
-        intensity_range: input values mapped linearly to [0, 1] (clipped); display images load in [0, 1].
-    """
-    low, high = intensity_range
-    return _pipeline(image_size, _unit_range(low, high, f"set intensity_range to the images' range (it is "
-                                                        f"({low:g}, {high:g}))"))
-
-
-def mri_slice(image_size: int, percentiles: Sequence[float] | None = (0.5, 99.5)) -> Compose:
-    """MRI slices: per-slice percentile normalisation to [0, 1] (clipped).
-
-    Args:
-        image_size: output height and width.
-        percentiles: (lower, upper) percentiles mapped to 0 and 1. None keeps values as they are (clipped to
-            [0, 1]): for slices already normalised per volume by ``hdhkd_monai.data.slices``. "none" works
-            too (on the command line MONAI ignores ``None`` overrides).
-    """
-    if _off(percentiles):
-        return _pipeline(image_size, _unit_range(advice=_DISPLAY_ADVICE["mri"]))
-    lower, upper = percentiles
-    return _pipeline(image_size, [ScaleIntensityRangePercentilesd("image", lower, upper, 0.0, 1.0, clip=True)])
-
-
-def ct_slice(image_size: int, window: str | Sequence[float] | None = "lung") -> Compose:
-    """CT slices: an HU window mapped to [0, 1].
-
-    Args:
-        image_size: output height and width.
-        window: "lung" (W1500/L-600), "mediastinal" (W350/L50), an explicit (lower, upper) HU pair, or None for
-            display images (PNG/JPEG exports that are windowed already; "none" on the command line). With a
-            window, inputs must carry HU (``.npy`` slices, DICOM); a display image then raises an error naming it.
-    """
-    if _off(window):
-        return _pipeline(image_size, _unit_range(advice=_DISPLAY_ADVICE["ct"]))
+def ct_window(window: str | Sequence[float]) -> tuple[float, float]:
+    """The (lower, upper) HU bounds of a CT window: ``"lung"`` (W1500/L-600), ``"mediastinal"`` (W350/L50) or an
+    explicit pair; for ``ScaleIntensityRanged``'s ``a_min``/``a_max`` in ``configs/chest_ct.json``."""
     if isinstance(window, str):
         if window not in CT_WINDOWS:
-            raise ValueError(f"window must be one of {sorted(CT_WINDOWS)}, a (lower, upper) pair or None; "
-                             f"got {window!r}")
-        window = CT_WINDOWS[window]
-    return _pipeline(image_size, _unit_range(*window),
-                     display_images=False, purpose=f"ct_slice(window={window}) expects HU values")
-
-
-def pet_slice(image_size: int, suv_max: float | None = 10.0) -> Compose:
-    """PET slices: SUVbw in [0, suv_max] mapped linearly to [0, 1] (clipped), the same scale for every patient.
-
-    Args:
-        image_size: output height and width.
-        suv_max: SUV mapped to 1. None (or "none") for display images (PNG/JPEG exports); with a value, inputs
-            must carry SUV (``.npy`` slices, DICOM with the dose tags).
-    """
-    if _off(suv_max):
-        return _pipeline(image_size, _unit_range(advice=_DISPLAY_ADVICE["pet"]))
-    return _pipeline(image_size, _unit_range(0.0, suv_max),
-                     display_images=False, purpose=f"pet_slice(suv_max={suv_max}) expects SUV values")
+            raise ValueError(f"window must be one of {sorted(CT_WINDOWS)} or a (lower, upper) pair; got {window!r}")
+        return CT_WINDOWS[window]
+    low, high = window
+    return float(low), float(high)
 
 
 def preprocessing_fingerprint(pipeline: Compose) -> list:
@@ -259,7 +166,7 @@ def preprocessing_fingerprint(pipeline: Compose) -> list:
     rows, cols = 48, 40  # not square, so a transposed layout shows
     ramp = np.linspace(-1500, 1500, rows * cols, dtype=np.float32).reshape(rows, cols)
     # The ramp lies outside every pipeline's expected range: its checks are left out (they change no value).
-    unchecked = Compose([t for t in pipeline.transforms if not isinstance(t, RequireRanged)])
+    unchecked = Compose([t for t in pipeline.flatten().transforms if not isinstance(t, RequireRanged)])
     with tempfile.TemporaryDirectory() as folder:
         probe = Path(folder) / "probe.npy"
         np.save(probe, ramp * np.linspace(0, 1, cols, dtype=np.float32))

@@ -13,6 +13,9 @@ Index order: ``[k, rows, cols]`` is numpy's (and ITK's) order for voxel index ``
 ``orientation="LPS"`` first reorients volumes that carry an affine (NIfTI, ITK, DICOM) so that, for axial data,
 slices along ``axis=0`` look like radiology displays them (patient left on the image right, anterior at the top),
 whichever format the volume came in.
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); nothing of the networks or above.
 """
 
 from __future__ import annotations

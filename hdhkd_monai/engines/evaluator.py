@@ -1,4 +1,8 @@
-"""Evaluator for anomaly detectors: image scores and anomaly maps, for validation, evaluation and inference."""
+"""Evaluator for anomaly detectors: image scores and anomaly maps, for validation, evaluation and inference.
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
+"""
 
 from __future__ import annotations
 

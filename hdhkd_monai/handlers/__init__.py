@@ -1,4 +1,8 @@
-"""Ignite handlers of the bundle workflows: checkpoints, validation schedule, calibration, reports."""
+"""Ignite handlers of the bundle workflows: checkpoints, validation schedule, calibration, reports.
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
+"""
 
 from hdhkd_monai.handlers.auroc import ImageAUROC
 from hdhkd_monai.handlers.calibration import CalibrationHandler
@@ -14,6 +18,7 @@ from hdhkd_monai.handlers.checkpoint import (
     settings_group,
     stored_settings,
 )
+from hdhkd_monai.handlers.fit import FitOnData
 from hdhkd_monai.handlers.memory import FitPatchMemory
 from hdhkd_monai.handlers.inference import InferenceWriter, output_root
 from hdhkd_monai.handlers.outputs import OutputSet
@@ -29,6 +34,7 @@ __all__ = [
     "CalibrationHandler",
     "CheckpointMismatchError",
     "EvaluationReport",
+    "FitOnData",
     "FitPatchMemory",
     "FitTeacherStats",
     "ImageAUROC",

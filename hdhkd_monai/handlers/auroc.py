@@ -1,4 +1,8 @@
-"""Image AUROC of an evaluator's scores, as an Ignite metric computed on this process's images."""
+"""Image AUROC of an evaluator's scores, as an Ignite metric computed on this process's images.
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
+"""
 
 from __future__ import annotations
 

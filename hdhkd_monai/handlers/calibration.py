@@ -1,4 +1,8 @@
-"""Calibration on the normal validation images: map-normalisation quantiles and the decision threshold."""
+"""Calibration on the normal validation images: map-normalisation quantiles and the decision threshold.
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
+"""
 
 from __future__ import annotations
 

@@ -15,6 +15,9 @@ trainer's name when it is saved for resuming. The bundle writes three (in ``ckpt
 Evaluation and inference load :data:`MODEL_CKPT` with MONAI's ``CheckpointLoader`` (:class:`NamedCheckpointLoader` only
 adds the file to its errors); training saves and resumes with the two handlers here, whose docstrings say what
 MONAI's own could not do.
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from monai.handlers import CheckpointLoader
 from torch import nn
 
 from hdhkd_monai.errors import BadInputError, CheckpointMismatchError, SettingsMismatchError
+from hdhkd_monai.networks import HDHKD
 from hdhkd_monai.pretrained import FromCheckpoint, checkpoint_architecture
 from hdhkd_monai.state_dict import check_settings, load_weights, stored_flat_settings, torch_file
 
@@ -158,7 +162,8 @@ def stored_settings(path: str | Path) -> dict:
     extra = state.get(_EXTRA_STATE) if isinstance(state, Mapping) else None
     if extra is None:
         raise CheckpointMismatchError(f"{path}: carries no settings (written by an older version?); train it again")
-    settings = stored_flat_settings(extra["settings"])
+    # HDHKD's later settings: inference.json reads them for an HDHKD model; another detector's configs never do
+    settings = stored_flat_settings(extra["settings"], HDHKD.later_settings)
     for key, value in settings.items():  # a checkpoint is data: it names no download, file or hub model to load
         if key.split(".")[-1] == "backbone":
             checkpoint_architecture(value, path)

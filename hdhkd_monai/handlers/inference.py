@@ -4,6 +4,9 @@ The maps come at the input's original size (``Invertd`` in ``inference.json``'s 
 named after the input's path relative to :func:`output_root`, so two inputs with the same file name in different
 folders get different outputs. Volumes arrive as slices (:func:`~hdhkd_monai.data.slices.slice_inputs`) and leave as
 one map in the source's geometry.
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@
   (:class:`RowFile`): an interrupted run keeps every finished row; a torn last line is dropped on resume.
 - **Skipped inputs** go to ``skipped.csv`` (``path, reason``); :data:`EXIT_SKIPPED` is the exit status of
   ``python -m hdhkd_monai`` when a run skipped some (:data:`last_run` holds the count).
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
 """
 
 from __future__ import annotations

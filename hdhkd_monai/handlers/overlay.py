@@ -1,4 +1,8 @@
-"""Heat-map overlays: an image beside the image with its anomaly map on top, and a colour bar in map units."""
+"""Heat-map overlays: an image beside the image with its anomaly map on top, and a colour bar in map units.
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 Without it, a validation split without normal images was found at the first validation (400 iterations in, with no
 checkpoint written), and a read-only checkpoint folder at the last iteration.
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
 """
 
 from __future__ import annotations

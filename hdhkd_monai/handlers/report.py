@@ -1,4 +1,8 @@
-"""The evaluation report: metrics.json, the per-image CSV, ROC/PR plots and heat-map overlays (paper Fig. 3)."""
+"""The evaluation report: metrics.json, the per-image CSV, ROC/PR plots and heat-map overlays (paper Fig. 3).
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,9 @@
 """Data order of an iteration-based trainer, whose loader cycles inside one long epoch: a new shuffle each pass,
-and (single process) an order that a resumed run can take up exactly where the interrupted one stopped."""
+and (single process) an order that a resumed run can take up exactly where the interrupted one stopped.
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Per-image score table of an evaluation or inference run."""
+"""Per-image score table of an evaluation or inference run.
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
+"""
 
 from __future__ import annotations
 

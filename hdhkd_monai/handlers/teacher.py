@@ -1,4 +1,8 @@
-"""The distilled teacher: feature statistics around its distillation, and loading it for student training."""
+"""The distilled teacher: feature statistics around its distillation, and loading it for student training.
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Validation every N iterations of an iteration-based trainer, and once more at the end of training."""
+"""Validation every N iterations of an iteration-based trainer, and once more at the end of training.
+
+May import ``engines``, ``handlers``, ``baselines``, ``networks``, ``data`` and the layers below; never the
+launcher, ``zoo`` or ``demo``.
+"""
 
 from __future__ import annotations
 

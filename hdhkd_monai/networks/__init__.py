@@ -1,7 +1,11 @@
 """HDHKD networks, laid out as MONAI's: ``layers`` (stateless helpers, the selective scan), ``blocks`` (encoder,
 decoders, mixers, SS2D, MFM) and ``nets`` (the teachers, HDHKD). Imports go one way: layers <- blocks <- nets.
 
-The names below are what the bundle configs reference (``hdhkd_monai.networks.HDHKD``)."""
+The names below are what the bundle configs reference (``hdhkd_monai.networks.HDHKD``).
+
+May import ``networks`` and the layers below (``data``, ``distill``, ``pretrained``, the shared leaves); never
+``baselines``, ``engines`` or ``handlers``.
+"""
 
 from .blocks import (
     GLOBAL_DECODERS,

@@ -2,6 +2,9 @@
 
 Grids, as strides of the input: f_se is at 16, U1 at 8, both branches work at 4 (the teacher's stride) and end with a
 bilinear resize onto the teacher's exact grid (56x56 for a 256x256 input without PDN padding, an exact copy with it).
+
+May import ``networks.blocks``, ``networks.layers`` and the layers below (``data``, ``distill``, ``pretrained``, the
+shared leaves); never ``networks.nets``.
 """
 
 from __future__ import annotations

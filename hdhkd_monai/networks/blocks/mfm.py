@@ -1,4 +1,8 @@
-"""Fusion of the decoder branches: the Multi-Feature Model (eq. 4) and the 1x1 fusion used when it is ablated."""
+"""Fusion of the decoder branches: the Multi-Feature Model (eq. 4) and the 1x1 fusion used when it is ablated.
+
+May import ``networks.blocks``, ``networks.layers`` and the layers below (``data``, ``distill``, ``pretrained``, the
+shared leaves); never ``networks.nets``.
+"""
 
 from __future__ import annotations
 

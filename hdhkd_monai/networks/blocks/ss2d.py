@@ -1,4 +1,8 @@
-"""SS2D: the VMamba 2D selective-scan token mixer used inside the Mamba UpNet."""
+"""SS2D: the VMamba 2D selective-scan token mixer used inside the Mamba UpNet.
+
+May import ``networks.blocks``, ``networks.layers`` and the layers below (``data``, ``distill``, ``pretrained``, the
+shared leaves); never ``networks.nets``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""The student encoder (eq. 2): a ResNet-family backbone whose blocks 1-3 are fused and passed through Block4."""
+"""The student encoder (eq. 2): a ResNet-family backbone whose blocks 1-3 are fused and passed through Block4.
+
+May import ``networks.blocks``, ``networks.layers`` and the layers below (``data``, ``distill``, ``pretrained``, the
+shared leaves); never ``networks.nets``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""What every teacher shares: the per-channel statistics of its features on normal images."""
+"""What every teacher shares: the per-channel statistics of its features on normal images.
+
+May import ``networks.blocks``, ``networks.layers`` and the layers below (``data``, ``distill``, ``pretrained``, the
+shared leaves); never ``networks.nets``.
+"""
 
 from __future__ import annotations
 

@@ -34,6 +34,9 @@ ONNX: during ``torch.onnx.export`` the "torch" backend runs :func:`_export_scan`
 forward-only recurrence (a chunked parallel scan whose graph does not grow with the sequence) without the in-place
 slice writes that the tracer turns into ``index_put``; its graph keeps the batch axis dynamic and is fixed to the
 traced sequence length.
+
+May import ``data``, ``distill``, ``pretrained`` and the shared leaves (``errors``, ``state_dict``, ``anomaly_map``,
+``metrics``, ``quiet``, ``losses``); never ``networks.blocks`` or ``nets``.
 """
 
 import contextlib

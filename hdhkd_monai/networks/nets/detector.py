@@ -36,6 +36,10 @@ class Detector(nn.Module):
     ``calibration`` (the quantiles calibrated with).
     """
 
+    #: Settings this detector gained after models of it were trained, with the value those models had
+    #: (:func:`~hdhkd_monai.state_dict.stored_flat_settings`).
+    later_settings: dict = {}
+
     def __init__(self) -> None:
         super().__init__()
         self.settings: dict = {}
@@ -67,5 +71,5 @@ class Detector(nn.Module):
 
     def set_extra_state(self, state: dict) -> None:
         """Loading a checkpoint: its settings must equal this detector's (else a named error lists each one)."""
-        check_settings(stored_flat_settings(state["settings"]), self.settings)
+        check_settings(stored_flat_settings(state["settings"], self.later_settings), self.settings)
         self.calibration = state["calibration"]

@@ -141,6 +141,9 @@ class HDHKD(Detector):
     student's arguments that change the output.
     """
 
+    # bundle 0.5.0: models made before the memory and the teacher's normalisation option had neither
+    later_settings = {"memory": (None, {}), "teacher.normalization": ("backbone", {"teacher.type": "PretrainedTeacher"})}
+
     def __init__(self, teacher: PDN, score_top_k: Optional[int] = None, memory: Optional[PatchMemory] = None,
                  **student_args):
         super().__init__()

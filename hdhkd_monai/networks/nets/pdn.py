@@ -1,4 +1,8 @@
-"""The teacher: EfficientAD's patch description network (PDN)."""
+"""The teacher: EfficientAD's patch description network (PDN).
+
+May import ``networks`` and the layers below (``data``, ``distill``, ``pretrained``, the shared leaves); never
+``baselines``, ``engines`` or ``handlers``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""A frozen pretrained CNN used directly as the teacher, in place of a PDN distilled from it."""
+"""A frozen pretrained CNN used directly as the teacher, in place of a PDN distilled from it.
+
+May import ``networks`` and the layers below (``data``, ``distill``, ``pretrained``, the shared leaves); never
+``baselines``, ``engines`` or ``handlers``.
+"""
 
 from __future__ import annotations
 
