@@ -33,7 +33,7 @@ from hdhkd_monai.baselines.common import smooth_map  # noqa: E402
 from hdhkd_monai.data.datalist import datalist_split  # noqa: E402
 from hdhkd_monai.handlers import load_network  # noqa: E402
 from hdhkd_monai.launcher import read_config  # noqa: E402
-from hdhkd_monai.networks.blocks import PatchMemory  # noqa: E402
+from hdhkd_monai.networks.blocks import PatchMemory, nearest_neighbours  # noqa: E402
 from hdhkd_monai.metrics import auroc, paired_auroc_bootstrap, per_class_metrics  # noqa: E402
 
 from tools.probe import patch_features  # noqa: E402
@@ -54,11 +54,6 @@ def images_of(items: list[dict], preprocessing, batch: int = 16):
         yield torch.stack([preprocessing(dict(it))["image"].as_tensor() for it in items[i : i + batch]])
 
 
-def nearest_distances(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
-    """Euclidean distance ``[P]`` of each query ``[P, C]`` to its nearest bank row ``[M, C]``, in chunks."""
-    return torch.cat([torch.cdist(q, bank).amin(dim=1) for q in queries.split(2048)])
-
-
 @torch.no_grad()
 def maps_of(net, banks: dict, items: list[dict], preprocessing) -> dict:
     """Maps ``[N, 1, H, W]`` of ``items``: the raw discrepancy, the kNN on the raw teacher features (PatchCore's,
@@ -71,7 +66,8 @@ def maps_of(net, banks: dict, items: list[dict], preprocessing) -> dict:
         if "raw" in banks:
             raw = net.teacher(x)
             b, c, h, w = raw.shape
-            knn = nearest_distances(rearrange(raw, "b c h w -> (b h w) c"), banks["raw"]).view(b, 1, h, w)
+            squared, _ = nearest_neighbours(rearrange(raw, "b c h w -> (b h w) c"), banks["raw"])
+            knn = squared.sqrt().view(b, 1, h, w)  # PatchCore's Euclidean distance
             maps["knn"].append(smooth_map(knn, x.shape[-2:]))
     return {k: torch.cat(v) for k, v in maps.items()}
 
