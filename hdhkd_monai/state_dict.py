@@ -110,8 +110,9 @@ def load_weights(
 
     A ``module.`` prefix on every key (a DistributedDataParallel's state dict) is dropped. Every tensor of
     ``module`` must be in ``state`` with the same shape (an empty bank that fitting fills takes the stored rows).
-    Keys of ``state`` that ``module`` lacks are an error unless they are in ``known`` (e.g. the head of a whole classifier whose trunk ``module`` is). The
-    :class:`CheckpointMismatchError` names ``source`` and lists missing, unexpected and mis-shaped keys.
+    Keys of ``state`` that ``module`` lacks are an error unless they are in ``known`` (e.g. the head of a whole
+    classifier whose trunk ``module`` is). The :class:`CheckpointMismatchError` names ``source`` and lists missing,
+    unexpected and mis-shaped keys.
     """
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
