@@ -19,8 +19,10 @@ SHARED_DATA = Path(os.environ.get("HDHKD_DATA_ROOT", REPO_ROOT.parent / "shared"
 #: The offline ImageNet backbone of the bundle's teacher (train.json), for tests that build one directly.
 LITE = {"backbone": OFFLINE_TEACHER["target_backbone"], "weights": OFFLINE_TEACHER["target_weights"]}
 
-# Two cores on CI: more threads than cores only adds contention.
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# Two cores on CI, shared by the pytest-xdist workers (README's test command runs two): more threads than cores
+# only adds contention.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // _WORKERS))
 
 
 @pytest.fixture(scope="session")

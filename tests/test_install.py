@@ -4,10 +4,12 @@ the Python path. The suite's environment lies underneath (through a ``.pth`` fil
 layers it), so torch and MONAI are not installed twice; the wheel's ``hdhkd_monai`` comes first.
 """
 
+import copy
 import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,15 +17,18 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
+from hdhkd_monai.demo import SETTINGS
 
-#: The tiny demo: the sizes of hdhkd_monai.demo.SETTINGS cut to seconds (64 px, 2 iterations).
-TINY_DEMO = {
-    "data": {"n_train": 8, "n_test_per_class": 4, "val_fraction": 0.25, "val_abnormal_fraction": 0.34},
-    "common": {"image_size": 64, "num_modules": 1, "decoder_channels": 64, "cache_rate": 1.0, "num_workers": 0,
-               "log_interval": 1},
-    "student": {"max_iterations": 2, "batch_size": 4, "val_interval": 2},
-    "evaluate": {"n_heatmaps": 1},
-}
+#: The demo's recipe at 96 instead of 128 pixels, with 60 training images and 100 student iterations. Measured on
+#: it (HDHKD-S, seed 0, 20 normal / 42 abnormal test images, quiet machine): AUROC 0.939 in one run, 47 s; at 150
+#: iterations 0.946 (drusen 0.904, fluid 0.943, lesions 0.993; pixel AUROC 0.937). CPU training is not
+#: bit-reproducible across runs here (the paper configuration's recipe gave 0.78 and 0.74 in two runs), hence the
+#: margin; flipped labels or scores would give below 0.5.
+SHORT_DEMO = copy.deepcopy(SETTINGS)
+SHORT_DEMO["data"].update(n_train=60, n_test_per_class=20, val_fraction=0.15, val_abnormal_fraction=0.25)
+SHORT_DEMO["common"]["image_size"] = 96
+SHORT_DEMO["student"].update(max_iterations=100, val_interval=50)
+MIN_AUROC = 0.80
 
 
 def _run(python: Path, args: list[str], cwd: Path) -> str:
@@ -58,23 +63,49 @@ def installed(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="module")
-def demo(installed) -> Path:
-    """The tiny demo, run by the installed package from the empty folder; its output folder."""
+def demo_run(installed) -> tuple[Path, str]:
+    """The short demo, run by the installed package's ``main`` from the empty folder: (its output folder, what it
+    printed)."""
     python, work = installed
-    script = f"from hdhkd_monai.demo import run_demo; print(run_demo('demo', settings={TINY_DEMO!r}))"
-    _run(python, ["-c", script], work)
-    return work / "demo"
+    script = f"import hdhkd_monai.demo as d; d.SETTINGS = {SHORT_DEMO!r}; d.main(['--out', 'demo'])"
+    return work / "demo", _run(python, ["-c", script], work)
+
+
+@pytest.fixture(scope="module")
+def demo(demo_run) -> Path:
+    return demo_run[0]
 
 
 @pytest.mark.slow
 def test_the_installed_wheel_runs_the_demo_and_its_command_lines_from_an_empty_folder(installed, demo):
     python, work = installed
-    report = json.loads((demo / "eval" / "metrics.json").read_text())
-    assert 0.0 <= report["image"]["auroc"] <= 1.0 and (demo / "models" / "model.pt").is_file()
+    assert (demo / "models" / "model.pt").is_file()
     for module in ("hdhkd_monai.demo", "hdhkd_monai.zoo", "hdhkd_monai.data.datalist"):
         assert "usage:" in _run(python, ["-m", module, "--help"], work)
     _run(python, ["-m", "hdhkd_monai.data.datalist", "kermany", "demo/data", "--out", "datalist.json"], work)
     assert (work / "datalist.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_demo_trains_a_model_that_detects_the_synthetic_anomalies(demo_run):
+    """The demo's outputs are where it says, each step is printed as the command that ran it, and its model separates
+    the synthetic anomalies from normal B-scans clearly better than chance."""
+    demo, printed = demo_run
+    for label in ("metrics:", "per-image CSV:", "heat-maps:", "checkpoints:"):
+        path = Path(re.search(rf"{label}\s+(\S+)", printed).group(1))
+        assert path.exists() and path.is_relative_to(demo.resolve()), f"{label} {path} was printed"
+    n_heatmaps = SHORT_DEMO["evaluate"]["n_heatmaps"]
+    assert len(list((demo / "eval" / "heatmaps").glob("*.png"))) == 2 * n_heatmaps
+    assert printed.count("-m monai.bundle run --config_file") == 2
+
+    report = json.loads((demo / "eval" / "metrics.json").read_text())
+    test_items = json.loads((demo / "data" / "datalist.json").read_text())["test"]
+    n_normal = SHORT_DEMO["data"]["n_test_per_class"]
+    assert report["image"]["n_normal"] == sum(item["label"] == 0 for item in test_items) == n_normal
+    assert report["image"]["n_abnormal"] == len(test_items) - n_normal >= 2 * n_normal  # the rest is in validation
+    auroc = float(re.search(r"AUROC (\d\.\d+)", printed).group(1))
+    assert auroc == pytest.approx(report["image"]["auroc"], abs=1e-3)
+    assert auroc >= MIN_AUROC, printed[-1500:]
 
 
 @pytest.mark.slow
