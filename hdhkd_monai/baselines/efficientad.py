@@ -81,7 +81,9 @@ class EfficientAD(Detector):
 
     Args:
         teacher: the distilled PDN teacher; its ``normalize`` (``feat_mean``/``feat_std`` buffers) standardises the
-            targets, so set those statistics (:func:`hdhkd_monai.distill.teacher_output_stats`) before training.
+            targets, so set those statistics (:func:`hdhkd_monai.distill.teacher_output_stats`) before training
+            (:meth:`configure_optimizer` warns otherwise). Its type and arguments are recorded in ``settings``, from
+            which ``inference.json`` rebuilds it (:func:`hdhkd_monai.networks.teacher_from_settings`).
         image_size: input side or (H, W), a multiple of 32; fixes the autoencoder's code convolution.
         student_size: ``"small"`` (EfficientAD-S) or ``"medium"`` (EfficientAD-M) PDN student.
         hard_quantile: the hard-feature loss keeps student-teacher squared errors at or above this quantile.
@@ -111,13 +113,6 @@ class EfficientAD(Detector):
         size = [image_size] * 2 if isinstance(image_size, int) else list(image_size)
         self.settings = {"image_size": size[0] if size[0] == size[1] else size, "student_size": student_size,
                          "teacher": {"type": type(teacher).__name__, **getattr(teacher, "settings", {})}}
-        if not teacher.feat_mean.any() and bool((teacher.feat_std == 1).all()):
-            warnings.warn(
-                "the teacher's feature statistics are unset (feat_mean 0, feat_std 1): EfficientAD will train on raw "
-                "teacher outputs; set them with hdhkd_monai.distill.teacher_output_stats first",
-                UserWarning,
-                stacklevel=2,
-            )
         self.teacher = freeze(teacher)
         self.channels = teacher.out_channels
         self.student = PDN(size=student_size, out_channels=2 * self.channels, padding=teacher.padding)
@@ -137,7 +132,15 @@ class EfficientAD(Detector):
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         """The EfficientAD paper's optimiser over student and autoencoder: Adam, lr 1e-4, weight decay 1e-5 (its
-        tenfold lr drop at 95% of training is left to the caller)."""
+        tenfold lr drop at 95% of training is left to the caller). Warns when the teacher's feature statistics are
+        unset (inference builds the teacher so, and loads them with the checkpoint; training needs them first)."""
+        if not self.teacher.feat_mean.any() and bool((self.teacher.feat_std == 1).all()):
+            warnings.warn(
+                "the teacher's feature statistics are unset (feat_mean 0, feat_std 1): EfficientAD will train on raw "
+                "teacher outputs; set them with hdhkd_monai.distill.teacher_output_stats first",
+                UserWarning,
+                stacklevel=2,
+            )
         return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-5)
 
     @property
