@@ -30,7 +30,7 @@ from hdhkd_monai import zoo
 from hdhkd_monai.errors import BadInputError
 from conftest import REPO_ROOT as REPO
 from hdhkd_monai.handlers.checkpoint import stored_settings
-from hdhkd_monai.launcher import BUNDLE, CONFIGS, run_bundle
+from hdhkd_monai.launcher import BUNDLE, CONFIGS, read_config, run_bundle
 from test_bundle_card import stated_score as stored_score_fields
 from test_bundle_workflows import TINY, run, write_phantom_data
 
@@ -230,6 +230,45 @@ def test_the_package_alone_scores_real_bscans_as_the_library_does(package, share
         with open(tmp_path / name / "scores.csv") as f:
             scores[name] = {r["path"]: float(r["score"]) for r in csv.DictReader(f)}
     assert sorted(scores["package"]) == sorted(str(p) for p in images)
+    assert scores["package"] == pytest.approx(scores["library"], abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def baseline_package(tmp_path_factory):
+    """(the unzipped package, the trained bundle_root) of a baseline, RD4AD, trained briefly by the bundle
+    (train.json + rd4ad.json) on phantom B-scans and packed with its detector config as ``--config``."""
+    trained = tmp_path_factory.mktemp("trained_rd4ad")
+    write_phantom_data(trained, n_train=8, n_test_per_class=4)
+    run(("train", "rd4ad"), trained, max_iterations=2, batch_size=4, val_interval=2)
+    out = tmp_path_factory.mktemp("zoo_rd4ad")
+    archive = zoo.pack(trained, out / "package.zip", _next_version(), "RD4AD phantom test model",
+                       {"image_size": TINY["image_size"]}, presets=[PRESET, CONFIGS / "rd4ad.json"])  # fmt: skip
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(out)
+    return out / BUNDLE.name, trained
+
+
+@pytest.mark.slow
+def test_a_baseline_package_passes_the_model_zoo_ci_and_scores_as_the_library(baseline_package, tmp_path):
+    """A baseline gets what HDHKD gets: its package passes the Zoo's ``verify_bundle.py -m full`` (network in/out
+    and TorchScript export of model.pt, scripted) where hdhkd_monai is not installed, and the package's
+    inference.json alone gives the scores (1e-5) of the library's inference.json + rd4ad.json on the trained run."""
+    root, trained = baseline_package
+    checkout = _zoo_checkout(root, tmp_path)
+    full = _run_alone(["ci/verify_bundle.py", "-b", BUNDLE.name, "-m", "full"], checkout, tmp_path)
+    assert "data shape is verified correctly." in full and "Provided TorchScript module is verified correctly." in full
+    images = tmp_path / "images.txt"
+    images.write_text("".join(f"{p}\n" for p in sorted((trained / "data" / "test").rglob("*.png"))[::3]))
+    _run_alone(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--meta_file",
+                "configs/metadata.json", "--input", str(images), "--output_dir", str(tmp_path / "package")],
+               shutil.copytree(root, tmp_path / "bundle"), tmp_path)  # fmt: skip
+    read_config(["inference", "rd4ad"], bundle_root=str(trained), input=str(images),
+                output_dir=str(tmp_path / "library")).get_parsed_content("evaluator").run()  # fmt: skip
+    scores = {}
+    for name in ("package", "library"):
+        with open(tmp_path / name / "scores.csv") as f:
+            scores[name] = {r["path"]: float(r["score"]) for r in csv.DictReader(f)}
+    assert len(scores["package"]) == len(images.read_text().split()) and scores["package"].keys() == scores["library"].keys()
     assert scores["package"] == pytest.approx(scores["library"], abs=1e-5)
 
 

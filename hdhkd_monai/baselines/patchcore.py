@@ -14,6 +14,7 @@ May import ``anomaly_map``, ``distill`` (its feature extractor), ``networks`` an
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from typing import Optional, Tuple
 
@@ -161,7 +162,8 @@ class PatchCore(Detector):
         """
         features, scores, index = self._score(x)
         patch_scores = scores.flatten(1)
-        image_scores = self.reweighted(features, patch_scores, index) if self.reweight else patch_scores.amax(dim=1)
+        reweight = self.reweight and self.memory_bank.shape[0] > 0
+        image_scores = self.reweighted(features, patch_scores, index) if reweight else patch_scores.amax(dim=1)
         return AnomalyPrediction(image_scores, smooth_map(scores, x.shape[-2:], self.sigma))
 
     def reweighted(self, features: torch.Tensor, scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -179,14 +181,16 @@ class PatchCore(Detector):
 
     def _score(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """[B, 3, H, W] -> (patch features [B, h*w, C], scores [B, 1, h, w], nearest bank indices [B, h*w]), without
-        gradients."""
+        gradients. An empty memory bank (an unfitted model, as MONAI's network checks and the Model Zoo's CI build
+        one) scores every patch 0, with a warning."""
         check_images(x)
-        if self.memory_bank.shape[0] == 0:
-            raise RuntimeError("PatchCore has an empty memory bank: call fit(normal_images) first")
         with torch.no_grad():
             features = self.features(x)
             b, _, h, w = features.shape
             features = features.flatten(2).transpose(1, 2)  # [B, h*w, C]; not einops: TorchScript compiles this
+            if self.memory_bank.shape[0] == 0:
+                warnings.warn("PatchCore has an empty memory bank: every patch scores 0; call fit(normal_images) first")
+                return features, features.new_zeros(b, 1, h, w), torch.zeros_like(features[..., 0], dtype=torch.long)
             dist, index = self.nearest(features.flatten(0, 1))
             return features, dist.view(b, 1, h, w), index.view(b, h * w)
 
