@@ -143,7 +143,8 @@ class PatchCore(Detector):
 
     def nearest(self, queries: torch.Tensor, bank: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Euclidean nearest bank entry of each query, in chunks: [P, C] -> (distances [P], bank indices [P])."""
-        return nearest_neighbours(queries, self.memory_bank if bank is None else bank, self.chunk_elements, True)
+        bank = self.memory_bank if bank is None else bank
+        return nearest_neighbours(queries, bank, self.chunk_elements, euclidean=True)
 
     def patch_scores(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, 1, h, w]: distance of each patch feature to its nearest memory bank entry."""
