@@ -29,6 +29,7 @@ from conftest import SHARED_DATA
 from hdhkd_monai import zoo
 from hdhkd_monai.errors import BadInputError
 from conftest import REPO_ROOT as REPO
+from hdhkd_monai.handlers import load_network
 from hdhkd_monai.handlers.checkpoint import stored_settings
 from hdhkd_monai.launcher import BUNDLE, CONFIGS, read_config, run_bundle
 from test_bundle_card import stated_score as stored_score_fields
@@ -251,9 +252,21 @@ def baseline_package(tmp_path_factory):
 @pytest.mark.slow
 def test_a_baseline_package_passes_the_model_zoo_ci_and_scores_as_the_library(baseline_package, tmp_path):
     """A baseline gets what HDHKD gets: its package passes the Zoo's ``verify_bundle.py -m full`` (network in/out
-    and TorchScript export of model.pt, scripted) where hdhkd_monai is not installed, and the package's
-    inference.json alone gives the scores (1e-5) of the library's inference.json + rd4ad.json on the trained run."""
+    and TorchScript export of model.pt, scripted) where hdhkd_monai is not installed; the package's model.onnx
+    (dynamic batch) gives the maps (1e-4) and its inference.json alone the scores (1e-5) of the library's
+    inference.json + rd4ad.json on the trained run."""
+    import onnxruntime as ort
+
     root, trained = baseline_package
+    library = read_config(["inference", "rd4ad"], bundle_root=str(trained)).get_parsed_content("network_def")
+    load_network(library, trained / "models" / "model.pt", key="model").eval()
+    session = ort.InferenceSession(str(root / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = torch.rand(batch, 3, TINY["image_size"], TINY["image_size"])
+        with torch.no_grad():
+            expected = library(x)
+        torch.testing.assert_close(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), expected,
+                                   rtol=1e-4, atol=1e-4)  # fmt: skip
     checkout = _zoo_checkout(root, tmp_path)
     full = _run_alone(["ci/verify_bundle.py", "-b", BUNDLE.name, "-m", "full"], checkout, tmp_path)
     assert "data shape is verified correctly." in full and "Provided TorchScript module is verified correctly." in full
