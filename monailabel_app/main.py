@@ -1,4 +1,4 @@
-"""MONAI Label app serving an HDHKD Model Zoo package.
+"""MONAI Label app serving a Model Zoo package of the bundle (HDHKD or a baseline).
 
     monailabel start_server --app monailabel_app --studies <image folder> --conf bundle <package folder>
 

@@ -59,9 +59,10 @@ def test_efficientad_shapes():
     assert model.anomaly_map(x).shape == (2, 1, SIZE, SIZE)
 
 
-def test_efficientad_warns_about_an_unnormalised_teacher():
+def test_efficientad_warns_about_an_unnormalised_teacher_when_training_is_set_up():
+    model = EfficientAD(PDN(), image_size=SIZE)  # as inference builds it: the statistics load with the checkpoint
     with pytest.warns(UserWarning, match="statistics are unset"):
-        EfficientAD(PDN(), image_size=SIZE)
+        model.configure_optimizer()
 
 
 def test_efficientad_autoencoder_follows_the_paper_at_256():
@@ -285,10 +286,12 @@ def test_patchcore_memory_bank_travels_with_state_dict(patchcore):
     assert torch.allclose(fresh.anomaly_map(x), patchcore.anomaly_map(x))
 
 
-def test_patchcore_errors_are_clear():
-    model = PatchCore(**LITE)
-    with pytest.raises(RuntimeError, match="call fit"):
-        model.anomaly_map(torch.rand(1, 3, SIZE, SIZE))
+def test_patchcore_errors_are_clear_and_an_unfitted_model_scores_0():
+    model = PatchCore(**LITE, reweight=True)
+    with pytest.warns(UserWarning, match="call fit"):  # unfitted, as MONAI's network checks build it: maps of 0
+        prediction = model.eval()(torch.rand(2, 3, SIZE, SIZE))
+    assert prediction.anomaly_map.shape == (2, 1, SIZE, SIZE) and not prediction.anomaly_map.any()
+    assert not prediction.pred_score.any()
     with pytest.raises(ValueError, match="no images"):
         model.fit([])
     with pytest.raises(ValueError, match=r"\[B>=1, 3, H, W\]"):

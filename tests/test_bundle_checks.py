@@ -13,9 +13,12 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow, ckpt_export, onnx_export, verify_metadata, verify_net_in_out
 
+from hdhkd_monai.anomaly_map import map_quantiles
+from hdhkd_monai.distill import fit_teacher_stats
 from hdhkd_monai.errors import one_line_error
-from hdhkd_monai.handlers import save_checkpoint
+from hdhkd_monai.handlers import load_network, save_checkpoint
 from hdhkd_monai.launcher import BUNDLE, CONFIGS, read_config
+from hdhkd_monai.networks import PDN
 from test_bundle_workflows import TEACHER, TINY, write_phantom_data
 
 META = CONFIGS / "metadata.json"
@@ -89,6 +92,59 @@ def test_onnx_export_gives_a_model_with_a_dynamic_batch_and_the_same_maps(tiny_b
         x = torch.rand(batch, 3, 64, 64)
         with torch.no_grad():
             expected = net(x)
+        got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+#: Each baseline's configs after train.json (the last one is its detector config, which inference.json takes), and
+#: the fit its bundle training runs before calibration, if any.
+BASELINES = {"PatchCore": (("patchcore",), "fit"), "RD4AD": (("rd4ad",), None),
+             "EfficientAD-S": (("paper", "efficientad"), "fit_map_normalisation")}
+
+
+@pytest.fixture(scope="module", params=sorted(BASELINES))
+def baseline_bundle(request, tmp_path_factory):
+    """(bundle_root, the inference configs, the calibrated network): a baseline built by its training configs at
+    64x64, fitted (PatchCore's memory bank, EfficientAD's map normalisation on a PDN teacher with fitted
+    statistics) but not trained, calibrated, and saved as ``models/model.pt``."""
+    name, (configs, fit) = request.param, BASELINES[request.param]
+    root = tmp_path_factory.mktemp(name)
+    torch.manual_seed(0)
+    images = torch.rand(4, 3, 64, 64)
+    save_checkpoint({"teacher": fit_teacher_stats(PDN(), [images])}, root / "models" / "teacher.pt")
+    net = read_config(["train", *configs], bundle_root=str(root), image_size=64).get_parsed_content("anomaly_net")
+    if fit:
+        getattr(net.model, fit)(images)
+    net.eval()
+    with torch.no_grad():
+        net.model.map_quantiles.copy_(map_quantiles(net(images)))
+    net.model.threshold.fill_(0.1)
+    save_checkpoint({"model": net}, root / "models" / "model.pt")
+    return root, _configs("inference", configs[-1]), net
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::UserWarning", "ignore::DeprecationWarning")
+def test_a_baseline_bundle_exports_to_torchscript_and_onnx_with_the_same_maps(baseline_bundle, tmp_path):
+    """inference.json + the baseline's detector config rebuilds the detector from model.pt alone (EfficientAD's PDN
+    teacher from its stored settings); ``ckpt_export`` scripts it as the Model Zoo's CI does (no trace) and
+    ``onnx_export`` with ``configs/onnx_export.json`` gives a dynamic batch: both give the eager maps on new images."""
+    ort = pytest.importorskip("onnxruntime", reason="ONNX export needs the onnx extra: pip install -e '.[onnx]'")
+    root, configs, net = baseline_bundle
+    common = dict(net_id="network_def", ckpt_file=str(root / "models" / "model.pt"), key_in_ckpt="model",
+                  meta_file=str(META), config_file=configs, bundle_root=str(root))  # fmt: skip
+    rebuilt = read_config(configs, bundle_root=str(root)).get_parsed_content("network_def")
+    load_network(rebuilt, root / "models" / "model.pt", key="model").eval()
+    ckpt_export(filepath=str(tmp_path / "model.ts"), **common)
+    onnx_export(filepath=str(tmp_path / "model.onnx"), args_file=str(CONFIGS / "onnx_export.json"),
+                input_shape=[1, 3, 64, 64], **common)  # fmt: skip
+    scripted = torch.jit.load(str(tmp_path / "model.ts"))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = torch.rand(batch, 3, 64, 64)
+        with torch.no_grad():
+            expected = net(x)
+            torch.testing.assert_close(rebuilt(x), expected, rtol=0, atol=0)
+            torch.testing.assert_close(scripted(x), expected, rtol=1e-5, atol=1e-5)
         got = torch.from_numpy(session.run(None, {"image": x.numpy()})[0])
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 

@@ -18,12 +18,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import ckpt_export
 
 from experiments import compare, report, run
 from hdhkd_monai.data.phantom import ANOMALY_CLASSES, write_phantom
-from hdhkd_monai.handlers import load_network
-from hdhkd_monai.launcher import CONFIGS, read_config
+from hdhkd_monai.launcher import read_config
 
 pytestmark = pytest.mark.slow
 
@@ -78,31 +76,26 @@ def test_tables_have_one_row_per_expected_name_with_metrics_counts_and_budget(ru
         assert labels.size == N_TEST_PER_CLASS * (1 + len(ANOMALY_CLASSES))
 
 
-def test_a_baseline_trained_by_the_runner_is_a_bundle_model_that_inference_json_scores_and_exports(runs, tmp_path):
-    """The runner trains RD4AD with the bundle's train.json + rd4ad.json, so its folder is a bundle like HDHKD's:
-    inference.json + rd4ad.json rebuilds the detector from model.pt's settings and scores the test images as the
-    evaluation did, and MONAI's ckpt_export gives a TorchScript model (traced) with the same maps."""
+#: The detector config each baseline's inference takes after inference.json.
+DETECTOR_CONFIGS = {"EfficientAD-S": "efficientad", "PatchCore": "patchcore", "RD4AD": "rd4ad"}
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_a_baseline_trained_by_the_runner_is_a_bundle_model_that_inference_json_scores(runs, name, tmp_path):
+    """The runner trains each baseline with the bundle's train.json + its detector config, so its folder is a bundle
+    like HDHKD's: inference.json + the detector config rebuilds the detector from model.pt alone (EfficientAD-S
+    its PDN teacher too, with no teacher.pt) and scores the test images as the evaluation did. (Their TorchScript
+    and ONNX exports: tests/test_bundle_checks.py; a packed one through the Zoo's CI: tests/test_share_deploy.py.)"""
     _, out, _ = runs
-    root = out / "baselines" / "RD4AD"
-    parser = read_config(["inference", "rd4ad"], bundle_root=str(root), input=str(out / "datalist.json"),
-                         output_dir=str(tmp_path / "inference"))  # fmt: skip
+    root = out / "baselines" / name
+    parser = read_config(["inference", DETECTOR_CONFIGS[name]], bundle_root=str(root),
+                         input=str(out / "datalist.json"), output_dir=str(tmp_path / "inference"))  # fmt: skip
     parser.get_parsed_content("evaluator").run()
     with open(tmp_path / "inference" / "scores.csv", newline="") as f:
         inferred = {row["path"]: float(row["score"]) for row in csv.DictReader(f)}
     evaluated = {path: score for path, (_, score) in compare.read_scores(root).items()}
     assert inferred.keys() == evaluated.keys()
     assert all(abs(inferred[p] - evaluated[p]) < 1e-5 for p in inferred), (inferred, evaluated)
-
-    exported = tmp_path / "rd4ad.ts"
-    ckpt_export(
-        net_id="network_def", filepath=str(exported), ckpt_file=str(root / "models" / "model.pt"), key_in_ckpt="model",
-        meta_file=str(CONFIGS / "metadata.json"), config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / "rd4ad.json")],
-        bundle_root=str(root), use_trace=True, input_shape=[1, 3, BUDGET["image_size"], BUDGET["image_size"]],
-    )  # fmt: skip
-    network = load_network(parser.get_parsed_content("network_def"), root / "models" / "model.pt", key="model").eval()
-    x = torch.rand(2, 3, BUDGET["image_size"], BUDGET["image_size"])
-    with torch.no_grad():
-        torch.testing.assert_close(torch.jit.load(str(exported))(x), network(x), rtol=1e-5, atol=1e-6)
 
 
 def test_hdhkd_rows_train_their_own_ablation_and_evaluate_from_their_checkpoint(runs):

@@ -29,8 +29,9 @@ from conftest import SHARED_DATA
 from hdhkd_monai import zoo
 from hdhkd_monai.errors import BadInputError
 from conftest import REPO_ROOT as REPO
+from hdhkd_monai.handlers import load_network
 from hdhkd_monai.handlers.checkpoint import stored_settings
-from hdhkd_monai.launcher import BUNDLE, CONFIGS, run_bundle
+from hdhkd_monai.launcher import BUNDLE, CONFIGS, read_config, run_bundle
 from test_bundle_card import stated_score as stored_score_fields
 from test_bundle_workflows import TINY, run, write_phantom_data
 
@@ -233,6 +234,57 @@ def test_the_package_alone_scores_real_bscans_as_the_library_does(package, share
     assert scores["package"] == pytest.approx(scores["library"], abs=1e-5)
 
 
+@pytest.fixture(scope="module")
+def baseline_package(tmp_path_factory):
+    """(the unzipped package, the trained bundle_root) of a baseline, RD4AD, trained briefly by the bundle
+    (train.json + rd4ad.json) on phantom B-scans and packed with its detector config as ``--config``."""
+    trained = tmp_path_factory.mktemp("trained_rd4ad")
+    write_phantom_data(trained, n_train=8, n_test_per_class=4)
+    run(("train", "rd4ad"), trained, max_iterations=2, batch_size=4, val_interval=2)
+    out = tmp_path_factory.mktemp("zoo_rd4ad")
+    archive = zoo.pack(trained, out / "package.zip", _next_version(), "RD4AD phantom test model",
+                       {"image_size": TINY["image_size"]}, presets=[PRESET, CONFIGS / "rd4ad.json"])  # fmt: skip
+    with zipfile.ZipFile(archive) as z:
+        z.extractall(out)
+    return out / BUNDLE.name, trained
+
+
+@pytest.mark.slow
+def test_a_baseline_package_passes_the_model_zoo_ci_and_scores_as_the_library(baseline_package, tmp_path):
+    """A baseline gets what HDHKD gets: its package passes the Zoo's ``verify_bundle.py -m full`` (network in/out
+    and TorchScript export of model.pt, scripted) where hdhkd_monai is not installed; the package's model.onnx
+    (dynamic batch) gives the maps (1e-4) and its inference.json alone the scores (1e-5) of the library's
+    inference.json + rd4ad.json on the trained run."""
+    import onnxruntime as ort
+
+    root, trained = baseline_package
+    library = read_config(["inference", "rd4ad"], bundle_root=str(trained)).get_parsed_content("network_def")
+    load_network(library, trained / "models" / "model.pt", key="model").eval()
+    session = ort.InferenceSession(str(root / "models" / "model.onnx"), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = torch.rand(batch, 3, TINY["image_size"], TINY["image_size"])
+        with torch.no_grad():
+            expected = library(x)
+        torch.testing.assert_close(torch.from_numpy(session.run(None, {"image": x.numpy()})[0]), expected,
+                                   rtol=1e-4, atol=1e-4)  # fmt: skip
+    checkout = _zoo_checkout(root, tmp_path)
+    full = _run_alone(["ci/verify_bundle.py", "-b", BUNDLE.name, "-m", "full"], checkout, tmp_path)
+    assert "data shape is verified correctly." in full and "Provided TorchScript module is verified correctly." in full
+    images = tmp_path / "images.txt"
+    images.write_text("".join(f"{p}\n" for p in sorted((trained / "data" / "test").rglob("*.png"))[::3]))
+    _run_alone(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--meta_file",
+                "configs/metadata.json", "--input", str(images), "--output_dir", str(tmp_path / "package")],
+               shutil.copytree(root, tmp_path / "bundle"), tmp_path)  # fmt: skip
+    read_config(["inference", "rd4ad"], bundle_root=str(trained), input=str(images),
+                output_dir=str(tmp_path / "library")).get_parsed_content("evaluator").run()  # fmt: skip
+    scores = {}
+    for name in ("package", "library"):
+        with open(tmp_path / name / "scores.csv") as f:
+            scores[name] = {r["path"]: float(r["score"]) for r in csv.DictReader(f)}
+    assert len(scores["package"]) == len(images.read_text().split())
+    assert scores["package"] == pytest.approx(scores["library"], abs=1e-5)
+
+
 def test_large_files_download_from_the_url_base_and_are_hash_checked(package, tmp_path):
     """The Zoo's ``utils.download_large_files`` on the package's large_files.yml fetches every model from the local
     server and checks its sha256; a listed hash that does not match stops it."""
@@ -334,19 +386,20 @@ def _studies(folder: Path, image: Path) -> dict[str, Path]:
 
 
 @pytest.mark.slow
-def test_monailabel_client_gets_the_bundles_map_and_score_and_the_reason_of_a_bad_request(package, shared_data,
-                                                                                          tmp_path):
-    """A real ``monailabel start_server`` with monailabel_app/ serving the packed phantom model where hdhkd-monai is
-    not installed, asked through ``MONAILabelClient``: the studies folder lists every image format; a real OCT
-    B-scan comes back as a float heat-map on the image's grid as ITK reads it (size, spacing, direction), with the
-    score and decision of the package's own inference; an unknown image id, an unknown model and an unreadable
-    upload are answered 404, 404 and 422 with the reason."""
+@pytest.mark.parametrize("packed", ["package", "baseline_package"])
+def test_monailabel_client_gets_the_bundles_map_and_score_and_the_reason_of_a_bad_request(packed, request,
+                                                                                          shared_data, tmp_path):
+    """A real ``monailabel start_server`` with monailabel_app/ serving a packed phantom model (HDHKD, and the
+    RD4AD baseline) where hdhkd-monai is not installed, asked through ``MONAILabelClient``: the studies folder lists
+    every image format; a real OCT B-scan comes back as a float heat-map on the image's grid as ITK reads it (size,
+    spacing, direction), with the score and decision of the package's own inference; an unknown image id, an
+    unknown model and an unreadable upload are answered 404, 404 and 422 with the reason."""
     import itk
     import nibabel as nib
 
     if not MONAILABEL_PYTHON:
         pytest.skip("set HDHKD_MONAILABEL_PYTHON to the python monailabel_app/make_env.sh prints (.ci/run does)")
-    root, _, _ = package
+    root = request.getfixturevalue(packed)[0]
     image = sorted((shared_data / REAL_IMAGES[1]).iterdir())[0]
     studies = _studies(tmp_path / "studies", image)
     (tmp_path / "unreadable.jpeg").write_bytes(image.read_bytes()[:200])  # a truncated upload

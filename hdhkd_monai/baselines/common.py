@@ -1,5 +1,8 @@
 """Pieces the baselines share: input checks, batch iteration, frozen sub-networks and map smoothing.
 
+``check_images`` and ``smooth_map`` run inside the detectors' inference path, so TorchScript compiles them and ONNX
+export traces them (the bundle's ``ckpt_export``, ``onnx_export`` and the Model Zoo package).
+
 May import ``baselines``, ``networks`` and the layers below; never ``engines`` or ``handlers``.
 """
 
@@ -7,23 +10,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import List
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.transforms.functional import gaussian_blur
 
-
-__all__ = ["ImageNormalize", "check_images", "freeze", "iterate_batches", "smooth_map"]
-
+__all__ = ["ImageNormalize", "check_images", "freeze", "gaussian_kernel", "iterate_batches", "smooth_map"]
 
 
 def check_images(x: torch.Tensor, name: str = "input") -> torch.Tensor:
     """Raise a ``ValueError`` unless ``x`` is a float batch [B, 3, H, W] with B >= 1; returns ``x``."""
-    if not isinstance(x, torch.Tensor):
+    if not torch.jit.is_scripting() and not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor [B, 3, H, W], got {type(x).__name__}")
-    if x.ndim != 4 or x.shape[1] != 3 or x.shape[0] == 0:
-        raise ValueError(f"{name} must have shape [B>=1, 3, H, W] (images in [0, 1]), got {tuple(x.shape)}")
+    if x.dim() != 4 or x.shape[1] != 3 or x.shape[0] == 0:
+        raise ValueError(f"{name} must have shape [B>=1, 3, H, W] (images in [0, 1]), got {list(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a float tensor with values in [0, 1], got dtype {x.dtype}")
     return x
@@ -73,7 +74,16 @@ class ImageNormalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def smooth_map(scores: torch.Tensor, size: Sequence[int], sigma: float = 4.0) -> torch.Tensor:
+def gaussian_kernel(radius: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+    """The normalised 2-D Gaussian ``[1, 1, 2 radius + 1, 2 radius + 1]`` with standard deviation ``sigma`` (in
+    pixels), of ``like``'s dtype and device: torchvision's ``gaussian_blur`` kernel, computed by the same operations."""
+    offsets = torch.arange(-radius, radius + 1, dtype=like.dtype, device=like.device)
+    pdf = torch.exp(-0.5 * (offsets / sigma).pow(2))
+    kernel = pdf / pdf.sum()
+    return torch.mm(kernel[:, None], kernel[None, :])[None, None]
+
+
+def smooth_map(scores: torch.Tensor, size: List[int], sigma: float = 4.0) -> torch.Tensor:
     """Bilinear upsampling to ``size`` followed by a Gaussian blur, as PatchCore and RD4AD post-process their maps.
 
     Args:
@@ -83,12 +93,13 @@ def smooth_map(scores: torch.Tensor, size: Sequence[int], sigma: float = 4.0) ->
             (as scipy's ``gaussian_filter``) and at the image size (reflect padding needs it smaller).
 
     Returns:
-        [B, 1, H, W] anomaly map.
+        [B, 1, H, W] anomaly map, equal to torchvision's ``gaussian_blur`` with reflect padding (the same kernel
+        and convolution). Written out because ``gaussian_blur`` neither compiles with TorchScript nor exports to
+        ONNX, and MONAI's ``GaussianFilter`` pads with zeros, which changes the map near the border.
     """
-    maps = F.interpolate(scores, size=tuple(size), mode="bilinear", align_corners=False)
-    if sigma <= 0:
+    maps = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+    radius = min(int(math.ceil(4 * sigma)), min(size[0], size[1]) - 1)
+    if sigma <= 0 or radius < 1:
         return maps
-    radius = min(math.ceil(4 * sigma), min(size) - 1)
-    if radius < 1:
-        return maps
-    return gaussian_blur(maps, kernel_size=[2 * radius + 1] * 2, sigma=[float(sigma)] * 2)
+    padded = F.pad(maps, [radius, radius, radius, radius], mode="reflect")
+    return F.conv2d(padded, gaussian_kernel(radius, sigma, maps))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Iterable, Sequence
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -54,7 +55,7 @@ class AutoEncoder(nn.Module):
         code_kernel = tuple(s // 32 for s in self.image_size)
         self.encoder = nn.Sequential(*strided, nn.Conv2d(64, 64, code_kernel))
         self.decoder_sizes = [
-            tuple(max(1, round(s * f) + shift) for s in self.image_size)
+            [max(1, round(s * f) + shift) for s in self.image_size]
             for f, shift in ((1 / 64, -1), (1 / 32, 0), (1 / 16, -1), (1 / 8, 0), (1 / 4, -1), (1 / 2, -1))
         ]
         self.decoder_blocks = nn.ModuleList(
@@ -65,14 +66,14 @@ class AutoEncoder(nn.Module):
             nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(64, out_channels, 3, padding=1)
         )
 
-    def forward(self, x: torch.Tensor, out_size: Sequence[int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, out_size: List[int]) -> torch.Tensor:
         """[B, 3, H, W] (the teacher's input) -> [B, out_channels, *out_size]."""
-        if tuple(x.shape[-2:]) != self.image_size:
-            raise ValueError(f"AutoEncoder was built for {self.image_size} inputs, got {tuple(x.shape[-2:])}")
+        if x.shape[-2] != self.image_size[0] or x.shape[-1] != self.image_size[1]:
+            raise ValueError(f"AutoEncoder was built for {self.image_size} inputs, got {list(x.shape[-2:])}")
         z = self.encoder(x)
-        for size, block in zip(self.decoder_sizes, self.decoder_blocks):
-            z = block(F.interpolate(z, size=size, mode="bilinear", align_corners=False))
-        return self.head(F.interpolate(z, size=tuple(out_size), mode="bilinear", align_corners=False))
+        for i, block in enumerate(self.decoder_blocks):
+            z = block(F.interpolate(z, size=self.decoder_sizes[i], mode="bilinear", align_corners=False))
+        return self.head(F.interpolate(z, size=out_size, mode="bilinear", align_corners=False))
 
 
 class EfficientAD(Detector):
@@ -80,7 +81,9 @@ class EfficientAD(Detector):
 
     Args:
         teacher: the distilled PDN teacher; its ``normalize`` (``feat_mean``/``feat_std`` buffers) standardises the
-            targets, so set those statistics (:func:`hdhkd_monai.distill.teacher_output_stats`) before training.
+            targets, so set those statistics (:func:`hdhkd_monai.distill.teacher_output_stats`) before training
+            (:meth:`configure_optimizer` warns otherwise). Its type and arguments are recorded in ``settings``, from
+            which ``inference.json`` rebuilds it (:func:`hdhkd_monai.networks.teacher_from_settings`).
         image_size: input side or (H, W), a multiple of 32; fixes the autoencoder's code convolution.
         student_size: ``"small"`` (EfficientAD-S) or ``"medium"`` (EfficientAD-M) PDN student.
         hard_quantile: the hard-feature loss keeps student-teacher squared errors at or above this quantile.
@@ -110,13 +113,6 @@ class EfficientAD(Detector):
         size = [image_size] * 2 if isinstance(image_size, int) else list(image_size)
         self.settings = {"image_size": size[0] if size[0] == size[1] else size, "student_size": student_size,
                          "teacher": {"type": type(teacher).__name__, **getattr(teacher, "settings", {})}}
-        if not teacher.feat_mean.any() and bool((teacher.feat_std == 1).all()):
-            warnings.warn(
-                "the teacher's feature statistics are unset (feat_mean 0, feat_std 1): EfficientAD will train on raw "
-                "teacher outputs; set them with hdhkd_monai.distill.teacher_output_stats first",
-                UserWarning,
-                stacklevel=2,
-            )
         self.teacher = freeze(teacher)
         self.channels = teacher.out_channels
         self.student = PDN(size=student_size, out_channels=2 * self.channels, padding=teacher.padding)
@@ -136,15 +132,27 @@ class EfficientAD(Detector):
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         """The EfficientAD paper's optimiser over student and autoencoder: Adam, lr 1e-4, weight decay 1e-5 (its
-        tenfold lr drop at 95% of training is left to the caller)."""
+        tenfold lr drop at 95% of training is left to the caller). Warns when the teacher's feature statistics are
+        unset (inference builds the teacher so, and loads them with the checkpoint; training needs them first)."""
+        if not self.teacher.feat_mean.any() and bool((self.teacher.feat_std == 1).all()):
+            warnings.warn(
+                "the teacher's feature statistics are unset (feat_mean 0, feat_std 1): EfficientAD will train on raw "
+                "teacher outputs; set them with hdhkd_monai.distill.teacher_output_stats first",
+                UserWarning,
+                stacklevel=2,
+            )
         return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=1e-4, weight_decay=1e-5)
 
     @property
     def calibrated(self) -> bool:
         """Whether the map normalisation quantiles have been fitted."""
-        return not bool(torch.isnan(self.quantiles_st).any() or torch.isnan(self.quantiles_ae).any())
+        return bool(self.normalisation_fitted())
 
-    def features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def normalisation_fitted(self) -> torch.Tensor:
+        """Whether the map normalisation quantiles have been fitted, as a tensor ``[]`` (a trace keeps both cases)."""
+        return torch.isfinite(self.quantiles_st).all() & torch.isfinite(self.quantiles_ae).all()
+
+    def features(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """[B, 3, H, W] in [0, 1] -> (teacher, student-vs-teacher, student-vs-AE, autoencoder) features.
 
         All four are [B, C, h, w] on the teacher grid (h = H/4 - 8 without padding); the teacher's is normalised and
@@ -156,11 +164,6 @@ class EfficientAD(Detector):
         student = self.student(x)
         reconstruction = self.autoencoder(x, target.shape[-2:])
         return target, student[:, : self.channels], student[:, self.channels :], reconstruction
-
-    def forward(self, x: torch.Tensor):
-        if not torch.jit.is_scripting() and self.training:  # TorchScript exports the inference path only
-            return self.training_outputs(x)
-        return super().forward(x)
 
     def training_outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """What :class:`EfficientADLoss` compares, for normal images ``x`` [B, 3, H, W] in [0, 1]: ``(target,
@@ -200,24 +203,24 @@ class EfficientAD(Detector):
         grid = list(target.shape[-2:])
         return discrepancy_map(target, student_st, grid), discrepancy_map(reconstruction, student_ae, grid)
 
-    @torch.no_grad()
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, 1, H, W]: mean of the local and global maps, each resized to the input.
+        """[B, 3, H, W] -> [B, 1, H, W]: mean of the local and global maps, each resized to the input (no gradients).
 
         Once :meth:`fit_map_normalisation` ran, each map is normalised as ``0.1 (m - q_a) / (q_b - q_a)`` (an affine
         map, so it commutes with the resize); before that the raw maps are averaged. An unpadded teacher's grid
         misses ``teacher.border`` cells on each side; the maps are edge-padded by that much before the bilinear
         resize (HDHKD does the same; the paper's code zero-pads).
         """
-        target, student_st, student_ae, reconstruction = self.features(x)
-        size, border = list(x.shape[-2:]), self.teacher.border
-        local = discrepancy_map(target, student_st, size, border)
-        global_ = discrepancy_map(reconstruction, student_ae, size, border)
-        if self.calibrated:
-            local, global_ = normalize_map(local, self.quantiles_st), normalize_map(global_, self.quantiles_ae)
-        return 0.5 * (local + global_)
+        with torch.no_grad():
+            target, student_st, student_ae, reconstruction = self.features(x)
+            size, border = x.shape[-2:], self.teacher.border
+            local = discrepancy_map(target, student_st, size, border)
+            global_ = discrepancy_map(reconstruction, student_ae, size, border)
+            calibrated = self.normalisation_fitted()
+            local = torch.where(calibrated, normalize_map(local, self.quantiles_st), local)
+            global_ = torch.where(calibrated, normalize_map(global_, self.quantiles_ae), global_)
+            return 0.5 * (local + global_)
 
-    @torch.no_grad()
     def predict(self, x: torch.Tensor) -> AnomalyPrediction:
         """[B, 3, H, W] -> image scores [B] (map maximum) and anomaly maps [B, 1, H, W]."""
         maps = self.anomaly_map(x)

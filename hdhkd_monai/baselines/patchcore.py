@@ -14,7 +14,9 @@ May import ``anomaly_map``, ``distill`` (its feature extractor), ``networks`` an
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
+from typing import Optional, Tuple
 
 import torch
 from einops import rearrange
@@ -23,7 +25,7 @@ from tqdm.auto import tqdm
 from hdhkd_monai.anomaly_map import AnomalyPrediction
 from hdhkd_monai.baselines.common import check_images, iterate_batches, smooth_map
 from hdhkd_monai.networks import Detector
-from hdhkd_monai.networks.blocks.patch_memory import k_center_greedy
+from hdhkd_monai.networks.blocks.patch_memory import k_center_greedy, nearest_neighbours
 from hdhkd_monai.distill import PatchCoreTarget
 
 __all__ = ["PatchCore", "k_center_greedy", "random_projection"]
@@ -139,24 +141,19 @@ class PatchCore(Detector):
         self.memory_bank = patches.contiguous()
         return self
 
-    def nearest(self, queries: torch.Tensor, bank: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def nearest(self, queries: torch.Tensor, bank: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Euclidean nearest bank entry of each query, in chunks: [P, C] -> (distances [P], bank indices [P])."""
         bank = self.memory_bank if bank is None else bank
-        rows = max(1, self.chunk_elements // max(1, len(bank)))
-        pairs = [torch.cdist(chunk, bank).min(dim=1) for chunk in queries.split(rows)]
-        return torch.cat([p.values for p in pairs]), torch.cat([p.indices for p in pairs])
+        return nearest_neighbours(queries, bank, self.chunk_elements, euclidean=True)
 
-    @torch.no_grad()
     def patch_scores(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, 1, h, w]: distance of each patch feature to its nearest memory bank entry."""
         return self._score(x)[1]
 
-    @torch.no_grad()
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, 1, H, W]: patch scores upsampled and Gaussian-blurred."""
         return smooth_map(self.patch_scores(x), x.shape[-2:], self.sigma)
 
-    @torch.no_grad()
     def predict(self, x: torch.Tensor) -> AnomalyPrediction:
         """[B, 3, H, W] -> image scores [B] and anomaly maps [B, 1, H, W].
 
@@ -166,7 +163,8 @@ class PatchCore(Detector):
         """
         features, scores, index = self._score(x)
         patch_scores = scores.flatten(1)
-        image_scores = self.reweighted(features, patch_scores, index) if self.reweight else patch_scores.amax(dim=1)
+        reweight = self.reweight and self.memory_bank.shape[0] > 0
+        image_scores = self.reweighted(features, patch_scores, index) if reweight else patch_scores.amax(dim=1)
         return AnomalyPrediction(image_scores, smooth_map(scores, x.shape[-2:], self.sigma))
 
     def reweighted(self, features: torch.Tensor, scores: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -179,19 +177,23 @@ class PatchCore(Detector):
         nearest_entry = self.memory_bank[index[rows, worst]]  # [B, C]
         k = min(self.num_neighbors, len(self.memory_bank))
         support = torch.cdist(nearest_entry, self.memory_bank).topk(k, largest=False).indices  # [B, k]
-        dist = (worst_patch[:, None] - self.memory_bank[support]).norm(dim=-1)  # [B, k]
+        dist = torch.linalg.vector_norm(worst_patch[:, None] - self.memory_bank[support], dim=-1)  # [B, k]
         return (1 - torch.softmax(dist, dim=1)[:, 0]) * image_scores
 
-    def _score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """[B, 3, H, W] -> (patch features [B, h*w, C], scores [B, 1, h, w], nearest bank indices [B, h*w])."""
+    def _score(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """[B, 3, H, W] -> (patch features [B, h*w, C], scores [B, 1, h, w], nearest bank indices [B, h*w]), without
+        gradients. An empty memory bank (an unfitted model, as MONAI's network checks and the Model Zoo's CI build
+        one) scores every patch 0, with a warning."""
         check_images(x)
-        if len(self.memory_bank) == 0:
-            raise RuntimeError("PatchCore has an empty memory bank: call fit(normal_images) first")
-        features = self.features(x)
-        b, _, h, w = features.shape
-        features = rearrange(features, "b c h w -> b (h w) c")
-        dist, index = self.nearest(features.flatten(0, 1))
-        return features, dist.view(b, 1, h, w), index.view(b, h * w)
+        with torch.no_grad():
+            features = self.features(x)
+            b, _, h, w = features.shape
+            features = features.flatten(2).transpose(1, 2)  # [B, h*w, C]; not einops: TorchScript compiles this
+            if self.memory_bank.shape[0] == 0:
+                warnings.warn("PatchCore has an empty memory bank: every patch scores 0; call fit(normal_images) first")
+                return features, features.new_zeros(b, 1, h, w), torch.zeros_like(features[..., 0], dtype=torch.long)
+            dist, index = self.nearest(features.flatten(0, 1))
+            return features, dist.view(b, 1, h, w), index.view(b, h * w)
 
 
 def _resize_memory_bank(module: PatchCore, state_dict, prefix, *args) -> None:

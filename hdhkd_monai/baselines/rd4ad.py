@@ -16,6 +16,7 @@ May import ``anomaly_map``, ``pretrained``, ``networks`` and ``baselines.common`
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -104,9 +105,9 @@ class OneClassBottleneck(nn.Module):
         )
         self.embed = _stage(3 * c3, 2 * c3, blocks, "down")
 
-    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, features: List[torch.Tensor]) -> torch.Tensor:
         """[f1 [B,c1,H/4,W/4], f2 [B,c2,H/8,W/8], f3 [B,c3,H/16,W/16]] -> [B, 2*c3, H/32, W/32]."""
-        fused = torch.cat([align(f) for align, f in zip(self.align, features)], dim=1)
+        fused = torch.cat([align(features[i]) for i, align in enumerate(self.align)], dim=1)
         return self.embed(fused)
 
 
@@ -125,7 +126,7 @@ class ReverseDecoder(nn.Module):
         ins, outs = (2 * c3, c3, c2), (c3, c2, c1)
         self.stages = nn.ModuleList(_stage(i, o, n, "up") for i, o, n in zip(ins, outs, blocks))
 
-    def forward(self, embedding: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, embedding: torch.Tensor) -> List[torch.Tensor]:
         """[B, 2*c3, H/32, W/32] -> [d1 [B,c1,H/4,W/4], d2 [B,c2,H/8,W/8], d3 [B,c3,H/16,W/16]]."""
         outputs = []
         x = embedding
@@ -192,36 +193,34 @@ class RD4AD(Detector):
         betas (0.5, 0.999)."""
         return torch.optim.Adam([p for p in self.parameters() if p.requires_grad], lr=5e-3, betas=(0.5, 0.999))
 
-    def features(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    def features(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
         """[B, 3, H, W] in [0, 1] -> (encoder features, decoder features), each three maps [B, c_k, H/s_k, W/s_k]."""
         check_images(x)
-        if x.shape[-2] % self.stride or x.shape[-1] % self.stride:
-            raise ValueError(f"RD4AD input size must be a multiple of {self.stride}, got {tuple(x.shape[-2:])}")
+        if x.shape[-2] % self.stride != 0 or x.shape[-1] % self.stride != 0:
+            raise ValueError(f"RD4AD input size must be a multiple of {self.stride}, got {list(x.shape[-2:])}")
         with torch.no_grad():
             encoded = self.encoder(self.normalize(x))
         return encoded, self.decoder(self.bottleneck(encoded))
 
-    def forward(self, x: torch.Tensor):
-        if not torch.jit.is_scripting() and self.training:  # TorchScript exports the inference path only
-            return self.features(x)
-        return super().forward(x)
+    def training_outputs(self, x: torch.Tensor) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """:meth:`features`, which :class:`ReverseDistillationLoss` compares."""
+        return self.features(x)
 
     def loss(self, x: torch.Tensor) -> torch.Tensor:
         """Scalar training loss of images ``x`` (:class:`ReverseDistillationLoss` of :meth:`features`)."""
         return ReverseDistillationLoss()(*self.features(x))
 
-    @torch.no_grad()
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, 1, H, W]: per-scale cosine distances upsampled, summed, Gaussian-smoothed."""
-        encoded, decoded = self.features(x)
-        size = x.shape[-2:]
-        total = sum(
-            F.interpolate(_cosine_distance(e, d), size=size, mode="bilinear", align_corners=False)
-            for e, d in zip(encoded, decoded)
-        )
-        return smooth_map(total, size, sigma=self.sigma)
+        """[B, 3, H, W] -> [B, 1, H, W]: per-scale cosine distances upsampled, summed, Gaussian-smoothed (no
+        gradients)."""
+        with torch.no_grad():
+            encoded, decoded = self.features(x)
+            size = x.shape[-2:]
+            total = torch.zeros_like(x[:, :1])
+            for e, d in zip(encoded, decoded):
+                total = total + F.interpolate(_cosine_distance(e, d), size=size, mode="bilinear", align_corners=False)
+            return smooth_map(total, size, sigma=self.sigma)
 
-    @torch.no_grad()
     def predict(self, x: torch.Tensor) -> AnomalyPrediction:
         """[B, 3, H, W] -> image scores [B] (map maximum) and anomaly maps [B, 1, H, W]."""
         maps = self.anomaly_map(x)

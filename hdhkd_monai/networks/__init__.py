@@ -28,6 +28,8 @@ from .nets import (
     Detector,
     HDHKDStudent,
     PretrainedTeacher,
+    TEACHERS,
+    teacher_from_settings,
 )
 
 __all__ = [
@@ -49,4 +51,6 @@ __all__ = [
     "HDHKD",
     "AnomalyMapNet",
     "GLOBAL_DECODERS",
+    "TEACHERS",
+    "teacher_from_settings",
 ]

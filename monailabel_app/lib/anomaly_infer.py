@@ -1,13 +1,14 @@
-"""The MONAI Label infer task that serves an HDHKD Model Zoo package: an image in; the float anomaly heat-map (NIfTI,
-on the image's own grid) and the image score, threshold and decision (in the JSON result) out.
+"""The MONAI Label infer task that serves a Model Zoo package of any of the bundle's detectors (HDHKD or a
+baseline): an image in; the float anomaly heat-map (NIfTI, on the image's own grid) and the image score, threshold
+and decision (in the JSON result) out.
 
 It is MONAI Label's :class:`BundleInferTask`, which builds the pre-processing, network and inferer from the
 package's ``configs/inference.json``, loads ``models/model.pt`` and puts the package folder first on ``sys.path``
 so that its ``scripts/`` (the package's own copy of the hdhkd-monai code) is imported: hdhkd-monai itself is not
-needed here. This class adds what an anomaly detector answers beside a map: the score of the bundle's inference
-(``score_top_k``, on the map at the network's size, before it is resized to the image) and the decision against
-the threshold stored in the checkpoint; it writes the map with the image's geometry as ITK reads the image, so it
-overlays the image in a viewer; an image that cannot be read raises :class:`UnreadableImageError`.
+needed here. This class adds what an anomaly detector answers beside a map: the image score of the detector's
+prediction (the score of the bundle's inference, whichever detector it is) and the decision against the threshold
+stored in the checkpoint; it writes the map with the image's geometry as ITK reads the image, so it overlays the
+image in a viewer; an image that cannot be read raises :class:`UnreadableImageError`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Callable, Dict, Sequence
 
 import itk
 import numpy as np
+import torch
 from monai.transforms import SqueezeDimd
 from monai.utils import convert_to_tensor
 from monailabel.tasks.infer.bundle import BundleInferTask
@@ -38,9 +40,7 @@ class AnomalyMapInferTask(BundleInferTask):
         # MONAI Label's own Restored (nearest neighbour, meant for label masks) is replaced by a bilinear one below;
         # its LoadImageTensord wrapper (for in-memory images) would fail on the bundle's optional "mask" key.
         super().__init__(path, conf, add_post_restore=False, extend_load_image=False, load_strict=True, **kwargs)
-        self.top_k = self.bundle_config.get_parsed_content("score_top_k")
         # the package's own code (BundleInferTask put the package first on sys.path)
-        self.image_score = importlib.import_module("scripts.anomaly_map").image_score
         self.decision = importlib.import_module("scripts.handlers.scores").decision
 
     def _load_bundle_config(self, path, config):
@@ -61,14 +61,19 @@ class AnomalyMapInferTask(BundleInferTask):
                                        f"{' '.join(str(cause).split())}") from error
 
     def run_inferer(self, data: Dict[str, Any], convert_to_batch: bool = True, device: str = "cuda"):
-        # The network gets a plain tensor, as in the bundle's evaluator; Restored finds the image's size in the
+        """One forward pass of the detector inside the network (``AnomalyMapNet(detector)``): its prediction's map
+        is the output and its image score goes into the JSON result, as the bundle's evaluator takes them."""
+        # The detector gets a plain tensor, as in the bundle's evaluator; Restored finds the image's size in the
         # meta dict.
         image = data[self.input_key]
         data[f"{self.input_key}_meta_dict"] = image.meta
         data[self.input_key] = convert_to_tensor(image, track_meta=False)
-        data = super().run_inferer(data, convert_to_batch, device)
-        threshold = float(self._get_network(device, data).model.threshold)
-        score = float(self.image_score(data[self.output_label_key][None], top_k=self.top_k))
+        detector = self._get_network(device, data).model
+        with torch.no_grad():
+            prediction = detector(data[self.input_key][None].to(torch.device(device)))
+        data[self.output_label_key] = prediction.anomaly_map[0]
+        threshold = float(detector.threshold)
+        score = float(prediction.pred_score[0])
         data[self.output_json_key] = {
             "score": score,
             "threshold": threshold,

@@ -44,24 +44,30 @@ def k_center_greedy(points: torch.Tensor, n: int, start: int = 0, progress: bool
     return selected
 
 
-def _nearest_squared(queries: torch.Tensor, bank: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Squared Euclidean distance ``[P]`` of each query ``[P, C]`` to its nearest bank row ``[M, C]``, and that row's
-    index ``[P]``: one matrix product (``|q|^2 - 2 q.b + |b|^2``), which TorchScript and ONNX export alike."""
+def _nearest(queries: torch.Tensor, bank: torch.Tensor, euclidean: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Distance ``[P]`` of each query ``[P, C]`` to its nearest bank row ``[M, C]``, and that row's index ``[P]``.
+    Squared: one matrix product (``|q|^2 - 2 q.b + |b|^2``); Euclidean: ``torch.cdist``. TorchScript and ONNX export
+    take both."""
+    if euclidean:
+        nearest = torch.cdist(queries, bank).min(dim=1)
+        return nearest.values, nearest.indices
     squared = queries.square().sum(1, keepdim=True) - 2 * queries @ bank.t() + bank.square().sum(1)[None]
     nearest = squared.min(dim=1)
     return nearest.values.clamp_min(0), nearest.indices
 
 
-def nearest_neighbours(queries: torch.Tensor, bank: torch.Tensor, chunk_elements: int = 2**24) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Squared distances ``[P]`` and indices ``[P]`` of each query's nearest bank row, in blocks of about
-    ``chunk_elements`` distances (bounds memory for large images). A traced model computes one block: a trace
-    would freeze the number of blocks of the example input, wrong for other sizes."""
+def nearest_neighbours(
+    queries: torch.Tensor, bank: torch.Tensor, chunk_elements: int = 2**24, euclidean: bool = False
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Distances ``[P]`` (squared, or Euclidean with ``euclidean``) and indices ``[P]`` of each query's nearest
+    bank row, in blocks of about ``chunk_elements`` distances (bounds memory for large images). A traced model
+    computes one block: a trace would freeze the number of blocks of the example input, wrong for other sizes."""
     if torch.jit.is_tracing():
-        return _nearest_squared(queries, bank)
+        return _nearest(queries, bank, euclidean)
     rows = max(1, chunk_elements // max(1, bank.shape[0]))
     values, indices = [], []
     for chunk in queries.split(rows):
-        v, i = _nearest_squared(chunk, bank)
+        v, i = _nearest(chunk, bank, euclidean)
         values.append(v)
         indices.append(i)
     return torch.cat(values), torch.cat(indices)

@@ -26,7 +26,8 @@ class Detector(nn.Module):
     :class:`~hdhkd_monai.anomaly_map.AnomalyPrediction`: image scores ``pred_score [B]`` and anomaly maps
     ``anomaly_map [B, 1, H, W]``, both in calibrated units once :class:`~hdhkd_monai.handlers.CalibrationHandler`
     has set ``map_quantiles``. In training mode a subclass may return what its training needs instead (HDHKD: the
-    teacher and student features). Subclasses implement :meth:`predict`, the uncalibrated prediction.
+    teacher and student features) from :meth:`training_outputs`. Subclasses implement :meth:`predict`, the
+    uncalibrated prediction, whose code TorchScript compiles: the bundle exports every detector the same way.
 
     Calibration travels with the state dict: the buffers ``threshold`` ``[]`` (the decision threshold in calibrated
     units), ``map_quantiles`` ``[2]`` (the map normalisation, EfficientAD's ``0.1 * (m - q_low) / (q_high -
@@ -52,7 +53,17 @@ class Detector(nn.Module):
         """Uncalibrated scores ``[B]`` and maps ``[B, 1, H, W]`` of images ``x [B, 3, H, W]``."""
         raise NotImplementedError
 
-    def forward(self, x: torch.Tensor) -> AnomalyPrediction:
+    def forward(self, x: torch.Tensor):
+        """Eval mode: the calibrated :class:`~hdhkd_monai.anomaly_map.AnomalyPrediction` of ``x``; training mode:
+        :meth:`training_outputs`. TorchScript compiles the eval path only."""
+        if not torch.jit.is_scripting():
+            if self.training:
+                return self.training_outputs(x)
+        return self.to_calibrated_units(self.predict(x))
+
+    def training_outputs(self, x: torch.Tensor):
+        """What the detector's training loss compares for training images ``x [B, 3, H, W]`` (the bundle's
+        ``loss(*outputs)``); a detector fitted without a loss gives its prediction."""
         return self.to_calibrated_units(self.predict(x))
 
     def to_calibrated_units(self, prediction: AnomalyPrediction) -> AnomalyPrediction:

@@ -180,11 +180,9 @@ class HDHKD(Detector):
         f_t = self.teacher_features(x)
         return f_t, self.student(x, f_t.shape[-2:])
 
-    def forward(self, x: torch.Tensor):
-        if not torch.jit.is_scripting():  # TorchScript exports the inference path only
-            if self.training:
-                return self.features(x)
-        return self.to_calibrated_units(self.predict(x))
+    def training_outputs(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`features`, which :class:`~hdhkd_monai.losses.DistillationLoss` compares."""
+        return self.features(x)
 
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
         """Raw anomaly map ``[B, 1, H, W]``: channel mean of ``(f_t - f_sd)**2`` (plus the memory's distance of
