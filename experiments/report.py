@@ -92,12 +92,28 @@ def _mean_sd(values: list[float]) -> str:
     return f"{mean:.2f} ± {sd:.2f}"
 
 
+def rows_by_name(tables: list[dict]) -> dict[str, list[dict | None]]:
+    """Each row name, in the order rows first appear, with its row in every seed's table (``None`` where that seed
+    did not run it, e.g. a costly baseline run on one seed only)."""
+    found = [{row["name"]: row for row in t["rows"]} for t in tables]
+    names = dict.fromkeys(row["name"] for t in tables for row in t["rows"])
+    return {name: [f.get(name) for f in found] for name in names}
+
+
+def mean_auroc(runs: list[dict | None]) -> float:
+    """Mean test AUROC of the seeds that ran a row."""
+    values = [r["image"]["auroc"] for r in runs if r is not None]
+    return sum(values) / len(values)
+
+
 def markdown_seeds(tables: list[dict], comparisons: list[str]) -> str:
-    """One table over several seeds of the same table: each metric as mean ± standard deviation over the seeds, the
-    AUROC of every seed, and the paired bootstrap ``comparisons`` (lines of text) below."""
+    """One table over several seeds of the same table: each metric as mean ± standard deviation over the seeds that
+    ran the row, the AUROC of every seed (``-`` where a seed did not run it), the per-class AUROC where the test set
+    has several abnormal classes, and the paired bootstrap ``comparisons`` (lines of text) below."""
     first, budget = tables[0], tables[0]["budget"]
     seeds = [t["budget"]["seed"] for t in tables]
-    pdn = any(r["name"] == "EfficientAD-S" for r in first["rows"])
+    rows = rows_by_name(tables)
+    pdn = "EfficientAD-S" in rows
     lines = [
         f"Data `{first['data']}`; image {budget['image_size']}x{budget['image_size']}, {budget['iterations']} student "
         f"iterations at batch {budget['batch_size']}"
@@ -114,16 +130,33 @@ def markdown_seeds(tables: list[dict], comparisons: list[str]) -> str:
         "| paper AUROC (same data set) | test normal / abnormal | train s (mean) |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for i, row in enumerate(first["rows"]):
-        runs = [t["rows"][i] for t in tables]
-        metric = lambda key: _mean_sd([r["image"].get(key) for r in runs])  # noqa: E731
-        paper = PAPER_AUROC_BY_DATA.get(first["data"], {}).get(row["name"])
-        params = row.get("trainable_params")
-        m = row["image"]
-        lines.append(
-            f"| {row['name']} | {metric('auroc')} | {' / '.join(_pct(r['image']['auroc']) for r in runs)} "
-            f"| {metric('auprc')} | {metric('sen_at_95spe')} | {metric('f1')} | {metric('spe')} "
-            f"| {'n/a' if params is None else f'{params / 1e6:.1f}'} | {'' if paper is None else paper} "
-            f"| {m['n_normal']} / {m['n_abnormal']} | {sum(r['train_s'] for r in runs) / len(runs):.0f} |"
-        )
-    return "\n".join(lines + ([""] + comparisons if comparisons else []))
+    lines += [_seeds_row(first["data"], name, runs) for name, runs in rows.items()]
+    return "\n".join(lines + _per_class_lines(rows) + ([""] + comparisons if comparisons else []))
+
+
+def _seeds_row(data: str, name: str, runs: list[dict | None]) -> str:
+    ran = [r for r in runs if r is not None]
+    metric = lambda key: _mean_sd([r["image"].get(key) for r in ran])  # noqa: E731
+    paper = PAPER_AUROC_BY_DATA.get(data, {}).get(name)
+    params = ran[0].get("trainable_params")
+    m = ran[0]["image"]
+    per_seed = " / ".join("-" if r is None else _pct(r["image"]["auroc"]) for r in runs)
+    return (
+        f"| {name} | {metric('auroc')} | {per_seed} | {metric('auprc')} | {metric('sen_at_95spe')} | {metric('f1')} "
+        f"| {metric('spe')} | {'n/a' if params is None else f'{params / 1e6:.1f}'} | {'' if paper is None else paper} "
+        f"| {m['n_normal']} / {m['n_abnormal']} | {sum(r['train_s'] for r in ran) / len(ran):.0f} |"
+    )
+
+
+def _per_class_lines(rows: dict[str, list[dict | None]]) -> list[str]:
+    """AUROC of each abnormal class against the normal test images, mean ± sd over the seeds; none for one class."""
+    classes = sorted({c for runs in rows.values() for r in runs if r is not None for c in r.get("per_class", {})})
+    if len(classes) < 2:
+        return []
+    lines = ["", "Per abnormal class (AUROC against the normal test images, mean ± sd over the seeds):", "",
+             "| row | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
+    for name, runs in rows.items():
+        ran = [r for r in runs if r is not None]
+        cells = [_mean_sd([r.get("per_class", {}).get(c, {}).get("auroc") for r in ran]) for c in classes]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines

@@ -194,13 +194,13 @@ def scores_csv(seed_out: Path, row_name: str) -> Path:
 
 
 def seed_comparisons(table: str, seed_outs: list[Path], tables: list[dict]) -> list[str]:
-    """Paired bootstrap intervals, per seed, of the comparisons a table is for: HDHKD against the best baseline
-    (``main``), the full model against the Conv-Upsample-only row (``table5``)."""
-    names = [row["name"] for row in tables[0]["rows"]]
-    mean_auroc = {n: sum(t["rows"][i]["image"]["auroc"] for t in tables) / len(tables) for i, n in enumerate(names)}
-    baselines = [n for n in names if "/" not in n]
+    """Paired bootstrap intervals, per seed, of the comparisons a table is for: HDHKD against the best baseline run on
+    every seed (``main``), the full model against the Conv-Upsample-only row (``table5``)."""
+    rows = report.rows_by_name(tables)
+    names = list(rows)
+    baselines = [n for n in names if "/" not in n and None not in rows[n]]  # paired on every seed
     if table == "main" and baselines:
-        pairs = [(names[0], max(baselines, key=mean_auroc.get))]
+        pairs = [(names[0], max(baselines, key=lambda n: report.mean_auroc(rows[n])))]
     elif table == "table5" and {"table5/7_full", "table5/1_conv"} <= set(names):
         pairs = [("table5/7_full", "table5/1_conv")]
     else:

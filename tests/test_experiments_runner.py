@@ -252,6 +252,39 @@ def test_seed_comparisons_pair_hdhkd_with_the_best_baseline(runs):
     assert f"seed 0: {100 * expected['diff']:+.2f} [{100 * expected['low']:+.2f}, {100 * expected['high']:+.2f}]" in line
 
 
+def _seed_table(seed: int, aurocs: dict[str, float]) -> dict:
+    """A main table of one seed whose rows score ``aurocs`` overall and per class (AMD: the AUROC, DME: its half)."""
+    def row(name, auroc):
+        image = {"auroc": auroc, "auprc": 0.9, "sen_at_95spe": 0.3, "f1_flag_all": 0.88, "f1": 0.5, "spe": 0.9,
+                 "n_normal": 4, "n_abnormal": 22}  # fmt: skip
+        per_class = {"AMD": {"auroc": auroc}, "DME": {"auroc": auroc / 2}}
+        return {"name": name, "image": image, "per_class": per_class, "train_s": 1.0, "trainable_params": 1e6}
+
+    return {"data": "neh-oct", "wall_s": 60, "budget": {**BUDGET, "seed": seed},
+            "rows": [row(name, auroc) for name, auroc in aurocs.items()]}  # fmt: skip
+
+
+def test_a_row_run_on_some_seeds_only_is_shown_with_its_seeds_and_each_class_gets_its_auroc():
+    tables = [_seed_table(0, {"table5/7_full": 0.8, "EfficientAD-S": 0.6, "PatchCore": 0.7}),
+              _seed_table(1, {"table5/7_full": 0.9, "PatchCore": 0.5})]  # fmt: skip
+    lines = report.markdown_seeds(tables, []).splitlines()
+    efficientad = next(line for line in lines if line.startswith("| EfficientAD-S | 60.00 ± 0.00 | 60.00 / - |"))
+    assert efficientad.endswith("| 4 / 22 | 1 |")
+    assert "| PatchCore | 60.00 ± 14.14 | 70.00 / 50.00 |" in lines[lines.index(efficientad) + 1]
+    assert "| row | AMD | DME |" in lines
+    assert "| table5/7_full | 85.00 ± 7.07 | 42.50 ± 3.54 |" in lines
+    assert "| EfficientAD-S | 60.00 ± 0.00 | 30.00 ± 0.00 |" in lines
+
+
+def test_the_best_baseline_of_the_seed_comparison_is_one_run_on_every_seed(monkeypatch):
+    """EfficientAD-S, run on seed 0 only, has the best mean but cannot be paired on seed 1: PatchCore is compared."""
+    tables = [_seed_table(0, {"table5/7_full": 0.8, "EfficientAD-S": 0.95, "PatchCore": 0.7, "RD4AD": 0.6}),
+              _seed_table(1, {"table5/7_full": 0.9, "PatchCore": 0.7, "RD4AD": 0.6})]  # fmt: skip
+    monkeypatch.setattr(run, "compare_runs", lambda a, b: {"diff": 0.01, "low": -0.02, "high": 0.03})
+    (line,) = run.seed_comparisons("main", [Path("s0"), Path("s1")], tables)
+    assert line.startswith("`table5/7_full` - `PatchCore`") and "seed 1: +1.00 [-2.00, +3.00]" in line
+
+
 @pytest.mark.parametrize("data, paper", [("oct2017", "99.72"), ("brainmri", "96.38"), ("neh-oct", ""), ("mydata", "")])
 def test_the_paper_auroc_shown_is_that_of_the_same_data_set_or_none(data, paper):
     image = {"auroc": 0.7, "auprc": 0.8, "sen_at_95spe": 0.3, "f1_flag_all": 0.88, "f1": 0.5, "acc": 0.5, "sen": 0.5,
