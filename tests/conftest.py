@@ -22,9 +22,7 @@ LITE = {"backbone": OFFLINE_TEACHER["target_backbone"], "weights": OFFLINE_TEACH
 # Two cores on CI, shared by the pytest-xdist workers (README's test command runs two): more threads than cores
 # only adds contention.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-_THREADS = max(1, min(2, torch.get_num_threads()) // _WORKERS)
-torch.set_num_threads(_THREADS)
-os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))  # the bundle runs a test starts in subprocesses too
+torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // _WORKERS))
 
 
 @pytest.fixture(scope="session")
