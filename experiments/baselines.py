@@ -28,7 +28,7 @@ from hdhkd_monai.networks import Detector
 from hdhkd_monai.data.datalist import datalist_split
 from hdhkd_monai.engines import AnomalyEvaluator
 from hdhkd_monai.handlers import CalibrationHandler, EvaluationReport
-from hdhkd_monai.launcher import OFFLINE_TEACHER, read_config, run_bundle
+from hdhkd_monai.launcher import OFFLINE_TEACHER, read_config, run_bundles
 
 from experiments.report import trainable_params
 
@@ -96,13 +96,11 @@ def _bundle_row(name: str, root: Path, budget: dict, datalist: Path, preset: Pat
     root.mkdir(parents=True)
     (root / "run.json").write_text(json.dumps(settings, indent=2))
     detector = ["train", *BASELINE_CONFIGS[name]]
-    start = time.time()
-    run_bundle([*detector, preset, root / "run.json"], log=root / "log.txt")
-    train_s = time.time() - start
-    run_bundle([*detector, "evaluate", preset, root / "run.json"], log=root / "log.txt")
+    runs = [[*detector, preset, root / "run.json"], [*detector, "evaluate", preset, root / "run.json"]]
+    train_s, _ = run_bundles(runs, log=root / "log.txt")
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
     return {"name": name, "budget": budget, "train_s": train_s,
-            "trainable_params": trainable_params([*detector, preset, root / "run.json"]), **metrics}  # fmt: skip
+            "trainable_params": trainable_params(runs[0]), **metrics}  # fmt: skip
 
 
 def cached_rows(names, budget: dict, out: Path, args, make_row) -> list[dict]:

@@ -11,7 +11,8 @@ TABLE is one of:
 - ``table6``: the student backbones of Table VI (``configs/table6/*.json``);
 - ``table7``: the global-decoder swaps of Table VII with their parameters (``configs/table7/*.json``).
 
-The steps, each a ``python -m monai.bundle run`` of the bundle in ``bundle/hdhkd_oct_anomaly``:
+The steps, each a ``monai.bundle run`` of the bundle in ``bundle/hdhkd_oct_anomaly`` (a row's training and its
+evaluation in one interpreter, ``hdhkd_monai.launcher.run_bundles``; each command is in the row's ``log.txt``):
 
 1. the datalist of the folder (``train/<normal>``, ``test/<class>``; a held-out part of the normal training images
    is the validation split that calibrates the threshold);
@@ -51,7 +52,7 @@ from experiments.anomalib_rows import ANOMALIB_ROWS, run_anomalib_rows  # noqa: 
 from experiments.baselines import BASELINES, run_baselines  # noqa: E402
 from experiments.compare import compare_runs  # noqa: E402
 from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist  # noqa: E402
-from hdhkd_monai.launcher import CONFIGS, OFFLINE_TEACHER, read_config, run_bundle  # noqa: E402
+from hdhkd_monai.launcher import CONFIGS, OFFLINE_TEACHER, read_config, run_bundle, run_bundles  # noqa: E402
 from tools.markdown import replace_section  # noqa: E402
 
 TABLES = ("main", "table5", "table6", "table7")
@@ -106,18 +107,16 @@ def distil_teacher(args, out: Path, datalist: Path, preset: Path) -> Path:
     return ckpt
 
 
-def timed_training(config_files: list[Path], root: Path, iterations: int) -> float:
-    """Train (or resume) a row and return its training time. The time is kept in ``root/train_time.json`` with the
-    iterations it bought: a row that is only re-evaluated reports how long it took to train, not the seconds its
-    no-op resume took, and a row resumed to more iterations adds the new seconds."""
+def kept_training_time(root: Path, iterations: int, seconds: float) -> float:
+    """The training time of a row that just trained or resumed for ``seconds`` to ``iterations``. The time is kept in
+    ``root/train_time.json`` with the iterations it bought: a row that is only re-evaluated reports how long it took
+    to train, not the seconds its no-op resume took, and a row resumed to more iterations adds the new seconds."""
     record = root / "train_time.json"
     # Records written before the iterations were kept are for the row's current budget.
     previous = json.loads(record.read_text()) if record.exists() else {"train_s": 0.0, "iterations": 0}
-    start = time.time()
-    run_bundle(config_files, log=root / "log.txt")
     if previous.get("iterations", iterations) == iterations:
         return previous["train_s"]
-    train_s = previous["train_s"] + time.time() - start
+    train_s = previous["train_s"] + seconds
     write_json(record, {"train_s": train_s, "iterations": iterations})
     return train_s
 
@@ -170,12 +169,13 @@ def run_row(args, out: Path, row: Path, datalist: Path, preset: Path) -> dict:
     budget = write_json(root / "run.json", settings)
     configs = [preset, row, budget]
     print(f"{row.parent.name}/{row.stem}: training {args.iterations} iterations", flush=True)
-    train_s = timed_training([CONFIGS / "train.json", *configs], root, args.iterations)
-    run_bundle([CONFIGS / "train.json", CONFIGS / "evaluate.json", *configs], log=root / "log.txt")
+    train, evaluate = [CONFIGS / "train.json", *configs], [CONFIGS / "train.json", CONFIGS / "evaluate.json", *configs]
+    seconds = run_bundles([train, evaluate], log=root / "log.txt")
+    train_s = kept_training_time(root, args.iterations, seconds[0])
     metrics = json.loads((root / "eval" / "metrics.json").read_text())
     result = {
         "name": report.row_name(row), "config": json.loads(row.read_text()), "train_s": train_s,
-        "trainable_params": report.trainable_params([CONFIGS / "train.json", *configs]), **metrics,
+        "trainable_params": report.trainable_params(train), **metrics,
     }  # fmt: skip
     print(f"  AUROC {metrics['image']['auroc']:.4f}, training {train_s:.0f} s", flush=True)
     return result

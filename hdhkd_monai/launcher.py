@@ -5,7 +5,8 @@ A workflow is one or more configs merged left to right: a bundle config by name 
 or any JSON file, then ``--key value`` overrides. The bundle and the presets are package data
 (``hdhkd_monai/_bundle``, ``hdhkd_monai/_presets``: links to the repository's folders in a clone, copies in a
 wheel), so this works from any folder. :func:`run_bundle` runs ``python -m monai.bundle run`` on them in a subprocess, exactly as
-typed on a command line; :func:`read_config` gives the same merged config in this process.
+typed on a command line; :func:`run_bundles` runs several (a training, then its evaluation) in one subprocess;
+:func:`read_config` gives the same merged config in this process.
 
 May import every layer of the library (it is the top one); never ``tools``, ``experiments`` or ``bench``.
 """
@@ -18,6 +19,8 @@ import shlex
 import site
 import subprocess
 import sys
+import tempfile
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,6 +38,7 @@ __all__ = [
     "preprocessing",
     "read_config",
     "run_bundle",
+    "run_bundles",
 ]
 
 _PACKAGE = Path(__file__).resolve().parent
@@ -91,15 +95,50 @@ def run_bundle(
         if subprocess.run(cmd, env=_child_env()).returncode:
             raise RuntimeError(f"bundle run failed: {shlex.join(cmd)}")
         return
+    _run_logged(cmd, log, header=f"$ {shlex.join(cmd)}\n")
+
+
+def _run_logged(cmd: list[str], log: str | Path, header: str = "") -> None:
+    """Run ``cmd`` with its output appended to ``log`` after ``header``; a failure raises with the end of the log."""
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
-        f.write(f"$ {shlex.join(cmd)}\n")
+        f.write(header)
         f.flush()
         done = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=_child_env())
     if done.returncode:
         tail = "".join(log.read_text().splitlines(keepends=True)[-_LOG_TAIL:])
         raise RuntimeError(f"bundle run failed (exit {done.returncode}); log {log}:\n{tail}")
+
+
+def run_bundles(runs: Sequence[Sequence[str | Path]], log: str | Path, **overrides) -> list[float]:
+    """Run the workflows ``runs`` one after the other in one child interpreter, each as :func:`run_bundle` would (its
+    command is written to ``log`` before it runs, then its output), and return each one's wall seconds.
+
+    One interpreter instead of one per workflow: importing torch and MONAI costs 5-7 s of CPU per process here, more
+    than a short training. The seconds exclude that import, so a training's time is the training's. The first run
+    that fails stops the rest and raises ``RuntimeError`` with the end of ``log``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        times = Path(tmp) / "seconds.json"
+        spec = {"runs": [config_files(w) for w in runs], "overrides": overrides, "seconds": str(times)}
+        child = "import sys; from hdhkd_monai.launcher import _run_in_turn; _run_in_turn(sys.argv[1])"
+        _run_logged([sys.executable, "-c", child, json.dumps(spec, default=str)], log)  # paths as strings
+        return json.loads(times.read_text())
+
+
+def _run_in_turn(spec_json: str) -> None:
+    """The child of :func:`run_bundles`: ``monai.bundle.run`` on each run of the spec, timed."""
+    from monai.bundle import run
+
+    spec = json.loads(spec_json)
+    seconds = []
+    for files in spec["runs"]:
+        print(f"$ {shlex.join(bundle_command(files, **spec['overrides']))}", flush=True)
+        start = time.perf_counter()
+        run(config_file=files, meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"),
+            **{k: v for k, v in spec["overrides"].items() if v is not None})  # fmt: skip
+        seconds.append(time.perf_counter() - start)
+    Path(spec["seconds"]).write_text(json.dumps(seconds))
 
 
 def _child_env() -> dict[str, str]:

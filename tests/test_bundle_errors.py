@@ -9,7 +9,7 @@ import pytest
 from monai.bundle import ConfigWorkflow
 
 from hdhkd_monai.handlers import save_checkpoint
-from hdhkd_monai.launcher import CONFIGS, read_config
+from hdhkd_monai.launcher import CONFIGS, read_config, run_bundles
 from test_bundle_workflows import TEACHER, TINY, write_phantom_data
 
 
@@ -105,3 +105,19 @@ def test_a_missing_datalist_names_the_command_that_writes_it(phantom):
     assert f"{missing}: datalist file not found: write one with `python -m hdhkd_monai.data.datalist`" in error_text(
         excinfo
     )
+
+
+@pytest.mark.slow
+def test_bundle_runs_in_one_interpreter_stop_at_the_first_failure_with_the_log_tail(tmp_path):
+    """``run_bundles`` runs each workflow in turn in one child, writing each command to the log before its output,
+    and a failing workflow stops the ones after it."""
+    configs = []
+    for name, expression in (("first", "$print('first ran')"), ("fails", "$1 / 0"), ("third", "$print('third ran')")):
+        configs.append(tmp_path / f"{name}.json")
+        configs[-1].write_text(json.dumps({"run": expression}))
+    log = tmp_path / "log.txt"
+    with pytest.raises(RuntimeError, match=r"(?s)bundle run failed .*log .*ZeroDivisionError"):
+        run_bundles([[c] for c in configs], log)
+    text = log.read_text()
+    assert text.count("-m monai.bundle run") == 2 and text.index("fails.json") > text.index("first ran")
+    assert "third ran" not in text

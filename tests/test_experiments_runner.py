@@ -5,9 +5,10 @@ EfficientAD-S, PatchCore, RD4AD) and ``table5`` restricted to ``1_conv`` into th
 2 teacher iterations. The tests check the tables it wrote, the markdown, the refusal of unknown rows, and that running
 a table again resumes its rows instead of training them again. The whole file took 70 s to 95 s in three runs on the
 shared 2-core machine (``OMP_NUM_THREADS=1``, load average 5-6) when the baselines trained in the runner's own loop;
-since they train through the bundle (a training and an evaluation ``monai.bundle run`` each, 11 subprocesses in the
-fixture) it took 198 s and 217 s beside a long study (load 2-3), where the earlier version took 143 s. Most of it
-is the start-up of the subprocesses. It writes about 330 MB of checkpoints under pytest's tmp_path.
+since they train through the bundle (a training and an evaluation ``monai.bundle run`` each) it took 198 s and
+217 s beside a long study (load 2-3), where the earlier version took 143 s. Most of it was the start-up of the 11
+subprocesses of the fixture (torch and MONAI imported in each); a row's training and evaluation now share one
+interpreter (6 subprocesses). It writes about 330 MB of checkpoints under pytest's tmp_path.
 """
 
 import csv
@@ -198,7 +199,7 @@ def test_baselines_evaluated_under_the_same_budget_are_read_back_and_a_new_budge
     def train(*args, **kwargs):
         raise Retrained
 
-    monkeypatch.setattr(baselines, "run_bundle", train)
+    monkeypatch.setattr(baselines, "run_bundles", train)
     args = run.argparse.Namespace(**{k: v for k, v in BUDGET.items() if k != "teacher_iterations"}, fresh=False,
                                   baselines=list(BASELINES))
     teacher = shared_out / "teacher" / "models" / "teacher.pt"  # part of the budget record: the one trained with
@@ -213,17 +214,17 @@ def test_report_only_rewrites_the_doc_section_from_the_table_json_without_runnin
     data, out, tables = runs
     written = []
     monkeypatch.setattr(run, "replace_section", lambda doc, key, body: written.append((doc.name, key, body)))
-    monkeypatch.setattr(run, "run_bundle", lambda *a, **k: pytest.fail("--report-only ran a workflow"))
+    for name in ("run_bundle", "run_bundles"):
+        monkeypatch.setattr(run, name, lambda *a, **k: pytest.fail("--report-only ran a workflow"))
     run.main(["main", "--data", str(data), "--out", str(out), "--report-only"])
     assert written == [("results.md", f"main:{data.name}", report.markdown(tables["main"]))]
 
 
-def test_training_time_is_kept_for_re_evaluation_and_grows_with_further_iterations(tmp_path, monkeypatch):
-    monkeypatch.setattr(run, "run_bundle", lambda *a, **k: time.sleep(0.05))
-    first = run.timed_training([], tmp_path, iterations=2)
-    assert first >= 0.05
-    assert run.timed_training([], tmp_path, iterations=2) == first  # a no-op resume: the training time stands
-    assert run.timed_training([], tmp_path, iterations=4) >= first + 0.05
+def test_training_time_is_kept_for_re_evaluation_and_grows_with_further_iterations(tmp_path):
+    first = run.kept_training_time(tmp_path, iterations=2, seconds=5.0)
+    assert first == 5.0
+    assert run.kept_training_time(tmp_path, iterations=2, seconds=0.5) == first  # a no-op resume: the time stands
+    assert run.kept_training_time(tmp_path, iterations=4, seconds=3.0) == first + 3.0
 
 
 def test_several_seeds_train_into_their_own_folders_and_report_mean_and_spread(runs):

@@ -30,6 +30,18 @@ SHORT_DEMO["common"]["image_size"] = 96
 SHORT_DEMO["student"].update(max_iterations=60, val_interval=30)
 MIN_AUROC = 0.80
 
+#: ``python -m MODULE --help`` for each MODULE of argv, one after the other, each help followed by its end marker.
+HELP_OF_EACH = """
+import runpy, sys
+for module in sys.argv[1:]:
+    sys.argv = [module, "--help"]
+    try:
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+    except SystemExit as stop:
+        assert stop.code in (0, None), module
+    print("--- end of " + module, flush=True)
+"""
+
 
 def _run(python: Path, args: list[str], cwd: Path) -> str:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of the source tree
@@ -80,8 +92,11 @@ def demo(demo_run) -> Path:
 def test_the_installed_wheel_runs_the_demo_and_its_command_lines_from_an_empty_folder(installed, demo):
     python, work = installed
     assert (demo / "models" / "model.pt").is_file()
-    for module in ("hdhkd_monai.demo", "hdhkd_monai.zoo", "hdhkd_monai.data.datalist"):
-        assert "usage:" in _run(python, ["-m", module, "--help"], work)
+    modules = ("hdhkd_monai.demo", "hdhkd_monai.zoo", "hdhkd_monai.data.datalist")
+    # each module's ``python -m MODULE --help``, in one interpreter: a python start imports torch and MONAI
+    helps = _run(python, ["-c", HELP_OF_EACH, *modules], work).split("--- end of ")
+    assert [h.split("\n", 1)[0] for h in helps[1:]] == list(modules)
+    assert all("usage:" in h for h in helps[:-1]), helps
     _run(python, ["-m", "hdhkd_monai.data.datalist", "kermany", "demo/data", "--out", "datalist.json"], work)
     assert (work / "datalist.json").is_file()
 
