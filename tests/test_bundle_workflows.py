@@ -22,7 +22,7 @@ from test_data_dicom_pixels import display_dataset
 from hdhkd_monai.data.datalist import kermany_datalist, write_datalist
 from hdhkd_monai.data.phantom import write_phantom
 from hdhkd_monai.handlers import load_network
-from hdhkd_monai.launcher import OFFLINE_TEACHER, read_config, run_bundle
+from hdhkd_monai.launcher import OFFLINE_TEACHER, read_config, run_bundle, run_bundles
 
 TINY = {"image_size": 64, "num_modules": 1, "decoder_channels": 64, "cache_rate": 1.0, "log_interval": 1}
 TEACHER = {
@@ -40,6 +40,13 @@ def run(workflows, root, interpreter=(sys.executable,), **overrides) -> str:
     """Run the workflows on the data under ``root`` into ``root``; return their console output."""
     log = root / f"log_{len(list(root.glob('log_*.txt')))}.txt"
     run_bundle(workflows, log, interpreter, bundle_root=root, dataset_dir=root / "data", **{**TINY, **overrides})
+    return log.read_text()
+
+
+def run_in_turn(workflows, root, **overrides) -> str:
+    """:func:`run` for several workflows (a training, then its evaluation) in one interpreter."""
+    log = root / f"log_{len(list(root.glob('log_*.txt')))}.txt"
+    run_bundles(workflows, log, bundle_root=root, dataset_dir=root / "data", **{**TINY, **overrides})
     return log.read_text()
 
 

@@ -33,7 +33,7 @@ from hdhkd_monai.handlers import load_network
 from hdhkd_monai.handlers.checkpoint import stored_settings
 from hdhkd_monai.launcher import BUNDLE, CONFIGS, read_config, run_bundle
 from test_bundle_card import stated_score as stored_score_fields
-from test_bundle_workflows import TINY, run, write_phantom_data
+from test_bundle_workflows import TINY, run, run_in_turn, write_phantom_data
 
 pytest.importorskip("onnxruntime", reason="packing exports ONNX: pip install -e '.[onnx]'")
 
@@ -78,8 +78,8 @@ def trained(tmp_path_factory):
     """A training run's bundle_root: the default configuration, briefly trained and evaluated on phantom B-scans."""
     trained = tmp_path_factory.mktemp("trained")
     write_phantom_data(trained, n_train=8, n_test_per_class=4)
-    run(("train",), trained, max_iterations=2, batch_size=4, val_interval=2)
-    run(("train", "evaluate"), trained, n_heatmaps=1)
+    run_in_turn([("train",), ("train", "evaluate")], trained, max_iterations=2, batch_size=4, val_interval=2,
+                n_heatmaps=1)
     return trained
 
 
