@@ -82,7 +82,8 @@ def _hdhkd(train, args) -> tuple[dict, object]:
     for batch in batches:
         step(batch)
     step_s = (time.time() - start) / args.timed_iterations
-    iterations = parser["max_iterations"]
+    parser["train#dataset#data"] = train.dataset.data  # the bundle's training length for these images
+    iterations = int(parser.get_parsed_content("max_iterations"))
     model.eval()
     size = _nbytes(list(model.parameters()) + list(model.buffers()))
     return {"fit_s": stats_s + step_s * iterations, "teacher_stats_s": stats_s, "step_s": step_s,

@@ -182,10 +182,16 @@ def run_row(args, out: Path, row: Path, datalist: Path, preset: Path) -> dict:
 
 
 def bundle_defaults() -> dict:
-    """The budget the bundle's ``train.json`` trains with, the runner's defaults."""
+    """The image size and batch size the bundle's ``train.json`` trains with, the runner's defaults."""
     parser = read_config(["train"])
-    return {"image_size": int(parser.get_parsed_content("image_size")), "iterations": parser["max_iterations"],
-            "batch_size": parser["batch_size"]}  # fmt: skip
+    return {"image_size": int(parser.get_parsed_content("image_size")), "batch_size": parser["batch_size"]}
+
+
+def recipe_iterations(datalist: Path, batch_size: int) -> int:
+    """The bundle's training length on ``datalist`` (``train.json``: at least ``min_iterations``, and at least
+    ``min_passes`` passes over the training images at ``batch_size``), the runner's default."""
+    parser = read_config(["train"], datalist=str(datalist), batch_size=batch_size)
+    return int(parser.get_parsed_content("max_iterations"))
 
 
 def scores_csv(seed_out: Path, row_name: str) -> Path:
@@ -248,8 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="oct2017", help="data set override in configs/ (preprocessing)")
     parser.add_argument("--out", type=Path, help="run folder (default runs/<data folder name>)")
     parser.add_argument("--image-size", type=int, default=defaults["image_size"], help="default: the bundle's")
-    parser.add_argument("--iterations", type=int, default=defaults["iterations"],
-                        help="student training iterations (default: the bundle's)")
+    parser.add_argument("--iterations", type=int,
+                        help="student training iterations of every trained row (default: the bundle's rule for the "
+                             "folder's training images, train.json's max_iterations)")
     parser.add_argument("--teacher-iterations", type=int, default=300, help="EfficientAD-S's PDN teacher distillation")
     parser.add_argument("--batch-size", type=int, default=defaults["batch_size"], help="default: the bundle's")
     parser.add_argument("--val-fraction", type=float, default=0.15)
@@ -278,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
             raise FileNotFoundError(f"no data set override {preset}; choose one of {[p.stem for p in preset.parent.glob('*.json')]}")
         row_files = rows_of(args.table, args.rows)
         datalist = prepare_data(args, out)
+        args.iterations = args.iterations or recipe_iterations(datalist, args.batch_size)
         for seed, seed_out in zip(args.seeds, seed_outs):
             run_seed(args, seed_out, seed, row_files, datalist, preset)
     tables = [json.loads((o / f"{args.table}.json").read_text()) for o in seed_outs]
