@@ -227,7 +227,7 @@ def test_training_time_is_kept_for_re_evaluation_and_grows_with_further_iteratio
     assert run.kept_training_time(tmp_path, iterations=4, seconds=3.0) == first + 3.0
 
 
-def test_several_seeds_train_into_their_own_folders_and_report_mean_and_spread(runs):
+def test_several_seeds_run_into_their_own_folders_and_report_mean_and_spread(runs):
     data, out, _ = runs
     seeds_out = out.parent / "seeds"
     seeds_out.mkdir()
