@@ -40,10 +40,10 @@ from tools.probe import patch_features  # noqa: E402
 
 
 def load_row(row: Path, preset: str):
-    """The row's trained detector, built without a memory (the probe fits its own), in eval mode; its raw maps
-    (``predict``, before calibration) and its preprocessing."""
+    """The row's trained detector, built as the row was trained (a memory it has is not used: the probe fits its
+    own), in eval mode; its raw maps (``predict``, before calibration) and its preprocessing."""
     run = json.loads((row / "run.json").read_text())
-    parser = read_config(["train", preset, str(row / "run.json")], memory=None)
+    parser = read_config(["train", preset, str(row / "run.json")])
     net = load_network(parser.get_parsed_content("anomaly_net"), row / "models" / "model.pt", "model").model.eval()
     return net, parser.get_parsed_content("preprocessing"), run
 

@@ -122,6 +122,11 @@ def test_markdown_lists_every_row_with_its_counts(runs):
             line = next((ln for ln in text.splitlines() if ln.startswith(f"| {row['name']} |")), None)
             assert line is not None, f"{row['name']} missing from\n{text}"
             assert f"| {N_TEST_PER_CLASS} / {N_TEST_PER_CLASS * len(ANOMALY_CLASSES)} |" in line
+            # one seed: each abnormal class's AUROC, as it is in the row
+            classes = sorted(row["per_class"])
+            assert "| row | " + " | ".join(classes) + " |" in text
+            cells = " | ".join(f"{100 * row['per_class'][c]['auroc']:.2f}" for c in classes)
+            assert f"| {row['name']} | {cells} |" in text
 
 
 @pytest.mark.parametrize("rows", [["no_such_row"], ["1_conv", "no_such_row"]])
