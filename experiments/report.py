@@ -80,7 +80,7 @@ def markdown(table: dict) -> str:
             f"| {_pct(m['f1'])} | {_pct(m['acc'])} | {_pct(m['sen'])} | {_pct(m['spe'])} | {params_txt} "
             f"| {'' if paper is None else paper} | {m['n_normal']} / {m['n_abnormal']} | {row['train_s']:.0f} |"
         )
-    return "\n".join(lines + _per_class_lines(rows_by_name([table])))
+    return "\n".join(lines + _per_class_lines(rows_by_name([table]), spread=False))
 
 
 def _mean_sd(values: list[float]) -> str:
@@ -131,7 +131,7 @@ def markdown_seeds(tables: list[dict], comparisons: list[str]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     lines += [_seeds_row(first["data"], name, runs) for name, runs in rows.items()]
-    return "\n".join(lines + _per_class_lines(rows) + ([""] + comparisons if comparisons else []))
+    return "\n".join(lines + _per_class_lines(rows, spread=True) + ([""] + comparisons if comparisons else []))
 
 
 def _seeds_row(data: str, name: str, runs: list[dict | None]) -> str:
@@ -148,17 +148,18 @@ def _seeds_row(data: str, name: str, runs: list[dict | None]) -> str:
     )
 
 
-def _per_class_lines(rows: dict[str, list[dict | None]]) -> list[str]:
-    """AUROC of each abnormal class against the normal test images (mean ± sd over the seeds where several ran the
-    row); none for one class."""
+def _per_class_lines(rows: dict[str, list[dict | None]], spread: bool) -> list[str]:
+    """AUROC of each abnormal class against the normal test images (``spread``: mean ± sd over the seeds that ran
+    the row, as a table of several seeds shows every metric); none for one class."""
     classes = sorted({c for runs in rows.values() for r in runs if r is not None for c in r.get("per_class", {})})
     if len(classes) < 2:
         return []
-    lines = ["", "Per abnormal class (AUROC against the normal test images; mean ± sd where several seeds ran):", "",
+    over = "; mean ± sd over the seeds" if spread else ""
+    lines = ["", f"Per abnormal class (AUROC against the normal test images{over}):", "",
              "| row | " + " | ".join(classes) + " |", "|---|" + "---|" * len(classes)]
     for name, runs in rows.items():
         ran = [r for r in runs if r is not None]
         values = [[r.get("per_class", {}).get(c, {}).get("auroc") for r in ran] for c in classes]
-        cells = [_mean_sd(v) if len(ran) > 1 else _pct(v[0]) for v in values]
+        cells = [_mean_sd(v) if spread else _pct(v[0]) for v in values]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
