@@ -48,6 +48,8 @@ CONFIGS = BUNDLE / "configs"
 #: The data-set presets (in a clone, the repository's ``configs/``).
 PRESETS = (_PACKAGE / "_presets").resolve()
 _LOG_TAIL = 30  # lines of a failed run's output shown in the error
+#: The bundle's metadata and logging files, given to every workflow run.
+_BUNDLE_FILES = {"meta_file": str(CONFIGS / "metadata.json"), "logging_file": str(CONFIGS / "logging.conf")}
 
 
 def config_files(workflows: Sequence[str | Path]) -> list[str]:
@@ -71,7 +73,7 @@ def bundle_command(
     ``--key value`` overrides (values written with ``str``; ``None`` is left out, so the config's value stays).
     ``interpreter`` is what runs ``-m monai.bundle``, e.g. ``(python, "-m", "torch.distributed.run", ...)``."""
     cmd = [*interpreter, "-m", "monai.bundle", "run", "--config_file", str(config_files(workflows))]
-    cmd += ["--meta_file", str(CONFIGS / "metadata.json"), "--logging_file", str(CONFIGS / "logging.conf")]
+    cmd += [part for key, path in _BUNDLE_FILES.items() for part in (f"--{key}", path)]
     for key, value in overrides.items():
         if value is not None:
             cmd += [f"--{key}", str(value)]
@@ -135,8 +137,7 @@ def _run_in_turn(spec_json: str) -> None:
     for files in spec["runs"]:
         print(f"$ {shlex.join(bundle_command(files, **spec['overrides']))}", flush=True)
         start = time.perf_counter()
-        run(config_file=files, meta_file=str(CONFIGS / "metadata.json"), logging_file=str(CONFIGS / "logging.conf"),
-            **{k: v for k, v in spec["overrides"].items() if v is not None})  # fmt: skip
+        run(config_file=files, **_BUNDLE_FILES, **{k: v for k, v in spec["overrides"].items() if v is not None})
         seconds.append(time.perf_counter() - start)
     Path(spec["seconds"]).write_text(json.dumps(seconds))
 
