@@ -1,9 +1,16 @@
 """Maps and scores pinned across refactors: HDHKD and each baseline on fixed images and a fixed seed.
 
 ``tests/data/pinned_outputs.pt`` was written by this module (``HDHKD_WRITE_PINS=1 pytest tests/test_pinned_outputs.py``)
-from the code before the one-model-contract redesign (PatchCore rows rewritten when its default became the coreset on
-unprojected features, issue 21); the test recomputes every output with the current code and
-requires equality to 1e-6. Rewrite the file only for a change that is meant to alter the outputs, and say so in the
+from the code before the one-model-contract redesign (the PatchCore rows rewritten since, see below); the test
+recomputes every output with the current code and requires equality to float32 precision: 1e-5 relative. The CPU's
+vector instructions order float32 sums differently (the pins were written on an AVX-512 machine; on an AVX2 one
+HDHKD's and RD4AD's maps differ by up to 1.4e-6 on values up to 3), so an absolute 1e-6 failed on every run there,
+while any change of a computation moves the outputs by orders of magnitude more.
+
+PatchCore is pinned with its whole memory bank (``coreset_ratio=1.0``): the greedy coreset's picks among the
+phantom's near-identical background patches are near ties that the summation order decides (0.065 on a map of scale
+70 between the two machines). Its selection is checked against a slow reference on tie-free features in
+``test_baselines.py``. Rewrite the file only for a change that is meant to alter the outputs, and say so in the
 commit.
 """
 
@@ -50,7 +57,7 @@ def _hdhkd_outputs(images: torch.Tensor) -> dict:
 
 def _baseline_outputs(images: torch.Tensor) -> dict:
     torch.manual_seed(0)
-    patchcore = PatchCore(**LITE, coreset_ratio=0.25).fit([images[:4]]).eval()
+    patchcore = PatchCore(**LITE, coreset_ratio=1.0).fit([images[:4]]).eval()
     torch.manual_seed(0)
     rd4ad = RD4AD(**LITE).eval()
     torch.manual_seed(0)
@@ -87,4 +94,4 @@ def test_maps_and_scores_equal_the_pinned_outputs():
     assert sorted(outputs) == sorted(pinned)
     for key, value in outputs.items():
         assert torch.isfinite(value).all(), key
-        torch.testing.assert_close(value, pinned[key], rtol=0, atol=1e-6, msg=key)
+        torch.testing.assert_close(value, pinned[key], rtol=1e-5, atol=1e-6, msg=key)
