@@ -20,9 +20,14 @@ SHARED_DATA = Path(os.environ.get("HDHKD_DATA_ROOT", REPO_ROOT.parent / "shared"
 LITE = {"backbone": OFFLINE_TEACHER["target_backbone"], "weights": OFFLINE_TEACHER["target_weights"]}
 
 # Two cores on CI, shared by the pytest-xdist workers (README's test command runs two): more threads than cores
-# only adds contention.
+# only adds contention. The processes the tests start (bundle runs, the wheel's demo, servers) get the same count
+# through OMP_NUM_THREADS: with torch's default of one thread per core, each was two threads on the one core the
+# other worker left, whose OpenMP threads wait for each other by spinning (the wheel and runner test files, run
+# together: 202 s and 324 s of user CPU with the default, 149 s and 217 s with one thread each).
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, torch.get_num_threads()) // _WORKERS))
+_THREADS = max(1, min(2, torch.get_num_threads()) // _WORKERS)
+torch.set_num_threads(_THREADS)
+os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 
 #: The files whose module fixtures train and run bundles end to end, longest first (``--durations`` on 2026-12-06:
 #: 158, 160, 136 s without the MONAI Label tests, 116 and 73 s, of about 925 s in all). pytest-xdist hands whole files
