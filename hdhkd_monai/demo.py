@@ -10,8 +10,9 @@
 3. ``train.json`` + ``evaluate.json``: metrics, per-image scores, ROC/PR curves and heat-map overlays.
 
 Every step is a ``python -m monai.bundle run`` command on the bundle's configs with small-size overrides (listed in
-:data:`SETTINGS`), run by :func:`hdhkd_monai.launcher.run_bundle`, which prints each command before running it, so it
-can be rerun or adapted by hand. The output folder is laid out like a bundle (``models/``, ``eval/``, plus ``data/``).
+:data:`SETTINGS`); :func:`hdhkd_monai.launcher.run_bundles` runs the two in one interpreter and prints each command
+before running it, so it can be rerun or adapted by hand. The output folder is laid out like a bundle (``models/``,
+``eval/``, plus ``data/``).
 
 May import every layer of the library (it is the top one); never ``tools``, ``experiments`` or ``bench``.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist
 from hdhkd_monai.data.phantom import write_phantom
-from hdhkd_monai.launcher import BUNDLE, read_config, run_bundle
+from hdhkd_monai.launcher import BUNDLE, read_config, run_bundles
 
 __all__ = ["SETTINGS", "run_demo", "main"]
 
@@ -56,8 +57,7 @@ def run_demo(out: str | Path, settings: dict | None = None, seed: int = 0) -> di
     print(f"synthetic OCT B-scans in {data}\n{summary(datalist)}", flush=True)
 
     common = {"bundle_root": str(out), "dataset_dir": str(data), "seed": seed, **settings["common"]}
-    run_bundle(("train",), **common, **settings["student"])
-    run_bundle(("train", "evaluate"), **common, **settings["student"], **settings["evaluate"])
+    run_bundles([("train",), ("train", "evaluate")], each=[{}, settings["evaluate"]], **common, **settings["student"])
     return json.loads((out / "eval" / "metrics.json").read_text())
 
 

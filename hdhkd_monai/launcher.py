@@ -21,8 +21,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from monai.bundle import ConfigParser
 
@@ -94,14 +95,16 @@ def run_bundle(
     cmd = bundle_command(workflows, interpreter, **overrides)
     if log is None:
         print(f"\n$ {shlex.join(cmd)}\n", flush=True)
-        if subprocess.run(cmd, env=_child_env()).returncode:
-            raise RuntimeError(f"bundle run failed: {shlex.join(cmd)}")
-        return
     _run_logged(cmd, log, header=f"$ {shlex.join(cmd)}\n")
 
 
-def _run_logged(cmd: list[str], log: str | Path, header: str = "") -> None:
-    """Run ``cmd`` with its output appended to ``log`` after ``header``; a failure raises with the end of the log."""
+def _run_logged(cmd: list[str], log: str | Path | None, header: str = "") -> None:
+    """Run ``cmd`` with its output appended to ``log`` after ``header`` (without a log, on this process's console); a
+    failure raises with the end of the log."""
+    if log is None:
+        if subprocess.run(cmd, env=_child_env()).returncode:
+            raise RuntimeError(f"bundle run failed: {shlex.join(cmd)}")
+        return
     log = Path(log)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as f:
@@ -113,16 +116,26 @@ def _run_logged(cmd: list[str], log: str | Path, header: str = "") -> None:
         raise RuntimeError(f"bundle run failed (exit {done.returncode}); log {log}:\n{tail}")
 
 
-def run_bundles(runs: Sequence[Sequence[str | Path]], log: str | Path, **overrides) -> list[float]:
+def run_bundles(
+    runs: Sequence[Sequence[str | Path]],
+    log: str | Path | None = None,
+    each: Sequence[Mapping[str, Any]] = (),
+    **overrides,
+) -> list[float]:
     """Run the workflows ``runs`` one after the other in one child interpreter, each as :func:`run_bundle` would (its
-    command is written to ``log`` before it runs, then its output), and return each one's wall seconds.
+    command is written to ``log``, or without one printed, before its output), and return each one's wall seconds.
+    Every run takes ``overrides``; ``each[i]``, where given, adds run ``i``'s own (an evaluation's ``n_heatmaps``).
 
     One interpreter instead of one per workflow: importing torch and MONAI costs 5-7 s of CPU per process here, more
     than a short training. The seconds exclude that import, so a training's time is the training's. The first run
     that fails stops the rest and raises ``RuntimeError`` with the end of ``log``."""
+    own = [*each, *[{}] * (len(runs) - len(each))]
     with tempfile.TemporaryDirectory() as tmp:
         times = Path(tmp) / "seconds.json"
-        spec = {"runs": [config_files(w) for w in runs], "overrides": overrides, "seconds": str(times)}
+        spec = {
+            "runs": [{"files": config_files(w), "overrides": {**overrides, **o}} for w, o in zip(runs, own)],
+            "seconds": str(times),
+        }
         child = "import sys; from hdhkd_monai.launcher import _run_in_turn; _run_in_turn(sys.argv[1])"
         _run_logged([sys.executable, "-c", child, json.dumps(spec, default=str)], log)  # paths as strings
         return json.loads(times.read_text())
@@ -134,10 +147,11 @@ def _run_in_turn(spec_json: str) -> None:
 
     spec = json.loads(spec_json)
     seconds = []
-    for files in spec["runs"]:
-        print(f"$ {shlex.join(bundle_command(files, **spec['overrides']))}", flush=True)
+    for one in spec["runs"]:
+        files, overrides = one["files"], one["overrides"]
+        print(f"$ {shlex.join(bundle_command(files, **overrides))}", flush=True)
         start = time.perf_counter()
-        run(config_file=files, **_BUNDLE_FILES, **{k: v for k, v in spec["overrides"].items() if v is not None})
+        run(config_file=files, **_BUNDLE_FILES, **{k: v for k, v in overrides.items() if v is not None})
         seconds.append(time.perf_counter() - start)
     Path(spec["seconds"]).write_text(json.dumps(seconds))
 

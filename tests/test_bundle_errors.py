@@ -109,15 +109,18 @@ def test_a_missing_datalist_names_the_command_that_writes_it(phantom):
 
 @pytest.mark.slow
 def test_bundle_runs_in_one_interpreter_stop_at_the_first_failure_with_the_log_tail(tmp_path):
-    """``run_bundles`` runs each workflow in turn in one child, writing each command to the log before its output,
-    and a failing workflow stops the ones after it."""
+    """``run_bundles`` runs each workflow in turn in one child, writing each command, with the shared overrides and
+    the run's own, to the log before its output, and a failing workflow stops the ones after it."""
     configs = []
-    for name, expression in (("first", "$print('first ran')"), ("fails", "$1 / 0"), ("third", "$print('third ran')")):
+    for name, expression in (("first", "$print('first ran', @shared, @own)"), ("fails", "$1 / 0"),
+                             ("third", "$print('third ran')")):
         configs.append(tmp_path / f"{name}.json")
         configs[-1].write_text(json.dumps({"run": expression}))
     log = tmp_path / "log.txt"
     with pytest.raises(RuntimeError, match=r"(?s)bundle run failed .*log .*ZeroDivisionError"):
-        run_bundles([[c] for c in configs], log)
+        run_bundles([[c] for c in configs], log, each=[{"own": "mine"}], shared="ours")
     text = log.read_text()
-    assert text.count("-m monai.bundle run") == 2 and text.index("fails.json") > text.index("first ran")
+    assert text.count("-m monai.bundle run") == 2 and text.index("fails.json") > text.index("first ran ours mine")
+    first, second = [line for line in text.splitlines() if "-m monai.bundle run" in line]
+    assert "--shared ours --own mine" in first and "--shared ours" in second and "--own" not in second
     assert "third ran" not in text

@@ -43,10 +43,11 @@ def run(workflows, root, interpreter=(sys.executable,), **overrides) -> str:
     return log.read_text()
 
 
-def run_in_turn(workflows, root, **overrides) -> str:
-    """:func:`run` for several workflows (a training, then its evaluation) in one interpreter."""
+def run_in_turn(workflows, root, each=(), **overrides) -> str:
+    """:func:`run` for several workflows (a training, then its evaluation) in one interpreter; ``each`` as in
+    :func:`run_bundles`."""
     log = root / f"log_{len(list(root.glob('log_*.txt')))}.txt"
-    run_bundles(workflows, log, bundle_root=root, dataset_dir=root / "data", **{**TINY, **overrides})
+    run_bundles(workflows, log, each, bundle_root=root, dataset_dir=root / "data", **{**TINY, **overrides})
     return log.read_text()
 
 
@@ -172,10 +173,10 @@ def test_inference_workflow_from_a_folder_and_a_file_list(trained, tmp_path):
     root, _, _ = trained
     folder = root / "data" / "test" / "FLUID"
     images = sorted(folder.glob("*.png"))
-    run(("inference",), root, input=folder, output_dir=tmp_path / "png", map_ext=".png")
     file_list = tmp_path / "images.txt"
     file_list.write_text("".join(f"{p}\n" for p in images[:2]))
-    run(("inference",), root, input=file_list, output_dir=tmp_path / "nii")
+    run_in_turn([("inference",)] * 2, root, each=[{"input": folder, "output_dir": tmp_path / "png", "map_ext": ".png"},
+                                                 {"input": file_list, "output_dir": tmp_path / "nii"}])
 
     with open(tmp_path / "png" / "scores.csv") as f:
         rows = list(csv.DictReader(f))

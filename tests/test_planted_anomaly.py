@@ -16,6 +16,9 @@ from hdhkd_monai.losses import DistillationLoss
 from hdhkd_monai.networks import HDHKD, PDN
 
 SIZE = 64
+#: Seed 0 at 120 iterations: the defect's mean map 4.4-5.7 times the rest's (bound 3), the loss down to 8 % of its
+#: start (bound 20 %); 200 iterations gave 5.3-7.3 and 5 % in 31 s instead of 20 s.
+ITERATIONS = 120
 
 
 def _normal_images(n, gen):
@@ -57,7 +60,7 @@ def test_planted_defect_scores_higher_inside_than_outside():
     loss_fn = DistillationLoss()
     model.train()
     losses = []
-    for _ in range(200):
+    for _ in range(ITERATIONS):
         idx = torch.randint(0, len(train), (4,), generator=gen)
         loss = loss_fn(f_t[idx], model.student(train[idx], list(f_t.shape[-2:])))
         optimizer.zero_grad()
