@@ -60,12 +60,12 @@ def write_phantom_data(root, n_train=18, n_test_per_class=N_TEST_PER_CLASS):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A bundle folder with phantom data, a distilled PDN teacher (paper configuration) and a briefly trained student
-    of the default configuration (frozen pretrained teacher); and the two logs."""
+    of the default configuration (frozen pretrained teacher); and the log of the two runs."""
     root = tmp_path_factory.mktemp("bundle")
     write_phantom_data(root)
-    teacher_log = run(("train", "paper", "train_teacher"), root, **TEACHER)  # the paper configuration's PDN
-    train_log = run(("train",), root, **STUDENT)
-    return root, teacher_log, train_log
+    # the paper configuration's PDN, then the default student, in one interpreter
+    log = run_in_turn([("train", "paper", "train_teacher"), ("train",)], root, each=[TEACHER, STUDENT])
+    return root, log
 
 
 def _load(path):
@@ -85,7 +85,7 @@ def _scalar_tags(log_dir):
 
 
 def test_teacher_workflow_saves_the_distilled_pdn_with_its_output_statistics(trained):
-    root, log, _ = trained
+    root, _ = trained
     teacher = _load(root / "models" / "teacher.pt")["teacher"]
     assert teacher["feat_mean"].shape == (1, 384, 1, 1)
     # teacher_output_stats ran: the buffers are no longer the PDN's initial 0 / 1
@@ -96,7 +96,7 @@ def test_teacher_workflow_saves_the_distilled_pdn_with_its_output_statistics(tra
 
 
 def test_train_workflow_validates_calibrates_and_checkpoints(trained):
-    root, _, log = trained
+    root, log = trained
     last = _load(root / "models" / "last.pt")
     assert last["trainer"]["iteration"] == STUDENT["max_iterations"]
     assert set(last) == {"model", "optimizer", "lr_scheduler", "best_checkpoint", "trainer"}
@@ -118,7 +118,7 @@ def test_train_workflow_validates_calibrates_and_checkpoints(trained):
 
 
 def test_resume_continues_from_the_saved_iteration(trained, tmp_path):
-    root, _, _ = trained
+    root, _ = trained
     shutil.copytree(root / "models", tmp_path / "models")
     (tmp_path / "data").symlink_to(root / "data")
     log = run(("train",), tmp_path, **{**STUDENT, "max_iterations": 6})
@@ -131,7 +131,7 @@ def test_resume_continues_from_the_saved_iteration(trained, tmp_path):
 
 
 def test_evaluate_workflow_writes_metrics_scores_curves_and_heatmaps(trained):
-    root, _, _ = trained
+    root, _ = trained
     run(("train", "evaluate"), root, n_heatmaps=2)
     out = root / "eval"
     report = json.loads((out / "metrics.json").read_text())
@@ -170,7 +170,7 @@ def _reference_map(root, image):
 def test_inference_workflow_from_a_folder_and_a_file_list(trained, tmp_path):
     import nibabel as nib
 
-    root, _, _ = trained
+    root, _ = trained
     folder = root / "data" / "test" / "FLUID"
     images = sorted(folder.glob("*.png"))
     file_list = tmp_path / "images.txt"
@@ -201,7 +201,7 @@ def test_inference_on_own_scans_keeps_each_input_size_geometry_and_every_output(
     size (each volume's with its geometry), an overlay per image and slice, and nothing overwritten."""
     import nibabel as nib
 
-    root, _, _ = trained
+    root, _ = trained
     drusen = sorted((root / "data" / "test" / "DRUSEN").glob("*.png"))
     scans, out = tmp_path / "scans", tmp_path / "out"
     sizes = {"a/scan.png": (40, 96), "b/c/scan.png": (80, 48)}  # (rows, columns)
@@ -253,7 +253,7 @@ def test_inference_on_own_scans_keeps_each_input_size_geometry_and_every_output(
 
 
 def test_multi_gpu_train_runs_two_processes_on_gloo(trained, tmp_path):
-    root, _, _ = trained
+    root, _ = trained
     (tmp_path / "data").symlink_to(root / "data")
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
     log = run(("train", "multi_gpu_train"), tmp_path, interpreter=torchrun, **STUDENT)
