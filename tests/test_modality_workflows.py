@@ -165,23 +165,33 @@ MODALITIES = {"oct2017": make_oct2017, "oct2022": make_oct2022, "br35h": make_br
 CASES = sorted(MODALITIES)
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """{data set: (its bundle_root, its dataset_dir)}: each config trained, then evaluated from its model.pt, all ten
+    workflows in one interpreter (each python start imports torch and MONAI: 5-7 s of CPU)."""
+    root = tmp_path_factory.mktemp("modalities")
+    folders, runs, each = {}, [], []
+    for name in CASES:
+        folders[name] = (root / name, MODALITIES[name](root / name / "data"))
+        override = REPO / "configs" / f"{name}.json"
+        runs += [["train", override], ["train", "evaluate", override]]
+        each += [{"bundle_root": folders[name][0], "dataset_dir": folders[name][1]}] * 2
+    run_bundles(runs, root / "log.txt", each, n_heatmaps=1, **COMMON, **STUDENT)
+    return folders
+
+
 @pytest.mark.parametrize("name", CASES)
-def test_config_trains_and_evaluates_through_the_bundle(name, tmp_path):
-    dataset_dir = MODALITIES[name](tmp_path / "data")
+def test_config_trains_and_evaluates_through_the_bundle(name, trained):
+    bundle_root, dataset_dir = trained[name]
     test_items = json.loads((dataset_dir / "datalist.json").read_text())["test"]
     assert {it["label"] for it in test_items} == {0, 1}, "the tiny test split needs both classes for an AUROC"
+    assert (bundle_root / "models" / "model.pt").is_file()
 
-    override = REPO / "configs" / f"{name}.json"
-    args = {"bundle_root": tmp_path, "dataset_dir": dataset_dir, **COMMON, **STUDENT}
-    # training, then evaluation from its model.pt, in one interpreter (each python start imports torch and MONAI)
-    run_bundles([["train", override], ["train", "evaluate", override]], log=tmp_path / "log.txt", n_heatmaps=1, **args)
-    assert (tmp_path / "models" / "model.pt").is_file()
-
-    report = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    report = json.loads((bundle_root / "eval" / "metrics.json").read_text())
     assert report["n_images"] == len(test_items)
     auroc = report["image"]["auroc"]
     assert auroc is not None and math.isfinite(auroc) and 0.0 <= auroc <= 1.0
-    with open(tmp_path / "eval" / "scores.csv") as f:
+    with open(bundle_root / "eval" / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["path"] for r in rows) == sorted(it["image"] for it in test_items)
     assert all(math.isfinite(float(r["score"])) for r in rows)
