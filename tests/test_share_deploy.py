@@ -192,6 +192,40 @@ def _run_alone(args: list[str], cwd: Path, tmp_path: Path) -> str:
     return done.stdout
 
 
+def _real_images() -> list[Path]:
+    """Two normal and two AMD B-scans of the NEH set (the first AMD one is what the MONAI Label test asks about)."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder not found at {SHARED_DATA} (set HDHKD_DATA_ROOT to point at it)")
+    return [sorted((SHARED_DATA / folder).iterdir())[i].resolve() for folder in REAL_IMAGES for i in (0, 1)]
+
+
+def _score_alone(root: Path, out: Path) -> Path:
+    """The package's own inference.json, where hdhkd_monai is not installed, on :func:`_real_images`; its output
+    folder (``scores.csv``, ``maps/``)."""
+    (out / "images.txt").write_text("".join(f"{p}\n" for p in _real_images()))
+    _run_alone(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--meta_file",
+                "configs/metadata.json", "--input", str(out / "images.txt"), "--output_dir", str(out / "scored")],
+               shutil.copytree(root, out / "bundle"), out)  # fmt: skip
+    return out / "scored"
+
+
+def _scores(folder: Path) -> dict[str, float]:
+    with open(folder / "scores.csv") as f:
+        return {row["path"]: float(row["score"]) for row in csv.DictReader(f)}
+
+
+@pytest.fixture(scope="module")
+def package_scored(package, tmp_path_factory) -> Path:
+    """The HDHKD package's own inference on the real B-scans, once for the tests that compare with it."""
+    return _score_alone(package[0], tmp_path_factory.mktemp("package_scored"))
+
+
+@pytest.fixture(scope="module")
+def baseline_package_scored(baseline_package, tmp_path_factory) -> Path:
+    """The same for the RD4AD package."""
+    return _score_alone(baseline_package[0], tmp_path_factory.mktemp("baseline_scored"))
+
+
 @pytest.mark.slow
 def test_the_model_zoo_ci_passes_on_the_package_where_hdhkd_monai_is_not_installed(package, tmp_path):
     """The Zoo's scripts, unchanged: verify_bundle.py -m full (what -m min checks, download of the large files and
@@ -213,21 +247,15 @@ def test_the_model_zoo_ci_passes_on_the_package_where_hdhkd_monai_is_not_install
 
 
 @pytest.mark.slow
-def test_the_package_alone_scores_real_bscans_as_the_library_does(package, shared_data, tmp_path):
+def test_the_package_alone_scores_real_bscans_as_the_library_does(package, package_scored, tmp_path):
     """``python -m monai.bundle run`` with the package's inference.json, where hdhkd-monai is not installed, on real
     NEH B-scans: the same scores (1e-5) as the library's inference on the training run it was packed from."""
-    root, _, trained = package
-    images = [sorted((shared_data / folder).iterdir())[i].resolve() for folder in REAL_IMAGES for i in (0, 1)]
+    _, _, trained = package
+    images = _real_images()
     (tmp_path / "images.txt").write_text("\n".join(str(p) for p in images) + "\n")
-    _run_alone(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--meta_file",
-                "configs/metadata.json", "--input", str(tmp_path / "images.txt"), "--output_dir",
-                str(tmp_path / "package")], shutil.copytree(root, tmp_path / "bundle"), tmp_path)
-    run_bundle(("inference",), tmp_path / "library.log", bundle_root=trained, input=tmp_path / "images.txt",
-               output_dir=tmp_path / "library")
-    scores = {}
-    for name in ("package", "library"):
-        with open(tmp_path / name / "scores.csv") as f:
-            scores[name] = {r["path"]: float(r["score"]) for r in csv.DictReader(f)}
+    read_config(["inference"], bundle_root=str(trained), input=str(tmp_path / "images.txt"),
+                output_dir=str(tmp_path / "library")).get_parsed_content("evaluator").run()  # fmt: skip
+    scores = {"package": _scores(package_scored), "library": _scores(tmp_path / "library")}
     assert sorted(scores["package"]) == sorted(str(p) for p in images)
     assert scores["package"] == pytest.approx(scores["library"], abs=1e-5)
 
@@ -248,7 +276,8 @@ def baseline_package(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_a_baseline_package_passes_the_model_zoo_ci_and_scores_as_the_library(baseline_package, tmp_path):
+def test_a_baseline_package_passes_the_model_zoo_ci_and_scores_as_the_library(baseline_package, baseline_package_scored,
+                                                                              tmp_path):
     """A baseline gets what HDHKD gets: its package passes the Zoo's ``verify_bundle.py -m full`` (network in/out
     and TorchScript export of model.pt, scripted) where hdhkd_monai is not installed; the package's model.onnx
     (dynamic batch) gives the maps (1e-4) and its inference.json alone the scores (1e-5) of the library's
@@ -269,16 +298,10 @@ def test_a_baseline_package_passes_the_model_zoo_ci_and_scores_as_the_library(ba
     full = _run_alone(["ci/verify_bundle.py", "-b", BUNDLE.name, "-m", "full"], checkout, tmp_path)
     assert "data shape is verified correctly." in full and "Provided TorchScript module is verified correctly." in full
     images = tmp_path / "images.txt"
-    images.write_text("".join(f"{p}\n" for p in sorted((trained / "data" / "test").rglob("*.png"))[::3]))
-    _run_alone(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--meta_file",
-                "configs/metadata.json", "--input", str(images), "--output_dir", str(tmp_path / "package")],
-               shutil.copytree(root, tmp_path / "bundle"), tmp_path)  # fmt: skip
+    images.write_text("".join(f"{p}\n" for p in _real_images()))
     read_config(["inference", "rd4ad"], bundle_root=str(trained), input=str(images),
                 output_dir=str(tmp_path / "library")).get_parsed_content("evaluator").run()  # fmt: skip
-    scores = {}
-    for name in ("package", "library"):
-        with open(tmp_path / name / "scores.csv") as f:
-            scores[name] = {r["path"]: float(r["score"]) for r in csv.DictReader(f)}
+    scores = {"package": _scores(baseline_package_scored), "library": _scores(tmp_path / "library")}
     assert len(scores["package"]) == len(images.read_text().split())
     assert scores["package"] == pytest.approx(scores["library"], abs=1e-5)
 
@@ -435,17 +458,14 @@ def test_monailabel_client_gets_the_bundles_map_and_score_and_the_reason_of_a_ba
     assert np.array_equal(itk.array_from_matrix(served.GetDirection()), itk.array_from_matrix(source.GetDirection()))
     assert itk.array_view_from_image(served).dtype == np.float32
 
-    (tmp_path / "images.txt").write_text(f"{image}\n")
-    _run_alone(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--meta_file",
-                "configs/metadata.json", "--input", str(tmp_path / "images.txt"), "--output_dir", str(tmp_path / "out")],
-               shutil.copytree(root, tmp_path / "bundle"), tmp_path)
-    with open(tmp_path / "out" / "scores.csv") as f:
-        (row,) = list(csv.DictReader(f))
+    scored = request.getfixturevalue(f"{packed}_scored")  # the package's own inference on the same B-scan
+    with open(scored / "scores.csv") as f:
+        (row,) = [r for r in csv.DictReader(f) if r["path"] == str(image.resolve())]
     threshold = float(torch.load(root / "models" / "model.pt", weights_only=True)["model.threshold"])
     result = answers["result"]
     assert result["score"] == pytest.approx(float(row["score"]), rel=1e-4, abs=1e-6)
     assert result["threshold"] == pytest.approx(threshold) and result["decision"] == int(row["decision"])
-    (bundle_map,) = (tmp_path / "out" / "maps").glob("*")  # [rows, columns], as nibabel reads the bundle's map
+    (bundle_map,) = (scored / "maps").rglob(f"{image.stem}_anomaly_map.*")  # [rows, columns], as nibabel reads it
     expected = nib.load(bundle_map).get_fdata(dtype=np.float32).squeeze()
     got = itk.array_from_image(served)  # [rows, columns] too: ITK's arrays are indexed (y, x)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * float(np.abs(got).max()))
