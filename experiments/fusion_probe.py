@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 
 REPO = Path(__file__).resolve().parents[1]
@@ -58,10 +59,12 @@ def images_of(items: list[dict], preprocessing, batch: int = 16):
 def maps_of(net, banks: dict, items: list[dict], preprocessing) -> dict:
     """Maps ``[N, 1, H, W]`` of ``items``: the raw discrepancy, the kNN on the raw teacher features (PatchCore's,
     blurred) and the squared kNN distance on the normalised teacher features per channel (the discrepancy's units)."""
-    maps = {"disc": [], "knn_sq": [], **({"knn": []} if "raw" in banks else {})}
+    maps = {"disc": [], "cos": [], "knn_sq": [], **({"knn": []} if "raw" in banks else {})}
     for x in images_of(items, preprocessing):
         f_t, f_sd = net.features(x)
         maps["disc"].append(discrepancy_map(f_t, f_sd, x.shape[-2:]))
+        # RD4AD's measure: 1 - cosine similarity per cell, blind to the length of the feature vectors
+        maps["cos"].append(upsample_map(1 - F.cosine_similarity(f_t, f_sd, dim=1).unsqueeze(1), x.shape[-2:]))
         maps["knn_sq"].append(upsample_map(banks["normalised"](f_t), x.shape[-2:]))
         if "raw" in banks:
             raw = net.teacher(x)
@@ -77,8 +80,12 @@ def scores(maps: dict, val_normal: dict, top_k: int) -> dict:
     normal validation quantiles, and the plain sum of the discrepancy and the squared normalised kNN distance."""
     result = {
         "disc": image_score(maps["disc"], top_k), "knn_sq_topk": image_score(maps["knn_sq"], top_k),
-        "sum_sq": image_score(maps["disc"] + maps["knn_sq"], top_k),
+        "sum_sq": image_score(maps["disc"] + maps["knn_sq"], top_k), "cos": image_score(maps["cos"], top_k),
     }  # fmt: skip
+    # cosine and squared distances are in other units: each map normalised by its own normal validation quantiles
+    normed = {k: normalize_map(maps[k], map_quantiles(val_normal[k])) for k in ("disc", "cos", "knn_sq")}
+    result["disc+knn_sq_normed"] = image_score(normed["disc"] + normed["knn_sq"], top_k)
+    result["cos+knn_sq_normed"] = image_score(normed["cos"] + normed["knn_sq"], top_k)
     if "knn" in maps:
         normed = {k: normalize_map(maps[k], map_quantiles(val_normal[k])) for k in ("disc", "knn")}
         fused = normed["disc"] + normed["knn"]
@@ -122,7 +129,9 @@ def main(argv: list[str] | None = None) -> dict:
     for name, s in image_scores.items():
         per_class = per_class_metrics(labels, s, classes, 0.0)
         result["rows"][name] = {"auroc": 100 * auroc(labels, s), "per_class": {c: 100 * m["auroc"] for c, m in per_class.items()}}
-    for a, b in (("fused", "disc"), ("fused", "knn_max"), ("fused", "sum_sq"), ("sum_sq", "disc")):
+    pairs = (("fused", "disc"), ("fused", "knn_max"), ("fused", "sum_sq"), ("sum_sq", "disc"), ("cos", "disc"),
+             ("cos+knn_sq_normed", "sum_sq"))
+    for a, b in pairs:
         if a in image_scores and b in image_scores:
             result["rows"][f"{a}-{b}"] = paired_auroc_bootstrap(labels, image_scores[a], image_scores[b])
     (args.row / f"fusion{suffix}.json").write_text(json.dumps(result, indent=1, default=float))

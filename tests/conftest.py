@@ -29,13 +29,12 @@ _THREADS = max(1, min(2, torch.get_num_threads()) // _WORKERS)
 torch.set_num_threads(_THREADS)
 os.environ["OMP_NUM_THREADS"] = str(_THREADS)
 
-#: The files whose module fixtures train and run bundles end to end, longest first (``--durations`` on 2026-12-06:
-#: 158, 160, 136 s without the MONAI Label tests, 116 and 73 s, of about 925 s in all). pytest-xdist hands whole files
-#: to the two workers in collection order (``--no-loadscope-reorder`` in pyproject.toml; by default it starts the
-#: files with most tests first, which left the wheel's demo to start alone near the end), so these go first and the
-#: short files fill the gaps.
-LONGEST_FIRST = ("test_install.py", "test_experiments_runner.py", "test_share_deploy.py", "test_bundle_workflows.py",
-                 "test_modality_workflows.py")
+#: The files whose module fixtures train and run bundles end to end, longest first (``--durations 0`` on an idle machine,
+#: 2026-12-07: 129, 125, 79, 76 and 44 s of 641 s in all). pytest-xdist hands whole files to the two workers in
+#: collection order (``--no-loadscope-reorder`` in pyproject.toml; by default it starts the files with most tests first,
+#: which left a long one to start alone near the end), so these go first and the short files fill the gaps.
+LONGEST_FIRST = ("test_share_deploy.py", "test_experiments_runner.py", "test_bundle_workflows.py", "test_install.py",
+                 "test_anomalib_rows.py")
 
 
 def pytest_collection_modifyitems(items):
