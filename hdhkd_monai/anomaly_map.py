@@ -1,6 +1,7 @@
 """Anomaly maps and scores from teacher/student features.
 
-Maps are ``[B, 1, H, W]`` float tensors. The raw map is the channel mean of the squared teacher-student discrepancy;
+Maps are ``[B, 1, H, W]`` float tensors. The raw map is the channel mean of the squared teacher-student discrepancy
+(the paper's), or one minus their cosine similarity (RD4AD's measure);
 EfficientAD's normalisation maps the ``q_a`` quantile of normal maps to 0 and ``q_b`` to 0.1.
 
 May import ``hdhkd_monai.errors`` only.
@@ -13,7 +14,19 @@ from typing import List, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["MAP_QUANTILES", "AnomalyPrediction", "discrepancy_map", "squared_discrepancy", "upsample_map", "image_score", "quantile", "map_quantiles", "normalize_map"]
+__all__ = [
+    "MAP_QUANTILES",
+    "AnomalyPrediction",
+    "discrepancy_map",
+    "squared_discrepancy",
+    "cosine_discrepancy",
+    "DISCREPANCIES",
+    "upsample_map",
+    "image_score",
+    "quantile",
+    "map_quantiles",
+    "normalize_map",
+]
 
 
 #: EfficientAD's map-normalisation quantiles of normal maps, sent to 0 and 0.1: the one home of the default.
@@ -31,6 +44,16 @@ class AnomalyPrediction(NamedTuple):
 def squared_discrepancy(f_t: torch.Tensor, f_sd: torch.Tensor) -> torch.Tensor:
     """Channel mean of ``(f_t - f_sd)**2``: ``[B, C, h, w]`` twice -> ``[B, 1, h, w]``."""
     return (f_t - f_sd).pow(2).mean(dim=1, keepdim=True)
+
+
+def cosine_discrepancy(f_t: torch.Tensor, f_sd: torch.Tensor) -> torch.Tensor:
+    """``1 - cos(f_t, f_sd)`` over the channels of each cell, in ``[0, 2]``: ``[B, C, h, w]`` twice ->
+    ``[B, 1, h, w]``. Blind to the length of the two feature vectors, it reads only where they point."""
+    return 1 - F.cosine_similarity(f_t, f_sd, dim=1, eps=1e-8).unsqueeze(1)
+
+
+#: The measures a teacher-student map can take per cell, by name (``HDHKD(discrepancy=...)``).
+DISCREPANCIES = ("squared", "cosine")
 
 
 def upsample_map(cells: torch.Tensor, size: List[int], border: int = 0) -> torch.Tensor:

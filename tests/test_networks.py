@@ -9,7 +9,13 @@ import pytest
 import timm
 import torch
 
-from hdhkd_monai.anomaly_map import discrepancy_map, normalize_map
+from hdhkd_monai.anomaly_map import (
+    cosine_discrepancy,
+    discrepancy_map,
+    normalize_map,
+    squared_discrepancy,
+    upsample_map,
+)
 from hdhkd_monai.networks import (
     HDHKD,
     PDN,
@@ -20,6 +26,7 @@ from hdhkd_monai.networks import (
     MultiFeatureModel,
     StudentEncoder,
 )
+from hdhkd_monai.networks.blocks import PatchMemory
 from hdhkd_monai.networks.blocks.mixers import AttentionMixer, ConvMixer, DenseMixer, DepthwiseConvMixer
 
 # A narrow student for tests where the architecture, not its width, is under test.
@@ -272,6 +279,37 @@ def test_training_mode_gives_features_and_eval_mode_the_prediction_raw_then_cali
     torch.testing.assert_close(calibrated.pred_score, normalize_map(pred.pred_score, model.map_quantiles))
     torch.testing.assert_close(exported, calibrated.anomaly_map)
     assert "map_quantiles" in model.state_dict() and "threshold" in model.state_dict()
+
+
+def test_cosine_discrepancy_is_one_minus_the_cosine_of_each_cell_and_blind_to_length():
+    gen = torch.Generator().manual_seed(0)
+    f_t, f_sd = torch.randn(2, 6, 3, 4, generator=gen), torch.randn(2, 6, 3, 4, generator=gen)
+    expected = torch.empty(2, 1, 3, 4, dtype=torch.float64)
+    for b in range(2):
+        for i in range(3):
+            for j in range(4):
+                a, c = f_t[b, :, i, j].double(), f_sd[b, :, i, j].double()
+                expected[b, 0, i, j] = 1 - a.dot(c) / (a.norm() * c.norm())
+    torch.testing.assert_close(cosine_discrepancy(f_t, f_sd).double(), expected, rtol=1e-5, atol=1e-6)
+    # a student that predicts the teacher's direction at 3x its length: no cosine discrepancy, a squared one
+    assert cosine_discrepancy(f_t, 3 * f_t).abs().max() < 1e-6 and squared_discrepancy(f_t, 3 * f_t).min() > 0
+
+
+def test_hdhkd_with_the_cosine_discrepancy_maps_it_exports_it_and_refuses_a_memory():
+    model = _model(**TINY, discrepancy="cosine").eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        f_t, f_sd = model.features(x)
+        expected = upsample_map(cosine_discrepancy(f_t, f_sd), [64, 64], model.border)
+        torch.testing.assert_close(model(x).anomaly_map, expected)
+        net = AnomalyMapNet(model).eval()
+        for exported in (torch.jit.script(net), torch.jit.trace(net, x)):
+            torch.testing.assert_close(exported(x), net(x), rtol=1e-4, atol=1e-6)
+    assert model.settings["discrepancy"] == "cosine"
+    with pytest.raises(ValueError, match="memory adds squared distances .* set memory to None"):
+        _model(**TINY, discrepancy="cosine", memory=PatchMemory(8))
+    with pytest.raises(ValueError, match="discrepancy 'l1': choose one of squared, cosine"):
+        _model(**TINY, discrepancy="l1")
 
 
 @pytest.mark.parametrize("export", ["script", "trace"])

@@ -130,10 +130,13 @@ def test_a_checkpoint_loads_its_bank_and_a_memory_setting_mismatch_is_named(fitt
 
 
 def test_a_model_stored_before_the_memory_and_normalisation_settings_loads_as_made():
-    """Checkpoints of bundle 0.4 have neither setting: they were made without memory and with the backbone's own
-    input normalisation, and load so; asking them for a memory is a named mismatch."""
+    """Checkpoints of bundle 0.4 have none of the later settings: they were made without memory, with the backbone's
+    own input normalisation and the squared discrepancy, and load so; asking them for a memory or the cosine is a
+    named mismatch."""
     stored = {"score_top_k": 20, "teacher": {"type": "PretrainedTeacher", "backbone": "b", "weights": None}}
-    now = {**stored, "memory": None, "teacher": {**stored["teacher"], "normalization": "backbone"}}
+    now = {**stored, "memory": None, "discrepancy": "squared", "teacher": {**stored["teacher"], "normalization": "backbone"}}
+    with pytest.raises(SettingsMismatchError, match="discrepancy: made with 'squared', now 'cosine'"):
+        check_settings(stored_flat_settings(stored, HDHKD.later_settings), {**now, "discrepancy": "cosine"})
     check_settings(stored_flat_settings(stored, HDHKD.later_settings), now)
     with pytest.raises(SettingsMismatchError, match="memory"):
         check_settings(stored_flat_settings(stored, HDHKD.later_settings), {**now, "memory": {"coreset_ratio": 0.1, "max_patches": 4096}})

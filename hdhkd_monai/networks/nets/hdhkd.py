@@ -12,7 +12,14 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-from ...anomaly_map import AnomalyPrediction, image_score, squared_discrepancy, upsample_map
+from ...anomaly_map import (
+    DISCREPANCIES,
+    AnomalyPrediction,
+    cosine_discrepancy,
+    image_score,
+    squared_discrepancy,
+    upsample_map,
+)
 from ..blocks.decoders import ConvUpsample, MambaUpNet, UpsampleStem
 from ..blocks.mixers import GLOBAL_DECODERS
 from ..blocks.mfm import ConcatFusion, MultiFeatureModel
@@ -130,6 +137,9 @@ class HDHKD(Detector):
             each map cell adds the squared distance of the teacher's feature to its nearest remembered normal feature
             (per channel) to the teacher-student discrepancy, in the same units: a cell is anomalous when the
             student cannot predict the teacher there and no normal training patch looks like it.
+        discrepancy: how a map cell compares the two features: ``"squared"``, the channel mean of ``(f_t - f_sd)**2``
+            (the paper's), or ``"cosine"``, ``1 - cos(f_t, f_sd)`` (RD4AD's; blind to the features' length). The
+            memory's squared distance adds to the squared discrepancy only; training is the same for both.
         student_args: the arguments of :class:`HDHKDStudent` after ``out_channels`` (``backbone``, ``conv_upsample``,
             ``global_decoder``, ... as keywords), documented there; the student's output channels are the teacher's.
 
@@ -142,11 +152,22 @@ class HDHKD(Detector):
     """
 
     # bundle 0.5.0: models made before the memory and the teacher's normalisation option had neither
-    later_settings = {"memory": (None, {}), "teacher.normalization": ("backbone", {"teacher.type": "PretrainedTeacher"})}
+    # bundle 0.7.0: models made before the cosine option had the squared discrepancy
+    later_settings = {
+        "memory": (None, {}),
+        "teacher.normalization": ("backbone", {"teacher.type": "PretrainedTeacher"}),
+        "discrepancy": ("squared", {}),
+    }
 
     def __init__(self, teacher: PDN, score_top_k: Optional[int] = None, memory: Optional[PatchMemory] = None,
-                 **student_args):
+                 discrepancy: str = "squared", **student_args):
         super().__init__()
+        if discrepancy not in DISCREPANCIES:
+            raise ValueError(f"discrepancy {discrepancy!r}: choose one of {', '.join(DISCREPANCIES)}")
+        if memory is not None and discrepancy != "squared":
+            raise ValueError("the patch memory adds squared distances to the squared discrepancy only: with "
+                             f"discrepancy {discrepancy!r} set memory to None")
+        self.discrepancy = discrepancy
         self.teacher = teacher.requires_grad_(False).eval()
         self.student = HDHKDStudent(teacher.out_channels, **student_args)
         self.score_top_k = score_top_k
@@ -155,6 +176,7 @@ class HDHKD(Detector):
             **_meaning_settings(student_args),
             "score_top_k": score_top_k,
             "memory": None if memory is None else memory.settings,
+            "discrepancy": discrepancy,
             "teacher": {"type": type(teacher).__name__, **getattr(teacher, "settings", {})},
         }
         self.border = teacher.border
@@ -185,10 +207,13 @@ class HDHKD(Detector):
         return self.features(x)
 
     def anomaly_map(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw anomaly map ``[B, 1, H, W]``: channel mean of ``(f_t - f_sd)**2`` (plus the memory's distance of
-        ``f_t``, when there is a memory), bilinear to the input size."""
+        """Raw anomaly map ``[B, 1, H, W]``: the ``discrepancy`` of ``f_t`` and ``f_sd`` per cell (plus the memory's
+        distance of ``f_t``, when there is a memory), bilinear to the input size."""
         f_t, f_sd = self.features(x)
-        cells = squared_discrepancy(f_t, f_sd)
+        if self.discrepancy == "cosine":
+            cells = cosine_discrepancy(f_t, f_sd)
+        else:
+            cells = squared_discrepancy(f_t, f_sd)
         if self.memory is not None:
             cells = cells + self.memory(f_t)
         return upsample_map(cells, x.shape[-2:], self.border)
