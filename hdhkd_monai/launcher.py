@@ -129,6 +129,8 @@ def run_bundles(
     One interpreter instead of one per workflow: importing torch and MONAI costs 5-7 s of CPU per process here, more
     than a short training. The seconds exclude that import, so a training's time is the training's. The first run
     that fails stops the rest and raises ``RuntimeError`` with the end of ``log``."""
+    if len(each) > len(runs):
+        raise ValueError(f"{len(each)} sets of overrides in each for {len(runs)} runs")
     own = [*each, *[{}] * (len(runs) - len(each))]
     with tempfile.TemporaryDirectory() as tmp:
         times = Path(tmp) / "seconds.json"
