@@ -5,6 +5,7 @@ the tests skip, naming the command that makes it. About 40 s on the shared 2-cor
 """
 
 import csv
+import json
 import os
 import subprocess
 from argparse import Namespace
@@ -13,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from experiments.anomalib_rows import ANOMALIB_ROWS, run_anomalib_rows
-from experiments.baselines import run_baselines
 from experiments.run import REPO, prepare_data
 from hdhkd_monai.data.phantom import write_phantom
 
@@ -32,19 +32,20 @@ def anomalib_python() -> str:
 
 @pytest.fixture(scope="module")
 def rows(anomalib_python, tmp_path_factory):
-    """PatchCore and both anomalib rows, run as ``experiments/run.py main`` runs them, into one run folder."""
+    """Both anomalib rows, run as ``experiments/run.py main`` runs them, into one run folder: (the folder, the
+    datalist's test items, the rows by name)."""
     root = tmp_path_factory.mktemp("anomalib")
     data = write_phantom(root / "phantom", n_train=9, n_test_per_class=3, size=SIZE, seed=0)
     out = root / "out"
     args = Namespace(data=data, normal="NORMAL", val_fraction=0.15, image_size=SIZE, batch_size=4, iterations=2,
-                     seed=0, fresh=False, baselines=["PatchCore", *ANOMALIB_ROWS])  # fmt: skip
+                     seed=0, fresh=False, baselines=list(ANOMALIB_ROWS))  # fmt: skip
     out.mkdir()
     datalist = prepare_data(args, out)
     preset = REPO / "configs" / "oct2017.json"
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HDHKD_ANOMALIB_PYTHON", anomalib_python)
-        table = run_baselines(args, out, datalist, preset, None) + run_anomalib_rows(args, out, datalist, preset)
-    return out, {row["name"]: row for row in table}
+        table = run_anomalib_rows(args, out, datalist, preset)
+    return out, json.loads(datalist.read_text())["test"], {row["name"]: row for row in table}
 
 
 def read_scores(path: Path) -> dict[str, tuple[str, float]]:
@@ -53,20 +54,22 @@ def read_scores(path: Path) -> dict[str, tuple[str, float]]:
 
 
 def test_anomalib_rows_score_the_same_test_images_at_the_same_size(rows):
-    out, table = rows
-    reference = read_scores(out / "baselines" / "PatchCore")
+    """Every test image of the runner's datalist, the one every other row is scored on, with its label, at the
+    runner's image size."""
+    out, test_items, table = rows
+    expected = {item["image"]: str(item["label"]) for item in test_items}
     for name in ANOMALIB_ROWS:
         scores = read_scores(out / "baselines" / name)
-        assert {p: label for p, (label, _) in scores.items()} == {p: label for p, (label, _) in reference.items()}
+        assert {p: label for p, (label, _) in scores.items()} == expected
         assert len({s for _, s in scores.values()}) > 1, f"{name} gives every image the same score"
         assert table[name]["input_shapes"] == [[3, SIZE, SIZE]]  # what anomalib's torch model received
         assert table[name]["budget"]["image_size"] == SIZE and table[name]["budget"]["seed"] == 0
         assert 0 <= table[name]["image"]["auroc"] <= 1
-        assert table[name]["image"]["n_normal"] == table["PatchCore"]["image"]["n_normal"]
+        assert table[name]["image"]["n_normal"] == sum(item["label"] == 0 for item in test_items)
 
 
 def test_a_second_run_reads_the_rows_back(rows, anomalib_python):
-    out, table = rows
+    out, _, table = rows
     args = Namespace(image_size=SIZE, batch_size=4, iterations=2, seed=0, fresh=False, baselines=list(ANOMALIB_ROWS))
     before = {n: (out / "baselines" / f"{n}.json").stat().st_mtime_ns for n in ANOMALIB_ROWS}
     with pytest.MonkeyPatch.context() as patch:

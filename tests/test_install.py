@@ -30,11 +30,12 @@ SHORT_DEMO["common"]["image_size"] = 96
 SHORT_DEMO["student"].update(max_iterations=40, val_interval=40)
 MIN_AUROC = 0.80
 
-#: ``python -m MODULE --help`` for each MODULE of argv, one after the other, each help followed by its end marker.
-HELP_OF_EACH = """
-import runpy, sys
-for module in sys.argv[1:]:
-    sys.argv = [module, "--help"]
+#: ``python -m MODULE ARGS...`` for each ``[MODULE, *ARGS]`` of the JSON list in argv[1], one after the other in one
+#: interpreter (a python start imports torch and MONAI), each followed by its end marker.
+MODULES_IN_TURN = """
+import json, runpy, sys
+for module, *args in json.loads(sys.argv[1]):
+    sys.argv = [module, *args]
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as stop:
@@ -93,11 +94,11 @@ def test_the_installed_wheel_runs_the_demo_and_its_command_lines_from_an_empty_f
     python, work = installed
     assert (demo / "models" / "model.pt").is_file()
     modules = ("hdhkd_monai.demo", "hdhkd_monai.zoo", "hdhkd_monai.data.datalist")
-    # each module's ``python -m MODULE --help``, in one interpreter: a python start imports torch and MONAI
-    helps = _run(python, ["-c", HELP_OF_EACH, *modules], work).split("--- end of ")
-    assert [h.split("\n", 1)[0] for h in helps[1:]] == list(modules)
-    assert all("usage:" in h for h in helps[:-1]), helps
-    _run(python, ["-m", "hdhkd_monai.data.datalist", "kermany", "demo/data", "--out", "datalist.json"], work)
+    # each module's ``python -m MODULE --help``, then the datalist tool on the demo's images
+    calls = [[m, "--help"] for m in modules] + [[modules[2], "kermany", "demo/data", "--out", "datalist.json"]]
+    printed = _run(python, ["-c", MODULES_IN_TURN, json.dumps(calls)], work).split("--- end of ")
+    assert [p.split("\n", 1)[0] for p in printed[1:]] == [call[0] for call in calls]
+    assert all("usage:" in p for p in printed[: len(modules)]), printed
     assert (work / "datalist.json").is_file()
 
 
