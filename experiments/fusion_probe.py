@@ -23,13 +23,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from hdhkd_monai.anomaly_map import discrepancy_map, image_score, map_quantiles, normalize_map, upsample_map  # noqa: E402
+from hdhkd_monai.anomaly_map import (  # noqa: E402
+    cosine_discrepancy,
+    discrepancy_map,
+    image_score,
+    map_quantiles,
+    normalize_map,
+    upsample_map,
+)
 from hdhkd_monai.baselines.common import smooth_map  # noqa: E402
 from hdhkd_monai.data.datalist import datalist_split  # noqa: E402
 from hdhkd_monai.handlers import load_network  # noqa: E402
@@ -63,8 +69,7 @@ def maps_of(net, banks: dict, items: list[dict], preprocessing) -> dict:
     for x in images_of(items, preprocessing):
         f_t, f_sd = net.features(x)
         maps["disc"].append(discrepancy_map(f_t, f_sd, x.shape[-2:]))
-        # RD4AD's measure: 1 - cosine similarity per cell, blind to the length of the feature vectors
-        maps["cos"].append(upsample_map(1 - F.cosine_similarity(f_t, f_sd, dim=1).unsqueeze(1), x.shape[-2:]))
+        maps["cos"].append(upsample_map(cosine_discrepancy(f_t, f_sd), x.shape[-2:]))  # RD4AD's measure
         maps["knn_sq"].append(upsample_map(banks["normalised"](f_t), x.shape[-2:]))
         if "raw" in banks:
             raw = net.teacher(x)
@@ -82,12 +87,11 @@ def scores(maps: dict, val_normal: dict, top_k: int) -> dict:
         "disc": image_score(maps["disc"], top_k), "knn_sq_topk": image_score(maps["knn_sq"], top_k),
         "sum_sq": image_score(maps["disc"] + maps["knn_sq"], top_k), "cos": image_score(maps["cos"], top_k),
     }  # fmt: skip
-    # cosine and squared distances are in other units: each map normalised by its own normal validation quantiles
-    normed = {k: normalize_map(maps[k], map_quantiles(val_normal[k])) for k in ("disc", "cos", "knn_sq")}
+    # maps in other units add after each is normalised by its own normal validation quantiles
+    normed = {k: normalize_map(m, map_quantiles(val_normal[k])) for k, m in maps.items()}
     result["disc+knn_sq_normed"] = image_score(normed["disc"] + normed["knn_sq"], top_k)
     result["cos+knn_sq_normed"] = image_score(normed["cos"] + normed["knn_sq"], top_k)
     if "knn" in maps:
-        normed = {k: normalize_map(maps[k], map_quantiles(val_normal[k])) for k in ("disc", "knn")}
         fused = normed["disc"] + normed["knn"]
         result.update(knn_max=image_score(maps["knn"]), knn_topk=image_score(maps["knn"], top_k),
                       fused=image_score(fused, top_k), fused_max=image_score(fused))
