@@ -192,17 +192,15 @@ def _run_alone(args: list[str], cwd: Path, tmp_path: Path) -> str:
     return done.stdout
 
 
-def _real_images() -> list[Path]:
+def _real_images(shared_data: Path) -> list[Path]:
     """Two normal and two AMD B-scans of the NEH set (the first AMD one is what the MONAI Label test asks about)."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder not found at {SHARED_DATA} (set HDHKD_DATA_ROOT to point at it)")
-    return [sorted((SHARED_DATA / folder).iterdir())[i].resolve() for folder in REAL_IMAGES for i in (0, 1)]
+    return [sorted((shared_data / folder).iterdir())[i].resolve() for folder in REAL_IMAGES for i in (0, 1)]
 
 
-def _score_alone(root: Path, out: Path) -> Path:
-    """The package's own inference.json, where hdhkd_monai is not installed, on :func:`_real_images`; its output
-    folder (``scores.csv``, ``maps/``)."""
-    (out / "images.txt").write_text("".join(f"{p}\n" for p in _real_images()))
+def _score_alone(root: Path, images: list[Path], out: Path) -> Path:
+    """The package's own inference.json, where hdhkd_monai is not installed, on ``images``; its output folder
+    (``scores.csv``, ``maps/``)."""
+    (out / "images.txt").write_text("".join(f"{p}\n" for p in images))
     _run_alone(["-m", "monai.bundle", "run", "--config_file", "configs/inference.json", "--meta_file",
                 "configs/metadata.json", "--input", str(out / "images.txt"), "--output_dir", str(out / "scored")],
                shutil.copytree(root, out / "bundle"), out)  # fmt: skip
@@ -215,15 +213,15 @@ def _scores(folder: Path) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def package_scored(package, tmp_path_factory) -> Path:
+def package_scored(package, shared_data, tmp_path_factory) -> Path:
     """The HDHKD package's own inference on the real B-scans, once for the tests that compare with it."""
-    return _score_alone(package[0], tmp_path_factory.mktemp("package_scored"))
+    return _score_alone(package[0], _real_images(shared_data), tmp_path_factory.mktemp("package_scored"))
 
 
 @pytest.fixture(scope="module")
-def baseline_package_scored(baseline_package, tmp_path_factory) -> Path:
+def baseline_package_scored(baseline_package, shared_data, tmp_path_factory) -> Path:
     """The same for the RD4AD package."""
-    return _score_alone(baseline_package[0], tmp_path_factory.mktemp("baseline_scored"))
+    return _score_alone(baseline_package[0], _real_images(shared_data), tmp_path_factory.mktemp("baseline_scored"))
 
 
 @pytest.mark.slow
@@ -247,11 +245,11 @@ def test_the_model_zoo_ci_passes_on_the_package_where_hdhkd_monai_is_not_install
 
 
 @pytest.mark.slow
-def test_the_package_alone_scores_real_bscans_as_the_library_does(package, package_scored, tmp_path):
+def test_the_package_alone_scores_real_bscans_as_the_library_does(package, package_scored, shared_data, tmp_path):
     """``python -m monai.bundle run`` with the package's inference.json, where hdhkd-monai is not installed, on real
     NEH B-scans: the same scores (1e-5) as the library's inference on the training run it was packed from."""
     _, _, trained = package
-    images = _real_images()
+    images = _real_images(shared_data)
     (tmp_path / "images.txt").write_text("\n".join(str(p) for p in images) + "\n")
     read_config(["inference"], bundle_root=str(trained), input=str(tmp_path / "images.txt"),
                 output_dir=str(tmp_path / "library")).get_parsed_content("evaluator").run()  # fmt: skip
@@ -277,7 +275,7 @@ def baseline_package(tmp_path_factory):
 
 @pytest.mark.slow
 def test_a_baseline_package_passes_the_model_zoo_ci_and_scores_as_the_library(baseline_package, baseline_package_scored,
-                                                                              tmp_path):
+                                                                              shared_data, tmp_path):
     """A baseline gets what HDHKD gets: its package passes the Zoo's ``verify_bundle.py -m full`` (network in/out
     and TorchScript export of model.pt, scripted) where hdhkd_monai is not installed; the package's model.onnx
     (dynamic batch) gives the maps (1e-4) and its inference.json alone the scores (1e-5) of the library's
@@ -298,7 +296,7 @@ def test_a_baseline_package_passes_the_model_zoo_ci_and_scores_as_the_library(ba
     full = _run_alone(["ci/verify_bundle.py", "-b", BUNDLE.name, "-m", "full"], checkout, tmp_path)
     assert "data shape is verified correctly." in full and "Provided TorchScript module is verified correctly." in full
     images = tmp_path / "images.txt"
-    images.write_text("".join(f"{p}\n" for p in _real_images()))
+    images.write_text("".join(f"{p}\n" for p in _real_images(shared_data)))
     read_config(["inference", "rd4ad"], bundle_root=str(trained), input=str(images),
                 output_dir=str(tmp_path / "library")).get_parsed_content("evaluator").run()  # fmt: skip
     scores = {"package": _scores(baseline_package_scored), "library": _scores(tmp_path / "library")}
