@@ -24,8 +24,9 @@ evaluation in one interpreter, ``hdhkd_monai.launcher.run_bundles``; each comman
 
 Everything lands in ``OUT`` (default ``runs/<data folder name>``): one folder per row with its checkpoints, logs,
 TensorBoard events, ``eval/metrics.json``, scores and heat-maps, and ``<table>.json`` with the table. The markdown
-table replaces its own marked section of docs/results.md. A row whose checkpoint already reached the budget is
-not trained again (the training workflow resumes from its last checkpoint); ``--fresh`` starts the rows over.
+table replaces its own marked section of docs/results.md. A row already evaluated under the same settings is read
+back from its ``row.json``, as a baseline is from ``baselines/<name>.json`` (delete the file to evaluate it again); a
+row whose checkpoint reached a smaller budget trains on from its last checkpoint; ``--fresh`` starts the rows over.
 
 ``--set KEY=VALUE ...`` overrides keys of the training config for every HDHKD row (not the baselines), e.g.
 ``--set learning_rate=0.001 hdhkd#norm=instance``, for experiments beyond the paper's rows. The overrides are kept in
@@ -166,6 +167,11 @@ def run_row(args, out: Path, row: Path, datalist: Path, preset: Path) -> dict:
         **args.overrides,
     }  # fmt: skip
     check_resumable(root, settings)
+    record = root / "row.json"
+    previous = json.loads(record.read_text()) if record.exists() else {}
+    if same_row(previous.get("settings", {}), settings):
+        print(f"{row.parent.name}/{row.stem}: evaluated before under these settings, read from {record}", flush=True)
+        return previous["row"]
     budget = write_json(root / "run.json", settings)
     configs = [preset, row, budget]
     print(f"{row.parent.name}/{row.stem}: training {args.iterations} iterations", flush=True)
@@ -178,7 +184,15 @@ def run_row(args, out: Path, row: Path, datalist: Path, preset: Path) -> dict:
         "trainable_params": report.trainable_params(train), **metrics,
     }  # fmt: skip
     print(f"  AUROC {metrics['image']['auroc']:.4f}, training {train_s:.0f} s", flush=True)
+    write_json(record, {"settings": settings, "row": result})
     return result
+
+
+def same_row(old: dict, new: dict) -> bool:
+    """Whether a row evaluated under the settings ``old`` is the row ``new`` asks for: the same settings, paths aside
+    (a copied run folder is the same row, as :func:`check_resumable` resumes it)."""
+    paths = {"bundle_root", "datalist", "teacher_ckpt"}
+    return bool(old) and {k: v for k, v in old.items() if k not in paths} == {k: v for k, v in new.items() if k not in paths}
 
 
 def bundle_defaults() -> dict:
