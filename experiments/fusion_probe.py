@@ -9,8 +9,11 @@ scores its distance to the nearest bank patch (PatchCore's score, on HDHKD's tea
 normalised by its own quantiles on the normal validation images and summed (EfficientAD's combination of its two
 maps), and the plain sum of the discrepancy and the squared kNN distance on the teacher's normalised features per
 channel, which are in the same units (both a mean squared channel difference from a normal prediction of the teacher
-features). Test AUROC (overall and per class) of the discrepancy, the kNN and the fused score are written to
-``<row>/fusion.json``, with paired bootstrap intervals of fused minus each single score.
+features). The same for the cosine discrepancy ``1 - cos(f_t, f_sd)`` (RD4AD's measure): alone, with the
+normalised kNN map, and plus the cosine distance to the nearest normal patch (a second memory of the unit-length
+teacher features: the same units). Test AUROC (overall and per class) of each score is written to
+``<row>/fusion.json``, with paired bootstrap intervals of the fusions against the single scores and the per-image
+scores of each (``scores``, in the order of ``test_images``) for pairing with other rows.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,14 +67,18 @@ def images_of(items: list[dict], preprocessing, batch: int = 16):
 
 @torch.no_grad()
 def maps_of(net, banks: dict, items: list[dict], preprocessing) -> dict:
-    """Maps ``[N, 1, H, W]`` of ``items``: the raw discrepancy, the kNN on the raw teacher features (PatchCore's,
-    blurred) and the squared kNN distance on the normalised teacher features per channel (the discrepancy's units)."""
-    maps = {"disc": [], "cos": [], "knn_sq": [], **({"knn": []} if "raw" in banks else {})}
+    """Maps ``[N, 1, H, W]`` of ``items``: the raw discrepancy (squared and cosine), the kNN on the raw teacher
+    features (PatchCore's, blurred), the squared kNN distance on the normalised teacher features per channel (the
+    squared discrepancy's units) and the cosine distance to the nearest normal patch (the cosine's units)."""
+    maps = {"disc": [], "cos": [], "knn_sq": [], "knn_cos": [], **({"knn": []} if "raw" in banks else {})}
     for x in images_of(items, preprocessing):
         f_t, f_sd = net.features(x)
         maps["disc"].append(discrepancy_map(f_t, f_sd, x.shape[-2:]))
         maps["cos"].append(upsample_map(cosine_discrepancy(f_t, f_sd), x.shape[-2:]))  # RD4AD's measure
         maps["knn_sq"].append(upsample_map(banks["normalised"](f_t), x.shape[-2:]))
+        # on unit vectors |u - v|^2 / 2 = 1 - cos(u, v): the nearest normal patch's cosine distance, cos's units
+        unit_cos = banks["unit"](F.normalize(f_t, dim=1)) * f_t.shape[1] / 2
+        maps["knn_cos"].append(upsample_map(unit_cos, x.shape[-2:]))
         if "raw" in banks:
             raw = net.teacher(x)
             b, c, h, w = raw.shape
@@ -91,6 +99,7 @@ def scores(maps: dict, val_normal: dict, top_k: int) -> dict:
     normed = {k: normalize_map(m, map_quantiles(val_normal[k])) for k, m in maps.items()}
     result["disc+knn_sq_normed"] = image_score(normed["disc"] + normed["knn_sq"], top_k)
     result["cos+knn_sq_normed"] = image_score(normed["cos"] + normed["knn_sq"], top_k)
+    result["cos+knn_cos"] = image_score(maps["cos"] + maps["knn_cos"], top_k)
     if "knn" in maps:
         fused = normed["disc"] + normed["knn"]
         result.update(knn_max=image_score(maps["knn"]), knn_topk=image_score(maps["knn"], top_k),
@@ -117,7 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
     normalised = patch_features(net.teacher_features, images_of(train, preprocessing)).flatten(0, 1)
     memory = PatchMemory(normalised.shape[1], coreset_ratio=1.0 if args.max_patches is None else 0.1,
                          max_patches=args.max_patches, seed=args.seed)
-    banks = {"normalised": memory.fit(normalised)}
+    unit = PatchMemory(normalised.shape[1], coreset_ratio=memory.coreset_ratio, max_patches=args.max_patches,
+                       seed=args.seed)
+    banks = {"normalised": memory.fit(normalised), "unit": unit.fit(F.normalize(normalised, dim=1))}
     if args.max_patches is None:  # PatchCore's raw-feature kNN beside it, on the full bank
         banks["raw"] = patch_features(net.teacher, images_of(train, preprocessing)).flatten(0, 1)
     print(f"bank: {len(memory.bank)} of {len(normalised)} patches of {len(train)} images ({time.time() - start:.0f} s)", flush=True)
@@ -134,10 +145,12 @@ def main(argv: list[str] | None = None) -> dict:
         per_class = per_class_metrics(labels, s, classes, 0.0)
         result["rows"][name] = {"auroc": 100 * auroc(labels, s), "per_class": {c: 100 * m["auroc"] for c, m in per_class.items()}}
     pairs = (("fused", "disc"), ("fused", "knn_max"), ("fused", "sum_sq"), ("sum_sq", "disc"), ("cos", "disc"),
-             ("cos+knn_sq_normed", "sum_sq"))
+             ("cos+knn_sq_normed", "sum_sq"), ("cos", "sum_sq"), ("cos+knn_cos", "sum_sq"), ("cos+knn_cos", "cos"))
     for a, b in pairs:
         if a in image_scores and b in image_scores:
             result["rows"][f"{a}-{b}"] = paired_auroc_bootstrap(labels, image_scores[a], image_scores[b])
+    result["test_images"] = {"path": [str(it["image"]) for it in test], "label": labels.tolist()}
+    result["scores"] = {name: s.tolist() for name, s in image_scores.items()}  # for pairing with other rows
     (args.row / f"fusion{suffix}.json").write_text(json.dumps(result, indent=1, default=float))
     print(json.dumps({k: v.get("auroc", v) for k, v in result["rows"].items()}, indent=1, default=float))
     return result
