@@ -295,7 +295,7 @@ def test_cosine_discrepancy_is_one_minus_the_cosine_of_each_cell_and_blind_to_le
     assert cosine_discrepancy(f_t, 3 * f_t).abs().max() < 1e-6 and squared_discrepancy(f_t, 3 * f_t).min() > 0
 
 
-def test_hdhkd_with_the_cosine_discrepancy_maps_it_exports_it_and_refuses_a_memory():
+def test_hdhkd_with_the_cosine_discrepancy_maps_it_and_exports_it():
     model = _model(**TINY, discrepancy="cosine").eval()
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
@@ -306,8 +306,6 @@ def test_hdhkd_with_the_cosine_discrepancy_maps_it_exports_it_and_refuses_a_memo
         for exported in (torch.jit.script(net), torch.jit.trace(net, x)):
             torch.testing.assert_close(exported(x), net(x), rtol=1e-4, atol=1e-6)
     assert model.settings["discrepancy"] == "cosine"
-    with pytest.raises(ValueError, match="memory adds squared distances .* set memory to None"):
-        _model(**TINY, discrepancy="cosine", memory=PatchMemory(8))
     with pytest.raises(ValueError, match="discrepancy 'l1': choose one of squared, cosine"):
         _model(**TINY, discrepancy="l1")
 

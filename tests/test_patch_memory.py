@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import LITE
 
-from hdhkd_monai.anomaly_map import discrepancy_map
+from hdhkd_monai.anomaly_map import cosine_discrepancy, discrepancy_map, map_quantiles, upsample_map
 from hdhkd_monai.data.phantom import make_bscan
 from hdhkd_monai.distill import fit_teacher_stats
 from hdhkd_monai.errors import SettingsMismatchError
@@ -114,6 +114,50 @@ def test_a_model_with_memory_exports_and_gives_the_eager_maps_at_another_size(fi
         exported = torch.jit.script(net) if export == "script" else torch.jit.trace(net, images[:2])
         other = torch.nn.functional.interpolate(images[:3], size=(96, 80), mode="bilinear")
         torch.testing.assert_close(exported(other), net(other), rtol=1e-5, atol=1e-6)
+
+
+def _cosine_with_memory(fitted) -> HDHKD:
+    """``fitted``'s model with the cosine discrepancy: the same teacher, student weights and memory."""
+    model, _ = fitted
+    cosine = HDHKD(model.teacher, memory=model.memory, discrepancy="cosine", **SMALL).eval()
+    cosine.student.load_state_dict(model.student.state_dict())
+    return cosine
+
+
+def test_with_the_cosine_the_memory_is_weighed_so_both_terms_spread_alike_on_the_normal_images(fitted):
+    model, images = fitted
+    cosine = _cosine_with_memory(fitted)
+    squared_weight = float(model.memory_weight)
+    batches = [{"image": images[:3], "label": torch.tensor([0, 0, 0])},
+               {"image": images[3:], "label": torch.tensor([0, 1, 1])}]  # fmt: skip
+    model.fit_on_validation(batches)
+    cosine.fit_on_validation(batches)
+    assert float(model.memory_weight) == squared_weight == 1.0  # the squared discrepancy shares the memory's units
+    with torch.no_grad():  # the slow way, on the four normal images only
+        f_t, f_sd = cosine.features(images[:4])
+        spreads = [float(q[1] - q[0]) for q in (map_quantiles(upsample_map(m, [64, 64], cosine.border))
+                                                for m in (cosine_discrepancy(f_t, f_sd), cosine.memory(f_t)))]
+        torch.testing.assert_close(float(cosine.memory_weight), spreads[0] / spreads[1], rtol=1e-5, atol=0)
+        expected = upsample_map(cosine_discrepancy(f_t, f_sd) + cosine.memory_weight * cosine.memory(f_t), [64, 64],
+                                cosine.border)
+        torch.testing.assert_close(cosine.anomaly_map(images[:4]), expected, rtol=1e-5, atol=1e-6)
+        scripted = torch.jit.script(AnomalyMapNet(cosine))
+        torch.testing.assert_close(scripted(images), AnomalyMapNet(cosine)(images), rtol=1e-5, atol=1e-6)
+    assert cosine.memory_weight != 1.0 and cosine.training is False
+    with pytest.raises(ValueError, match="no normal"):
+        cosine.fit_on_validation([{"image": images[4:], "label": torch.tensor([1, 1])}])
+
+
+def test_a_checkpoint_keeps_the_memory_weight_and_one_made_before_it_loads_at_weight_one(fitted):
+    cosine = _cosine_with_memory(fitted)
+    cosine.memory_weight.fill_(0.25)
+    state = AnomalyMapNet(cosine).state_dict()
+    loaded = _cosine_with_memory(fitted)
+    AnomalyMapNet(loaded).load_state_dict(state)
+    assert float(loaded.memory_weight) == 0.25
+    del state["model.memory_weight"]  # a checkpoint of bundle 0.6.0
+    AnomalyMapNet(loaded).load_state_dict(state)
+    assert float(loaded.memory_weight) == 1.0
 
 
 def test_a_checkpoint_loads_its_bank_and_a_memory_setting_mismatch_is_named(fitted):

@@ -249,6 +249,10 @@ class EfficientAD(Detector):
             buffer.copy_(map_quantiles(torch.cat([m[index] for m in maps]), low=low, high=high))
         return self.quantiles_st.clone(), self.quantiles_ae.clone()
 
+    def fit_on_validation(self, batches: Iterable) -> None:
+        """:meth:`fit_map_normalisation` on the validation images, before each validation's calibration."""
+        self.fit_map_normalisation(batches)
+
     def _jitter(self, x: torch.Tensor) -> torch.Tensor:
         """One of brightness, contrast or saturation changed by a factor in [0.8, 1.2], for the whole batch."""
         adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)[int(torch.randint(3, ()))]

@@ -14,7 +14,7 @@ __all__ = ["FitOnData"]
 
 class FitOnData:
     """Call ``fit(data)`` whenever the engine starts: for example EfficientAD's map normalisation
-    (``network_def.fit_map_normalisation``) on the validation images before each validation, so the calibration
+    (``network_def.fit_on_validation``) on the validation images before each validation, so the calibration
     that follows sees normalised maps of the current weights.
 
     Args:

@@ -5,7 +5,7 @@ May import ``anomaly_map`` and ``state_dict`` (for the settings check); nothing 
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Iterable, Iterator, Optional, Union
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from torch import nn
 from ...anomaly_map import AnomalyPrediction, normalize_map
 from ...state_dict import check_settings, stored_flat_settings
 
-__all__ = ["Detector", "NORMAL_SCORE_QUANTILES"]
+__all__ = ["Detector", "NORMAL_SCORE_QUANTILES", "normal_images"]
 
 #: Length of the ``normal_score_quantiles`` buffer: the percentiles 0, 1, ..., 100.
 NORMAL_SCORE_QUANTILES = 101
@@ -61,6 +61,11 @@ class Detector(nn.Module):
                 return self.training_outputs(x)
         return self.to_calibrated_units(self.predict(x))
 
+    def fit_on_validation(self, batches: Iterable) -> None:
+        """Fit what the detector learns from the validation images after training and before calibration
+        (:class:`~hdhkd_monai.handlers.FitOnData` calls it when each validation starts), from ``{"image": [B, 3, H,
+        W], "label": [B]}`` batches; nothing by default."""
+
     def training_outputs(self, x: torch.Tensor):
         """What the detector's training loss compares for training images ``x [B, 3, H, W]`` (the bundle's
         ``loss(*outputs)``); a detector fitted without a loss gives its prediction."""
@@ -84,3 +89,15 @@ class Detector(nn.Module):
         """Loading a checkpoint: its settings must equal this detector's (else a named error lists each one)."""
         check_settings(stored_flat_settings(state["settings"], self.later_settings), self.settings)
         self.calibration = state["calibration"]
+
+
+def normal_images(batches: Iterable) -> Iterator[torch.Tensor]:
+    """The normal (label 0) images ``[b, 3, H, W]`` of each ``{"image", "label"}`` batch, as plain tensors; a batch
+    without labels is taken as normal."""
+    for batch in batches:
+        images = batch["image"]
+        images = images.as_tensor() if hasattr(images, "as_tensor") else images
+        if "label" in batch:
+            images = images[torch.as_tensor(batch["label"]).flatten() == 0]
+        if len(images):
+            yield images

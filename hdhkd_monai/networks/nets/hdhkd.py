@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -17,6 +17,7 @@ from ...anomaly_map import (
     AnomalyPrediction,
     cosine_discrepancy,
     image_score,
+    map_quantiles,
     squared_discrepancy,
     upsample_map,
 )
@@ -26,7 +27,7 @@ from ..blocks.mfm import ConcatFusion, MultiFeatureModel
 from ..blocks.patch_memory import PatchMemory
 from ..blocks.student_encoder import ENCODER_STRIDE, StudentEncoder
 from ..layers.simple import plain_tensor
-from .detector import Detector
+from .detector import Detector, normal_images
 from .pdn import PDN
 
 __all__ = ["HDHKDStudent", "HDHKD", "AnomalyMapNet"]
@@ -134,12 +135,12 @@ class HDHKD(Detector):
             ``None``.
         memory: a :class:`~hdhkd_monai.networks.blocks.PatchMemory` of the teacher's normalised features on the
             normal training images (fitted by :class:`~hdhkd_monai.handlers.FitPatchMemory`), or ``None``. With one,
-            each map cell adds the squared distance of the teacher's feature to its nearest remembered normal feature
-            (per channel) to the teacher-student discrepancy, in the same units: a cell is anomalous when the
-            student cannot predict the teacher there and no normal training patch looks like it.
+            each map cell adds ``memory_weight`` times the squared distance of the teacher's feature to its nearest
+            remembered normal feature (per channel) to the teacher-student discrepancy: a cell is anomalous when the
+            student cannot predict the teacher there or no normal training patch looks like it.
         discrepancy: how a map cell compares the two features: ``"squared"``, the channel mean of ``(f_t - f_sd)**2``
-            (the paper's), or ``"cosine"``, ``1 - cos(f_t, f_sd)`` (RD4AD's; blind to the features' length). The
-            memory's squared distance adds to the squared discrepancy only; training is the same for both.
+            (the paper's), or ``"cosine"``, ``1 - cos(f_t, f_sd)`` (RD4AD's; blind to the features' length, which
+            the memory's distance sees). Training is the same for both.
         student_args: the arguments of :class:`HDHKDStudent` after ``out_channels`` (``backbone``, ``conv_upsample``,
             ``global_decoder``, ... as keywords), documented there; the student's output channels are the teacher's.
 
@@ -148,7 +149,9 @@ class HDHKD(Detector):
     :class:`~hdhkd_monai.anomaly_map.AnomalyPrediction` of every :class:`~.detector.Detector`.
 
     ``settings`` (checked when a checkpoint loads) are the teacher's type and arguments, the score's top-k and the
-    student's arguments that change the output.
+    student's arguments that change the output. The buffer ``memory_weight`` ``[]`` travels with the state dict: 1
+    with the squared discrepancy (the memory's distance is in its units); with the cosine, fitted by
+    :meth:`fit_on_validation` so that both terms spread alike on normal validation images.
     """
 
     # bundle 0.5.0: models made before the memory and the teacher's normalisation option had neither
@@ -164,9 +167,6 @@ class HDHKD(Detector):
         super().__init__()
         if discrepancy not in DISCREPANCIES:
             raise ValueError(f"discrepancy {discrepancy!r}: choose one of {', '.join(DISCREPANCIES)}")
-        if memory is not None and discrepancy != "squared":
-            raise ValueError("the patch memory adds squared distances to the squared discrepancy only: with "
-                             f"discrepancy {discrepancy!r} set memory to None")
         self.discrepancy = discrepancy
         self.teacher = teacher.requires_grad_(False).eval()
         self.student = HDHKDStudent(teacher.out_channels, **student_args)
@@ -181,6 +181,8 @@ class HDHKD(Detector):
         }
         self.border = teacher.border
         self.input_multiple = ENCODER_STRIDE
+        self.register_buffer("memory_weight", torch.tensor(1.0))
+        self.register_load_state_dict_pre_hook(_default_memory_weight)
 
     def train(self, mode: bool = True) -> "HDHKD":
         super().train(mode)
@@ -210,18 +212,53 @@ class HDHKD(Detector):
         """Raw anomaly map ``[B, 1, H, W]``: the ``discrepancy`` of ``f_t`` and ``f_sd`` per cell (plus the memory's
         distance of ``f_t``, when there is a memory), bilinear to the input size."""
         f_t, f_sd = self.features(x)
-        if self.discrepancy == "cosine":
-            cells = cosine_discrepancy(f_t, f_sd)
-        else:
-            cells = squared_discrepancy(f_t, f_sd)
+        cells = self.discrepancy_cells(f_t, f_sd)
         if self.memory is not None:
-            cells = cells + self.memory(f_t)
+            cells = cells + self.memory_weight * self.memory(f_t)
         return upsample_map(cells, x.shape[-2:], self.border)
+
+    def discrepancy_cells(self, f_t: torch.Tensor, f_sd: torch.Tensor) -> torch.Tensor:
+        """The ``discrepancy`` of ``f_t`` and ``f_sd`` ``[B, C, h, w]`` per cell, ``[B, 1, h, w]``."""
+        if self.discrepancy == "cosine":
+            return cosine_discrepancy(f_t, f_sd)
+        return squared_discrepancy(f_t, f_sd)
+
+    @torch.no_grad()
+    def fit_on_validation(self, batches: Iterable) -> None:
+        """With the cosine discrepancy and a memory, ``memory_weight`` <- the spread of the discrepancy map over the
+        spread of the memory's (each ``q_high - q_low`` of :data:`~hdhkd_monai.anomaly_map.MAP_QUANTILES` over the
+        normal images' map pixels): the sum of the two maps then equals the sum of each normalised by its own
+        quantiles, up to scale and offset (EfficientAD's combination of two maps). Nothing to fit otherwise."""
+        if self.memory is None or self.discrepancy == "squared":
+            return
+        was_training = self.training
+        self.eval()
+        terms: List[List[torch.Tensor]] = [[], []]
+        try:
+            for x in normal_images(batches):
+                x = x.to(self.memory_weight.device)
+                f_t, f_sd = self.features(x)
+                for term, cells in zip(terms, (self.discrepancy_cells(f_t, f_sd), self.memory(f_t))):
+                    term.append(upsample_map(cells, x.shape[-2:], self.border).cpu())
+        finally:
+            self.train(was_training)
+        if not terms[0]:
+            raise ValueError("cannot weigh the memory's map: the validation data gave no normal (label 0) images")
+        spread_disc, spread_memory = (float(q[1] - q[0]) for q in (map_quantiles(torch.cat(t)) for t in terms))
+        if not spread_memory > 0:
+            raise ValueError("cannot weigh the memory's map: its distances do not vary over the normal validation "
+                             "images (are they copies of training images?)")
+        self.memory_weight.fill_(spread_disc / spread_memory)
 
     def predict(self, x: torch.Tensor) -> AnomalyPrediction:
         """Raw maps ``[B, 1, H, W]`` and their image scores ``[B]`` (top-k mean or maximum)."""
         maps = self.anomaly_map(x)
         return AnomalyPrediction(image_score(maps, self.score_top_k), maps)
+
+
+def _default_memory_weight(module: HDHKD, state_dict, prefix, *args) -> None:
+    """Loading a checkpoint made before bundle 0.7.0 (no ``memory_weight``): its memory added at weight 1."""
+    state_dict.setdefault(prefix + "memory_weight", torch.ones(()))
 
 
 def _meaning_settings(student_args: dict) -> dict:
