@@ -19,6 +19,7 @@ scores of each (``scores``, in the order of ``test_images``) for pairing with ot
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import time
@@ -107,6 +108,16 @@ def scores(maps: dict, val_normal: dict, top_k: int) -> dict:
     return result
 
 
+def write_scores(folder: Path, test: list[dict], image_scores: dict) -> None:
+    """Each score's ``<folder>/<name>.csv`` (path, label, score), the layout experiments/compare.py pairs."""
+    folder.mkdir(exist_ok=True)
+    for name, values in image_scores.items():
+        with open(folder / f"{name}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["path", "label", "score"])
+            writer.writerows([it["image"], int(it["label"]), float(v)] for it, v in zip(test, values))
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("row", type=Path)
@@ -149,8 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     for a, b in pairs:
         if a in image_scores and b in image_scores:
             result["rows"][f"{a}-{b}"] = paired_auroc_bootstrap(labels, image_scores[a], image_scores[b])
-    result["test_images"] = {"path": [str(it["image"]) for it in test], "label": labels.tolist()}
-    result["scores"] = {name: s.tolist() for name, s in image_scores.items()}  # for pairing with other rows
+    write_scores(args.row / f"fusion{suffix}-scores", test, image_scores)
     (args.row / f"fusion{suffix}.json").write_text(json.dumps(result, indent=1, default=float))
     print(json.dumps({k: v.get("auroc", v) for k, v in result["rows"].items()}, indent=1, default=float))
     return result

@@ -20,6 +20,7 @@ __all__ = [
     "check_settings",
     "flat_settings",
     "stored_flat_settings",
+    "later_buffers",
     "load_weights",
     "read_state_dict",
     "torch_file",
@@ -103,6 +104,16 @@ def _fits(stored: torch.Tensor, own: torch.Tensor) -> bool:
     return stored.shape == own.shape or (own.ndim > 0 and own.shape[0] == 0 and stored.shape[1:] == own.shape[1:])
 
 
+def later_buffers(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state-dict keys of the buffers that ``module``'s submodules gained after models of them were saved, with
+    the value those models had: each submodule's ``later_buffers`` (``{name: value}``, like ``later_settings``)."""
+    return {
+        f"{prefix}.{name}" if prefix else name: torch.as_tensor(value)
+        for prefix, sub in module.named_modules()
+        for name, value in getattr(sub, "later_buffers", {}).items()
+    }
+
+
 def load_weights(
     module: nn.Module, state: Mapping[str, torch.Tensor], source: str, known: Collection[str] | None = None
 ) -> nn.Module:
@@ -110,12 +121,15 @@ def load_weights(
 
     A ``module.`` prefix on every key (a DistributedDataParallel's state dict) is dropped. Every tensor of
     ``module`` must be in ``state`` with the same shape (an empty bank that fitting fills takes the stored rows).
-    Keys of ``state`` that ``module`` lacks are an error unless they are in ``known`` (e.g. the head of a whole
+    A buffer a submodule gained after files of it were written (its ``later_buffers``) takes the value those files'
+    models had when the file lacks it. Keys of ``state`` that ``module`` lacks are an error unless they are in
+    ``known`` (e.g. the head of a whole
     classifier whose trunk ``module`` is). The :class:`CheckpointMismatchError` names ``source`` and lists missing,
     unexpected and mis-shaped keys.
     """
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {**later_buffers(module), **state}
     own = module.state_dict()
     expected = set(own) | set(known or ())
     problems = {

@@ -40,6 +40,9 @@ class Detector(nn.Module):
     #: Settings this detector gained after models of it were trained, with the value those models had
     #: (:func:`~hdhkd_monai.state_dict.stored_flat_settings`).
     later_settings: dict = {}
+    #: Buffers this detector gained after models of it were saved, with the value those models had
+    #: (:func:`~hdhkd_monai.state_dict.later_buffers`).
+    later_buffers: dict = {}
 
     def __init__(self) -> None:
         super().__init__()

@@ -161,6 +161,8 @@ class HDHKD(Detector):
         "teacher.normalization": ("backbone", {"teacher.type": "PretrainedTeacher"}),
         "discrepancy": ("squared", {}),
     }
+    # bundle 0.7.0: models made before the memory's weight added it at weight 1
+    later_buffers = {"memory_weight": 1.0}
 
     def __init__(self, teacher: PDN, score_top_k: Optional[int] = None, memory: Optional[PatchMemory] = None,
                  discrepancy: str = "squared", **student_args):
@@ -182,7 +184,6 @@ class HDHKD(Detector):
         self.border = teacher.border
         self.input_multiple = ENCODER_STRIDE
         self.register_buffer("memory_weight", torch.tensor(1.0))
-        self.register_load_state_dict_pre_hook(_default_memory_weight)
 
     def train(self, mode: bool = True) -> "HDHKD":
         super().train(mode)
@@ -254,11 +255,6 @@ class HDHKD(Detector):
         """Raw maps ``[B, 1, H, W]`` and their image scores ``[B]`` (top-k mean or maximum)."""
         maps = self.anomaly_map(x)
         return AnomalyPrediction(image_score(maps, self.score_top_k), maps)
-
-
-def _default_memory_weight(module: HDHKD, state_dict, prefix, *args) -> None:
-    """Loading a checkpoint made before bundle 0.7.0 (no ``memory_weight``): its memory added at weight 1."""
-    state_dict.setdefault(prefix + "memory_weight", torch.ones(()))
 
 
 def _meaning_settings(student_args: dict) -> dict:
