@@ -192,7 +192,10 @@ def same_row(old: dict, new: dict) -> bool:
     """Whether a row evaluated under the settings ``old`` is the row ``new`` asks for: the same settings, paths aside
     (a copied run folder is the same row, as :func:`check_resumable` resumes it)."""
     paths = {"bundle_root", "datalist", "teacher_ckpt"}
-    return bool(old) and {k: v for k, v in old.items() if k not in paths} == {k: v for k, v in new.items() if k not in paths}
+    def kept(settings: dict) -> dict:
+        return {k: v for k, v in settings.items() if k not in paths}
+
+    return bool(old) and kept(old) == kept(new)
 
 
 def bundle_defaults() -> dict:

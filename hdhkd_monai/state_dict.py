@@ -123,9 +123,8 @@ def load_weights(
     ``module`` must be in ``state`` with the same shape (an empty bank that fitting fills takes the stored rows).
     A buffer a submodule gained after files of it were written (its ``later_buffers``) takes the value those files'
     models had when the file lacks it. Keys of ``state`` that ``module`` lacks are an error unless they are in
-    ``known`` (e.g. the head of a whole
-    classifier whose trunk ``module`` is). The :class:`CheckpointMismatchError` names ``source`` and lists missing,
-    unexpected and mis-shaped keys.
+    ``known`` (e.g. the head of a whole classifier whose trunk ``module`` is). The :class:`CheckpointMismatchError`
+    names ``source`` and lists missing, unexpected and mis-shaped keys.
     """
     if state and all(k.startswith("module.") for k in state):
         state = {k.removeprefix("module."): v for k, v in state.items()}

@@ -155,9 +155,13 @@ def test_a_checkpoint_keeps_the_memory_weight_and_one_made_before_it_loads_at_we
     loaded = _cosine_with_memory(fitted)
     AnomalyMapNet(loaded).load_state_dict(state)
     assert float(loaded.memory_weight) == 0.25
-    del state["model.memory_weight"]  # a checkpoint of bundle 0.6.0
-    load_weights(AnomalyMapNet(loaded), state, "old.pt")
-    assert float(loaded.memory_weight) == 1.0
+    del state["model.memory_weight"]  # a checkpoint of bundle 0.6.0, through the package's loader and torch's
+    loaders = (lambda: load_weights(AnomalyMapNet(loaded), state, "old.pt"),
+               lambda: AnomalyMapNet(loaded).load_state_dict(state))  # fmt: skip
+    for load in loaders:
+        loaded.memory_weight.fill_(0.5)
+        load()
+        assert float(loaded.memory_weight) == 1.0
 
 
 def test_a_checkpoint_loads_its_bank_and_a_memory_setting_mismatch_is_named(fitted):

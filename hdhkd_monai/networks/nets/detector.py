@@ -1,6 +1,7 @@
 """The one detector contract: HDHKD and every baseline are a :class:`Detector`.
 
-May import ``anomaly_map`` and ``state_dict`` (for the settings check); nothing above the networks layer.
+May import ``anomaly_map``, ``state_dict`` (for the settings check) and ``networks.layers``; nothing above the networks
+layer.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from torch import nn
 
 from ...anomaly_map import AnomalyPrediction, normalize_map
 from ...state_dict import check_settings, stored_flat_settings
+from ..layers.simple import plain_tensor
 
 __all__ = ["Detector", "NORMAL_SCORE_QUANTILES", "normal_images"]
 
@@ -51,6 +53,7 @@ class Detector(nn.Module):
         self.register_buffer("threshold", torch.tensor(float("nan")))
         self.register_buffer("map_quantiles", torch.full((2,), float("nan")))
         self.register_buffer("normal_score_quantiles", torch.full((NORMAL_SCORE_QUANTILES,), float("nan")))
+        self.register_load_state_dict_pre_hook(_fill_later_buffers)
 
     def predict(self, x: torch.Tensor) -> AnomalyPrediction:
         """Uncalibrated scores ``[B]`` and maps ``[B, 1, H, W]`` of images ``x [B, 3, H, W]``."""
@@ -94,12 +97,18 @@ class Detector(nn.Module):
         self.calibration = state["calibration"]
 
 
+def _fill_later_buffers(module: Detector, state_dict, prefix, *args) -> None:
+    """Before a state dict loads (any loader: ``load_weights``, ignite's checkpoint handlers), give each of the
+    detector's ``later_buffers`` that it lacks the value the models it comes from had."""
+    for name, value in module.later_buffers.items():
+        state_dict.setdefault(prefix + name, torch.as_tensor(value))
+
+
 def normal_images(batches: Iterable) -> Iterator[torch.Tensor]:
     """The normal (label 0) images ``[b, 3, H, W]`` of each ``{"image", "label"}`` batch, as plain tensors; a batch
     without labels is taken as normal."""
     for batch in batches:
-        images = batch["image"]
-        images = images.as_tensor() if hasattr(images, "as_tensor") else images
+        images = plain_tensor(batch["image"])
         if "label" in batch:
             images = images[torch.as_tensor(batch["label"]).flatten() == 0]
         if len(images):
