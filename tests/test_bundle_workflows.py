@@ -110,6 +110,9 @@ def test_train_workflow_validates_calibrates_and_checkpoints(trained):
     n_train = len(json.loads((root / "data" / "datalist.json").read_text())["training"])
     assert best["model.memory.bank"].shape == (round(0.1 * n_train * 8 * 8), 384)
     assert f"patch memory: {round(0.1 * n_train * 8 * 8)} of {n_train * 64} training patches kept" in log
+    # the default map is the cosine discrepancy plus the memory, weighed on the normal validation images
+    assert best["model._extra_state"]["settings"]["discrepancy"] == "cosine"
+    assert torch.isfinite(best["model.memory_weight"]) and best["model.memory_weight"] not in (0.0, 1.0)
     # validation every val_interval iterations, logged at the trainer's iteration
     assert re.search(r"Epoch\[2\] Metrics -- .*val_auroc", log) and re.search(r"Epoch\[4\] Metrics -- .*val_auroc", log)
     tags = _scalar_tags(root / "eval")
