@@ -121,6 +121,16 @@ def test_efficientad_map_normalisation_sends_quantiles_to_0_and_0p1():
         model.fit_map_normalisation([])
 
 
+def test_efficientad_fits_its_normalisation_on_the_normal_validation_images_only():
+    validation, abnormal = _striped_images(4, seed=4), torch.rand(2, 3, SIZE, SIZE)
+    reference, model = _efficientad(), _efficientad()
+    reference.fit_map_normalisation([validation])
+    model.fit_on_validation([{"image": torch.cat([validation[:2], abnormal]), "label": torch.tensor([0, 0, 1, 1])},
+                             {"image": validation[2:], "label": torch.tensor([0, 0])}])  # fmt: skip
+    for name in ("quantiles_st", "quantiles_ae"):
+        torch.testing.assert_close(getattr(model, name), getattr(reference, name))
+
+
 # ---------------------------------------------------------------------------------------------------------- RD4AD
 
 

@@ -27,6 +27,7 @@ from hdhkd_monai.anomaly_map import AnomalyPrediction, discrepancy_map, map_quan
 from hdhkd_monai.baselines.common import check_images, freeze, iterate_batches
 from hdhkd_monai.losses import DistillationLoss
 from hdhkd_monai.networks import PDN, Detector
+from hdhkd_monai.networks.nets.detector import normal_images
 
 __all__ = ["AutoEncoder", "EfficientAD", "EfficientADLoss"]
 
@@ -250,8 +251,9 @@ class EfficientAD(Detector):
         return self.quantiles_st.clone(), self.quantiles_ae.clone()
 
     def fit_on_validation(self, batches: Iterable) -> None:
-        """:meth:`fit_map_normalisation` on the validation images, before each validation's calibration."""
-        self.fit_map_normalisation(batches)
+        """:meth:`fit_map_normalisation` on the normal validation images, before each validation's calibration (a
+        validation split may hold abnormal images too: the calibration skips them, and so does this)."""
+        self.fit_map_normalisation(normal_images(batches))
 
     def _jitter(self, x: torch.Tensor) -> torch.Tensor:
         """One of brightness, contrast or saturation changed by a factor in [0.8, 1.2], for the whole batch."""
