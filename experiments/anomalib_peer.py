@@ -39,6 +39,7 @@ from anomalib.models.image.patchcore import torch_model as patchcore_torch_model
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # `experiments` as a package when run as a script
 
+from experiments.anomalib_rows import row_budget
 from experiments.baselines import BACKBONE, _images, data_loaders, evaluate_rows
 from hdhkd_monai.anomaly_map import AnomalyPrediction
 from hdhkd_monai.networks import Detector
@@ -137,8 +138,7 @@ def main(argv: list[str] | None = None) -> None:
 
     patchcore_torch_model.KCenterGreedy = FastKCenterGreedy  # the name PatchcoreModel.subsample_embedding calls
     config, train, validation, test = data_loaders(args.datalist, args.preset, args.image_size, args.batch_size)
-    budget = {"image_size": args.image_size, "iterations": args.iterations, "batch_size": args.batch_size,
-              "seed": args.seed, "anomalib": anomalib.__version__}  # fmt: skip
+    budget = row_budget(args, anomalib.__version__)
     detectors = {}
 
     def builder(name):

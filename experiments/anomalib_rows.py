@@ -25,16 +25,40 @@ def anomalib_python() -> str:
     return made.stdout.strip().splitlines()[-1]
 
 
+def row_budget(args, version: str) -> dict:
+    """The budget an anomalib row is recorded with (``OUT/baselines/<name>.json``) and read back under."""
+    return {"image_size": args.image_size, "iterations": args.iterations, "batch_size": args.batch_size,
+            "seed": args.seed, "anomalib": version}  # fmt: skip
+
+
+def anomalib_version(python: str) -> str:
+    """The anomalib version of ``python``'s environment, from its package metadata (nothing heavy is imported)."""
+    code = "import importlib.metadata as m; print(m.version('anomalib'))"
+    return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def _recorded_budget(record: Path) -> dict | None:
+    return json.loads(record.read_text())["budget"] if record.exists() else None
+
+
 def run_anomalib_rows(args, out: Path, datalist: Path, preset: Path) -> list[dict]:
-    """Train and evaluate the anomalib rows named in ``args.baselines`` (none: nothing runs); their table rows."""
+    """Train and evaluate the anomalib rows named in ``args.baselines`` (none: nothing runs); their table rows. A row
+    recorded under the same budget is read back here, without starting the anomalib environment's interpreter."""
     names = [name for name in args.baselines if name in ANOMALIB_ROWS]
     if not names:
         return []
-    command = [
-        anomalib_python(), str(HERE / "anomalib_peer.py"), "--datalist", str(datalist), "--preset", str(preset),
-        "--out", str(out), "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
-        "--iterations", str(args.iterations), "--seed", str(args.seed), "--rows", *names,
-        *(["--fresh"] if args.fresh else []),
-    ]  # fmt: skip
-    subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
-    return [json.loads((out / "baselines" / f"{name}.json").read_text()) for name in names]
+    python = anomalib_python()
+    budget = row_budget(args, anomalib_version(python))
+    records = {name: out / "baselines" / f"{name}.json" for name in names}
+    to_run = [n for n in names if args.fresh or _recorded_budget(records[n]) != budget]
+    for name in sorted(set(names) - set(to_run)):
+        print(f"{name}: evaluated before under this budget, read from {records[name]}", flush=True)
+    if to_run:
+        command = [
+            python, str(HERE / "anomalib_peer.py"), "--datalist", str(datalist), "--preset", str(preset),
+            "--out", str(out), "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
+            "--iterations", str(args.iterations), "--seed", str(args.seed), "--rows", *to_run,
+            *(["--fresh"] if args.fresh else []),
+        ]  # fmt: skip
+        subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(HERE.parent)})
+    return [json.loads(records[name].read_text()) for name in names]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments import anomalib_rows
 from experiments.anomalib_rows import ANOMALIB_ROWS, run_anomalib_rows
 from experiments.run import REPO, prepare_data
 from hdhkd_monai.data.phantom import write_phantom
@@ -72,9 +73,13 @@ def test_a_second_run_reads_the_rows_back(rows, anomalib_python):
     out, _, table = rows
     args = Namespace(image_size=SIZE, batch_size=4, iterations=2, seed=0, fresh=False, baselines=list(ANOMALIB_ROWS))
     before = {n: (out / "baselines" / f"{n}.json").stat().st_mtime_ns for n in ANOMALIB_ROWS}
+    commands = []
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HDHKD_ANOMALIB_PYTHON", anomalib_python)
+        run = anomalib_rows.subprocess.run
+        patch.setattr(anomalib_rows.subprocess, "run", lambda cmd, **kw: commands.append(cmd) or run(cmd, **kw))
         again = run_anomalib_rows(args, out, out / "datalist.json", REPO / "configs" / "oct2017.json")
+    assert not [c for c in commands if "anomalib_peer.py" in str(c)], "the peer ran again for rows it recorded"
     assert [row["image"]["auroc"] for row in again] == [table[n]["image"]["auroc"] for n in ANOMALIB_ROWS]
     assert before == {n: (out / "baselines" / f"{n}.json").stat().st_mtime_ns for n in ANOMALIB_ROWS}
 
