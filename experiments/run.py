@@ -58,7 +58,8 @@ from tools.markdown import replace_section  # noqa: E402
 
 TABLES = ("main", "table5", "table6", "table7")
 # run.json keys that may change while a row folder is resumed: paths (a copied run folder) and the training length.
-RESUMABLE_KEYS = {"bundle_root", "datalist", "teacher_ckpt", "max_iterations", "val_interval"}
+PATH_KEYS = {"bundle_root", "datalist", "teacher_ckpt"}
+RESUMABLE_KEYS = PATH_KEYS | {"max_iterations", "val_interval"}
 
 
 def write_json(path: Path, content: dict) -> Path:
@@ -191,9 +192,9 @@ def run_row(args, out: Path, row: Path, datalist: Path, preset: Path) -> dict:
 def same_row(old: dict, new: dict) -> bool:
     """Whether a row evaluated under the settings ``old`` is the row ``new`` asks for: the same settings, paths aside
     (a copied run folder is the same row, as :func:`check_resumable` resumes it)."""
-    paths = {"bundle_root", "datalist", "teacher_ckpt"}
+
     def kept(settings: dict) -> dict:
-        return {k: v for k, v in settings.items() if k not in paths}
+        return {k: v for k, v in settings.items() if k not in PATH_KEYS}
 
     return bool(old) and kept(old) == kept(new)
 
