@@ -1,8 +1,8 @@
 """Every bundle workflow end to end through ``python -m monai.bundle run``, on a tiny synthetic OCT set.
 
-One module fixture writes the phantom data and runs teacher distillation and student training (64x64 images, a few
-iterations, one Mamba module); the tests then check what those runs wrote and run evaluation, inference, resuming
-and a 2-process DDP run on top.
+One module fixture writes the phantom data and runs, in one interpreter, teacher distillation, student training (64x64
+images, a few iterations, one Mamba module), evaluation and three inference runs; the tests check what those runs
+wrote, and run resuming and a 2-process DDP run on top.
 """
 
 import csv
@@ -12,6 +12,7 @@ import re
 import shutil
 import sys
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -57,15 +58,49 @@ def write_phantom_data(root, n_train=18, n_test_per_class=N_TEST_PER_CLASS):
     write_datalist(kermany_datalist(root / "data", val_abnormal_fraction=0.34), root / "data" / "datalist.json")
 
 
+#: The user's own scans the inference test writes: two B-scans of other sizes (rows, columns), named alike in different
+#: folders, besides a NIfTI volume and a DICOM series of three B-scans each.
+OWN_SIZES = {"a/scan.png": (40, 96), "b/c/scan.png": (80, 48)}
+OWN_AFFINE = np.diag([0.5, 0.5, 2.0, 1.0])
+
+
+def write_own_scans(drusen: list, scans) -> None:
+    """Under ``scans``: :data:`OWN_SIZES` resized from ``drusen[0]``; ``drusen[:3]`` as a NIfTI volume ``v/scan.nii.gz``
+    (:data:`OWN_AFFINE`) and as a DICOM series ``d/1.2.3`` of 8-bit B-scans, in reverse file order."""
+    for rel, (rows, cols) in OWN_SIZES.items():
+        (scans / rel).parent.mkdir(parents=True)
+        Image.open(drusen[0]).resize((cols, rows), Image.BILINEAR).save(scans / rel)
+    bscans = np.stack([np.asarray(Image.open(p), np.float32) / 255 for p in drusen[:3]])  # [k, rows, cols]
+    (scans / "v").mkdir()
+    nib.save(nib.Nifti1Image(bscans.transpose(2, 1, 0), OWN_AFFINE), scans / "v" / "scan.nii.gz")
+    series, uid = scans / "d" / "1.2.3", generate_uid()
+    series.mkdir(parents=True)
+    for k, path in enumerate(drusen[:3]):
+        display_dataset(np.asarray(Image.open(path)), position=2.0 * k, series_uid=uid).save_as(
+            series / f"{2 - k}.dcm", enforce_file_format=True)
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A bundle folder with phantom data, a distilled PDN teacher (paper configuration) and a briefly trained student
-    of the default configuration (frozen pretrained teacher); and the log of the two runs."""
-    root = tmp_path_factory.mktemp("bundle")
+    of the default configuration (frozen pretrained teacher); then, in the same interpreter (each python start
+    imports torch and MONAI), the runs the tests check: evaluation, inference on a folder (PNG maps), on a file list
+    (NIfTI maps) and on a folder of the user's own scans. (the folder, the log of the runs, the inference folders)."""
+    root, out = tmp_path_factory.mktemp("bundle"), tmp_path_factory.mktemp("inference")
     write_phantom_data(root)
-    # the paper configuration's PDN, then the default student, in one interpreter
-    log = run_in_turn([("train", "paper", "train_teacher"), ("train",)], root, each=[TEACHER, STUDENT])
-    return root, log
+    fluid = sorted((root / "data" / "test" / "FLUID").glob("*.png"))
+    (out / "images.txt").write_text("".join(f"{p}\n" for p in fluid[:2]))
+    write_own_scans(sorted((root / "data" / "test" / "DRUSEN").glob("*.png")), out / "scans")
+    runs = [
+        (("train", "paper", "train_teacher"), TEACHER),
+        (("train",), STUDENT),
+        (("train", "evaluate"), {"n_heatmaps": 2}),
+        (("inference",), {"input": fluid[0].parent, "output_dir": out / "png", "map_ext": ".png"}),
+        (("inference",), {"input": out / "images.txt", "output_dir": out / "nii"}),
+        (("inference",), {"input": out / "scans", "output_dir": out / "own"}),
+    ]
+    log = run_in_turn([w for w, _ in runs], root, each=[o for _, o in runs])
+    return root, log, out
 
 
 def _load(path):
@@ -85,7 +120,7 @@ def _scalar_tags(log_dir):
 
 
 def test_teacher_workflow_saves_the_distilled_pdn_with_its_output_statistics(trained):
-    root, _ = trained
+    root = trained[0]
     teacher = _load(root / "models" / "teacher.pt")["teacher"]
     assert teacher["feat_mean"].shape == (1, 384, 1, 1)
     # teacher_output_stats ran: the buffers are no longer the PDN's initial 0 / 1
@@ -96,7 +131,7 @@ def test_teacher_workflow_saves_the_distilled_pdn_with_its_output_statistics(tra
 
 
 def test_train_workflow_validates_calibrates_and_checkpoints(trained):
-    root, log = trained
+    root, log, _ = trained
     last = _load(root / "models" / "last.pt")
     assert last["trainer"]["iteration"] == STUDENT["max_iterations"]
     assert set(last) == {"model", "optimizer", "lr_scheduler", "best_checkpoint", "trainer"}
@@ -121,7 +156,7 @@ def test_train_workflow_validates_calibrates_and_checkpoints(trained):
 
 
 def test_resume_continues_from_the_saved_iteration(trained, tmp_path):
-    root, _ = trained
+    root = trained[0]
     shutil.copytree(root / "models", tmp_path / "models")
     (tmp_path / "data").symlink_to(root / "data")
     log = run(("train",), tmp_path, **{**STUDENT, "max_iterations": 6})
@@ -134,8 +169,7 @@ def test_resume_continues_from_the_saved_iteration(trained, tmp_path):
 
 
 def test_evaluate_workflow_writes_metrics_scores_curves_and_heatmaps(trained):
-    root, _ = trained
-    run(("train", "evaluate"), root, n_heatmaps=2)
+    root = trained[0]
     out = root / "eval"
     report = json.loads((out / "metrics.json").read_text())
     threshold = float(_load(root / "models" / "model.pt")["model"]["model.threshold"])
@@ -170,60 +204,36 @@ def _reference_map(root, image):
         return net(x)[0, 0].numpy()
 
 
-def test_inference_workflow_from_a_folder_and_a_file_list(trained, tmp_path):
-    import nibabel as nib
+def test_inference_workflow_from_a_folder_and_a_file_list(trained):
+    root, _, out = trained
+    images = sorted((root / "data" / "test" / "FLUID").glob("*.png"))
 
-    root, _ = trained
-    folder = root / "data" / "test" / "FLUID"
-    images = sorted(folder.glob("*.png"))
-    file_list = tmp_path / "images.txt"
-    file_list.write_text("".join(f"{p}\n" for p in images[:2]))
-    run_in_turn([("inference",)] * 2, root, each=[{"input": folder, "output_dir": tmp_path / "png", "map_ext": ".png"},
-                                                 {"input": file_list, "output_dir": tmp_path / "nii"}])
-
-    with open(tmp_path / "png" / "scores.csv") as f:
+    with open(out / "png" / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert sorted(r["path"] for r in rows) == [str(p) for p in images]
-    with open(tmp_path / "nii" / "scores.csv") as f:
+    with open(out / "nii" / "scores.csv") as f:
         assert len(list(csv.DictReader(f))) == 2
 
     expected = _reference_map(root, images[0])
     stem = images[0].stem
-    nifti = nib.load(tmp_path / "nii" / "maps" / f"{stem}_anomaly_map.nii.gz").get_fdata().squeeze()
+    nifti = nib.load(out / "nii" / "maps" / f"{stem}_anomaly_map.nii.gz").get_fdata().squeeze()
     np.testing.assert_allclose(nifti, expected, rtol=1e-4, atol=1e-5)
-    png = np.asarray(Image.open(tmp_path / "png" / "maps" / f"{stem}_anomaly_map.png"), dtype=float)
+    png = np.asarray(Image.open(out / "png" / "maps" / f"{stem}_anomaly_map.png"), dtype=float)
     # PNG: the map clipped to [0, 1] as 8 bits, in the image's own row/column order
     assert (png > 0).any(), "an all-black map cannot show the orientation"
     np.testing.assert_allclose(png, np.clip(expected, 0, 1) * 255, atol=1.0)
-    assert len(list((tmp_path / "png" / "maps").glob("*.png"))) == len(images)
+    assert len(list((out / "png" / "maps").glob("*.png"))) == len(images)
 
 
-def test_inference_on_own_scans_keeps_each_input_size_geometry_and_every_output(trained, tmp_path):
+def test_inference_on_own_scans_keeps_each_input_size_geometry_and_every_output(trained):
     """One run on a folder holding B-scans of other sizes than the network's, two of them named alike in different
     folders, a NIfTI volume of the same name, and a DICOM series folder of 8-bit B-scans: a map per input at its own
     size (each volume's with its geometry), an overlay per image and slice, and nothing overwritten."""
-    import nibabel as nib
-
-    root, _ = trained
+    root, log, inference = trained
     drusen = sorted((root / "data" / "test" / "DRUSEN").glob("*.png"))
-    scans, out = tmp_path / "scans", tmp_path / "out"
-    sizes = {"a/scan.png": (40, 96), "b/c/scan.png": (80, 48)}  # (rows, columns)
-    for rel, (rows, cols) in sizes.items():
-        (scans / rel).parent.mkdir(parents=True)
-        Image.open(drusen[0]).resize((cols, rows), Image.BILINEAR).save(scans / rel)
-    bscans = np.stack([np.asarray(Image.open(p), np.float32) / 255 for p in drusen[:3]])  # [k, rows, cols]
-    affine = np.diag([0.5, 0.5, 2.0, 1.0])
-    (scans / "v").mkdir()
-    nib.save(nib.Nifti1Image(bscans.transpose(2, 1, 0), affine), scans / "v" / "scan.nii.gz")
-    series, uid = scans / "d" / "1.2.3", generate_uid()  # the same B-scans as a DICOM series, in reverse file order
-    series.mkdir(parents=True)
-    for k, path in enumerate(drusen[:3]):
-        display_dataset(np.asarray(Image.open(path)), position=2.0 * k, series_uid=uid).save_as(
-            series / f"{2 - k}.dcm", enforce_file_format=True)
-    log = run(("inference",), root, input=scans, output_dir=out)
-
+    scans, out, series = inference / "scans", inference / "own", inference / "scans" / "d" / "1.2.3"
     assert re.search(r"scored 8 images, \d flagged abnormal .*\(2 volumes", log)
-    for rel, shape in sizes.items():
+    for rel, shape in OWN_SIZES.items():
         stem = rel.removesuffix(".png")
         assert nib.load(out / "maps" / f"{stem}_anomaly_map.nii.gz").shape == shape
         assert (out / "overlays" / f"{stem}_overlay.png").is_file()
@@ -233,7 +243,7 @@ def test_inference_on_own_scans_keeps_each_input_size_geometry_and_every_output(
     reference = _reference_map(root, scans / "a" / "scan.png")
     assert np.corrcoef(back.numpy().ravel(), reference.ravel())[0, 1] > 0.9
     volume_map = nib.load(out / "maps" / "v" / "scan_anomaly_map.nii.gz")
-    assert volume_map.shape == (64, 64, 3) and np.allclose(volume_map.affine, affine)
+    assert volume_map.shape == (64, 64, 3) and np.allclose(volume_map.affine, OWN_AFFINE)
     assert sorted(p.name for p in (out / "overlays" / "v" / "scan").iterdir()) == [
         f"slice_{k:04d}_overlay.png" for k in range(3)
     ]
@@ -256,7 +266,7 @@ def test_inference_on_own_scans_keeps_each_input_size_geometry_and_every_output(
 
 
 def test_multi_gpu_train_runs_two_processes_on_gloo(trained, tmp_path):
-    root, _ = trained
+    root = trained[0]
     (tmp_path / "data").symlink_to(root / "data")
     torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2")
     log = run(("train", "multi_gpu_train"), tmp_path, interpreter=torchrun, **STUDENT)
