@@ -2,9 +2,9 @@
 Zoo's CI checks a bundle, in a fresh process with only the package importable, then run on real OCT B-scans; and a
 real MONAI Label server (``monailabel_app/``) answering with the bundle's heat-map and score.
 
-One module fixture trains the default configuration briefly on 64x64 phantom B-scans, evaluates it, packs it (with
-the OCT data-set preset, and the large files' URLs on a local HTTP server) and unzips the package into an empty
-folder; the tests use that folder. The Model Zoo's own CI scripts (``../shared/zoo-ci``, unchanged) run on it where
+One module fixture trains the default configuration and the RD4AD baseline briefly on 64x64 phantom B-scans in one
+interpreter; the default one is evaluated and packed (with the OCT data-set preset, and the large files' URLs on a
+local HTTP server) and the package unzipped into an empty folder; the tests use that folder. The Model Zoo's own CI scripts (``../shared/zoo-ci``, unchanged) run on it where
 ``hdhkd_monai`` cannot be imported.
 """
 
@@ -33,7 +33,7 @@ from hdhkd_monai.handlers import load_network
 from hdhkd_monai.handlers.checkpoint import stored_settings
 from hdhkd_monai.launcher import BUNDLE, CONFIGS, read_config, run_bundle
 from test_bundle_card import stated_score as stored_score_fields
-from test_bundle_workflows import TINY, run, run_in_turn, write_phantom_data
+from test_bundle_workflows import TINY, run_in_turn, write_phantom_data
 
 pytest.importorskip("onnxruntime", reason="packing exports ONNX: pip install -e '.[onnx]'")
 
@@ -74,13 +74,22 @@ def hosting(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def training_runs(tmp_path_factory) -> dict[str, Path]:
+    """The bundle_roots the packages are made from, trained in one interpreter (each python start imports torch and
+    MONAI) on the same phantom B-scans: ``hdhkd``, the default configuration briefly trained and evaluated;
+    ``rd4ad``, the RD4AD baseline briefly trained by the bundle (train.json + rd4ad.json)."""
+    roots = {name: tmp_path_factory.mktemp(f"trained_{name}") for name in ("hdhkd", "rd4ad")}
+    write_phantom_data(roots["hdhkd"], n_train=8, n_test_per_class=4)
+    run_in_turn([("train",), ("train", "evaluate"), ("train", "rd4ad")], roots["hdhkd"],
+                each=[{}, {}, {"bundle_root": roots["rd4ad"]}], max_iterations=2, batch_size=4, val_interval=2,
+                n_heatmaps=1)  # fmt: skip
+    return roots
+
+
+@pytest.fixture(scope="module")
+def trained(training_runs):
     """A training run's bundle_root: the default configuration, briefly trained and evaluated on phantom B-scans."""
-    trained = tmp_path_factory.mktemp("trained")
-    write_phantom_data(trained, n_train=8, n_test_per_class=4)
-    run_in_turn([("train",), ("train", "evaluate")], trained, max_iterations=2, batch_size=4, val_interval=2,
-                n_heatmaps=1)
-    return trained
+    return training_runs["hdhkd"]
 
 
 @pytest.fixture(scope="module")
@@ -259,12 +268,10 @@ def test_the_package_alone_scores_real_bscans_as_the_library_does(package, packa
 
 
 @pytest.fixture(scope="module")
-def baseline_package(tmp_path_factory):
+def baseline_package(tmp_path_factory, training_runs):
     """(the unzipped package, the trained bundle_root) of a baseline, RD4AD, trained briefly by the bundle
     (train.json + rd4ad.json) on phantom B-scans and packed with its detector config as ``--config``."""
-    trained = tmp_path_factory.mktemp("trained_rd4ad")
-    write_phantom_data(trained, n_train=8, n_test_per_class=4)
-    run(("train", "rd4ad"), trained, max_iterations=2, batch_size=4, val_interval=2)
+    trained = training_runs["rd4ad"]
     out = tmp_path_factory.mktemp("zoo_rd4ad")
     archive = zoo.pack(trained, out / "package.zip", _next_version(), "RD4AD phantom test model",
                        {"image_size": TINY["image_size"]}, presets=[PRESET, CONFIGS / "rd4ad.json"])  # fmt: skip
