@@ -4,9 +4,10 @@ A workflow is one or more configs merged left to right: a bundle config by name 
 ``bundle/hdhkd_oct_anomaly/configs/train.json``), a data-set preset by name (``"br35h"`` is ``configs/br35h.json``)
 or any JSON file, then ``--key value`` overrides. The bundle and the presets are package data
 (``hdhkd_monai/_bundle``, ``hdhkd_monai/_presets``: links to the repository's folders in a clone, copies in a
-wheel), so this works from any folder. :func:`run_bundle` runs ``python -m monai.bundle run`` on them in a subprocess, exactly as
-typed on a command line; :func:`run_bundles` runs several (a training, then its evaluation) in one subprocess;
-:func:`read_config` gives the same merged config in this process.
+wheel), so this works from any folder. :func:`run_bundle` runs ``python -m monai.bundle run`` on them in a
+subprocess, exactly as typed on a command line; :func:`run_bundles` runs several (a training, then its evaluation)
+in one subprocess, or in this process where its console is the output; :func:`read_config` gives the same merged
+config in this process.
 
 May import every layer of the library (it is the top one); never ``tools``, ``experiments`` or ``bench``.
 """
@@ -27,7 +28,7 @@ from typing import Any
 
 from monai.bundle import ConfigParser
 
-from hdhkd_monai.quiet import quiet_env
+from hdhkd_monai.quiet import quiet_env, quiet_warnings
 
 __all__ = [
     "BUNDLE",
@@ -48,7 +49,7 @@ BUNDLE = (_PACKAGE / "_bundle" / "hdhkd_oct_anomaly").resolve()
 CONFIGS = BUNDLE / "configs"
 #: The data-set presets (in a clone, the repository's ``configs/``).
 PRESETS = (_PACKAGE / "_presets").resolve()
-_LOG_TAIL = 30  # lines of a failed run's output shown in the error
+_LOG_TAIL = 40  # lines of a failed run's output shown in the error
 #: The bundle's metadata and logging files, given to every workflow run.
 _BUNDLE_FILES = {"meta_file": str(CONFIGS / "metadata.json"), "logging_file": str(CONFIGS / "logging.conf")}
 
@@ -122,40 +123,47 @@ def run_bundles(
     each: Sequence[Mapping[str, Any]] = (),
     **overrides,
 ) -> list[float]:
-    """Run the workflows ``runs`` one after the other in one child interpreter, each as :func:`run_bundle` would (its
-    command is written to ``log``, or without one printed, before its output), and return each one's wall seconds.
-    Every run takes ``overrides``; ``each[i]``, where given, adds run ``i``'s own (an evaluation's ``n_heatmaps``).
+    """Run the workflows ``runs`` one after the other, each as :func:`run_bundle` would (its command written to
+    ``log``, or without one printed, before its output), and return each one's wall seconds. Every run takes
+    ``overrides``; ``each[i]``, where given, adds run ``i``'s own (an evaluation's ``n_heatmaps``).
 
-    One interpreter instead of one per workflow: importing torch and MONAI costs 5-7 s of CPU per process here, more
-    than a short training. The seconds exclude that import, so a training's time is the training's. The first run
-    that fails stops the rest and raises ``RuntimeError`` with the end of ``log``."""
+    With a ``log``, in one child interpreter whose output goes there; without one, in this process, whose console
+    the output is for (the demo): it has imported torch and MONAI already, which costs 5-7 s of CPU per process
+    here, more than a short training. The seconds exclude that import, so a training's time is the training's. The
+    first run that fails stops the rest; in a child, it raises ``RuntimeError`` with the end of ``log``."""
     if len(each) > len(runs):
         raise ValueError(f"{len(each)} sets of overrides in each for {len(runs)} runs")
     own = [*each, *[{}] * (len(runs) - len(each))]
+    # paths as strings, as a command line gives them (config expressions add strings to them)
+    spec = json.loads(json.dumps([{"files": config_files(w), "overrides": {**overrides, **o}} for w, o in zip(runs, own)],
+                                 default=str))  # fmt: skip
+    if log is None:
+        quiet_warnings()
+        return _run_each(spec)
     with tempfile.TemporaryDirectory() as tmp:
         times = Path(tmp) / "seconds.json"
-        spec = {
-            "runs": [{"files": config_files(w), "overrides": {**overrides, **o}} for w, o in zip(runs, own)],
-            "seconds": str(times),
-        }
-        child = "import sys; from hdhkd_monai.launcher import _run_in_turn; _run_in_turn(sys.argv[1])"
-        _run_logged([sys.executable, "-c", child, json.dumps(spec, default=str)], log)  # paths as strings
+        child = "import sys; from hdhkd_monai.launcher import _run_in_turn; _run_in_turn(sys.argv[1], sys.argv[2])"
+        _run_logged([sys.executable, "-c", child, json.dumps(spec), str(times)], log)
         return json.loads(times.read_text())
 
 
-def _run_in_turn(spec_json: str) -> None:
-    """The child of :func:`run_bundles`: ``monai.bundle.run`` on each run of the spec, timed."""
+def _run_in_turn(spec_json: str, seconds: str) -> None:
+    """The child of :func:`run_bundles`: :func:`_run_each` on the spec; the seconds written to the file ``seconds``."""
+    Path(seconds).write_text(json.dumps(_run_each(json.loads(spec_json))))
+
+
+def _run_each(spec: list[dict]) -> list[float]:
+    """``monai.bundle.run`` on each ``{"files", "overrides"}`` of ``spec`` in turn; the seconds of each."""
     from monai.bundle import run
 
-    spec = json.loads(spec_json)
     seconds = []
-    for one in spec["runs"]:
+    for one in spec:
         files, overrides = one["files"], one["overrides"]
         print(f"$ {shlex.join(bundle_command(files, **overrides))}", flush=True)
         start = time.perf_counter()
         run(config_file=files, **_BUNDLE_FILES, **{k: v for k, v in overrides.items() if v is not None})
         seconds.append(time.perf_counter() - start)
-    Path(spec["seconds"]).write_text(json.dumps(seconds))
+    return seconds
 
 
 def _child_env() -> dict[str, str]:

@@ -124,3 +124,19 @@ def test_bundle_runs_in_one_interpreter_stop_at_the_first_failure_with_the_log_t
     first, second = [line for line in text.splitlines() if "-m monai.bundle run" in line]
     assert "--shared ours --own mine" in first and "--shared ours" in second and "--own" not in second
     assert "third ran" not in text
+
+
+def test_bundle_runs_without_a_log_run_in_this_process_and_a_failure_raises_its_own_error(tmp_path, capsys):
+    """Without a log (the demo's console) the workflows run in the calling process, which has imported torch and
+    MONAI already; the first failure stops the rest with the exception MONAI raised."""
+    configs = []
+    for name, expression in (("first", "$print('first ran', @shared)"), ("fails", "$1 / 0"),
+                             ("third", "$print('third ran')")):
+        configs.append(tmp_path / f"{name}.json")
+        configs[-1].write_text(json.dumps({"run": expression}))
+    assert len(run_bundles([configs[:1]], shared="ours")) == 1
+    assert "first ran ours" in capsys.readouterr().out  # sys.stdout of this process: a child writes past it
+    with pytest.raises(RuntimeError, match="Failed to evaluate") as raised:  # MONAI's, around the cause
+        run_bundles([[c] for c in configs], shared="ours")
+    assert isinstance(raised.value.__cause__, ZeroDivisionError)
+    assert "third ran" not in capsys.readouterr().out
