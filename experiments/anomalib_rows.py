@@ -13,6 +13,8 @@ import os
 import subprocess
 from pathlib import Path
 
+from experiments.records import read_back
+
 HERE = Path(__file__).resolve().parent
 ANOMALIB_ROWS = ("anomalib-PatchCore", "anomalib-Padim")
 
@@ -37,10 +39,6 @@ def anomalib_version(python: str) -> str:
     return subprocess.run([python, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
 
 
-def _recorded_budget(record: Path) -> dict | None:
-    return json.loads(record.read_text())["budget"] if record.exists() else None
-
-
 def run_anomalib_rows(args, out: Path, datalist: Path, preset: Path) -> list[dict]:
     """Train and evaluate the anomalib rows named in ``args.baselines`` (none: nothing runs); their table rows. A row
     recorded under the same budget is read back here, without starting the anomalib environment's interpreter."""
@@ -50,9 +48,8 @@ def run_anomalib_rows(args, out: Path, datalist: Path, preset: Path) -> list[dic
     python = anomalib_python()
     budget = row_budget(args, anomalib_version(python))
     records = {name: out / "baselines" / f"{name}.json" for name in names}
-    to_run = [n for n in names if args.fresh or _recorded_budget(records[n]) != budget]
-    for name in sorted(set(names) - set(to_run)):
-        print(f"{name}: evaluated before under this budget, read from {records[name]}", flush=True)
+    kept = {n: read_back(records[n], n, lambda kept: kept["budget"] == budget, args.fresh) for n in names}
+    to_run = [n for n in names if not kept[n]]
     if to_run:
         command = [
             python, str(HERE / "anomalib_peer.py"), "--datalist", str(datalist), "--preset", str(preset),

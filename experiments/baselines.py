@@ -30,6 +30,7 @@ from hdhkd_monai.engines import AnomalyEvaluator
 from hdhkd_monai.handlers import CalibrationHandler, EvaluationReport
 from hdhkd_monai.launcher import OFFLINE_TEACHER, read_config, run_bundles
 
+from experiments.records import read_back
 from experiments.report import trainable_params
 
 # The ImageNet weights of HDHKD-S's teacher and of the PDN's distillation target.
@@ -109,10 +110,9 @@ def cached_rows(names, budget: dict, out: Path, args, make_row) -> list[dict]:
     rows = []
     for name in names:
         record = out / "baselines" / f"{name}.json"
-        previous = json.loads(record.read_text()) if record.exists() and not args.fresh else {}
-        if previous.get("budget") == budget:
-            print(f"{name}: evaluated before under this budget, read from {record}", flush=True)
-            rows.append(previous)
+        kept = read_back(record, name, lambda kept: kept["budget"] == budget, args.fresh)
+        if kept:
+            rows.append(kept)
             continue
         print(f"{name}: training", flush=True)
         rows.append(make_row(name, record.with_suffix("")))

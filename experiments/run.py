@@ -52,6 +52,7 @@ from experiments import report  # noqa: E402
 from experiments.anomalib_rows import ANOMALIB_ROWS, run_anomalib_rows  # noqa: E402
 from experiments.baselines import BASELINES, run_baselines  # noqa: E402
 from experiments.compare import compare_runs  # noqa: E402
+from experiments.records import read_back  # noqa: E402
 from hdhkd_monai.data.datalist import kermany_datalist, summary, write_datalist  # noqa: E402
 from hdhkd_monai.launcher import CONFIGS, OFFLINE_TEACHER, read_config, run_bundle, run_bundles  # noqa: E402
 from tools.markdown import replace_section  # noqa: E402
@@ -169,10 +170,9 @@ def run_row(args, out: Path, row: Path, datalist: Path, preset: Path) -> dict:
     }  # fmt: skip
     check_resumable(root, settings)
     record = root / "row.json"
-    previous = json.loads(record.read_text()) if record.exists() else {}
-    if same_row(previous.get("settings", {}), settings):
-        print(f"{row.parent.name}/{row.stem}: evaluated before under these settings, read from {record}", flush=True)
-        return previous["row"]
+    kept = read_back(record, f"{row.parent.name}/{row.stem}", lambda kept: same_row(kept["settings"], settings))
+    if kept:
+        return kept["row"]
     budget = write_json(root / "run.json", settings)
     configs = [preset, row, budget]
     print(f"{row.parent.name}/{row.stem}: training {args.iterations} iterations", flush=True)
