@@ -7,6 +7,11 @@ baseline's folder ``OUT/baselines/<name>`` (the same layout), or any ``scores.cs
 Prints both AUROCs, their difference and its paired, stratified bootstrap interval
 (:func:`hdhkd_monai.metrics.paired_auroc_bootstrap`), the fraction of resamples in which A beats B, and how alike the
 two methods rank the images (Spearman's rank correlation of their scores: near 1, they find the same images odd).
+
+``--costly-normals K`` also lists the K normal test images that cost A the most AUROC, beside what they cost B: each
+normal image's cost is the fraction of abnormal images it scores at or above (ties count half); the costs of all
+normal images average to 1 - AUROC. On a test set with a dozen normal images, one odd normal image can decide a
+comparison, and this shows which.
 """
 
 from __future__ import annotations
@@ -52,14 +57,35 @@ def paired(a: dict, b: dict, name_a: str, name_b: str) -> tuple[np.ndarray, np.n
     return np.array([a[k][0] for k in keys]), np.array([a[k][1] for k in keys]), np.array([b[k][1] for k in keys])
 
 
+def normal_costs(labels: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per normal image (in ``labels`` order), the fraction of abnormal images scored at or above it, ties counting
+    half: its share of ``1 - AUROC``, whose mean over the normal images it is."""
+    normal, abnormal = scores[labels == 0], scores[labels == 1]
+    above = (abnormal[None, :] > normal[:, None]).mean(axis=1)
+    tied = (abnormal[None, :] == normal[:, None]).mean(axis=1)
+    return 1.0 - above - 0.5 * tied
+
+
 def compare_runs(a: Path, b: Path, resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict:
     """:func:`~hdhkd_monai.metrics.paired_auroc_bootstrap` of two scores CSVs (or row folders) of the same images,
-    with their image counts ``n_normal`` and ``n_abnormal`` and the ``rank_correlation`` of the two scores."""
-    labels, scores_a, scores_b = paired(read_scores(a), read_scores(b), str(a), str(b))
+    with their image counts ``n_normal`` and ``n_abnormal``, the ``rank_correlation`` of the two scores, and
+    ``normal_costs``: ``{normal image path: (cost to A, cost to B)}`` (:func:`normal_costs`)."""
+    scored_a = read_scores(a)
+    labels, scores_a, scores_b = paired(scored_a, read_scores(b), str(a), str(b))
     n_abnormal = int(labels.sum())
+    normals = [path for path in sorted(scored_a) if scored_a[path][0] == 0]
+    costs = zip(normals, normal_costs(labels, scores_a), normal_costs(labels, scores_b))
     return {**paired_auroc_bootstrap(labels, scores_a, scores_b, resamples, confidence, seed),
             "n_normal": labels.size - n_abnormal, "n_abnormal": n_abnormal,
-            "rank_correlation": float(spearmanr(scores_a, scores_b).statistic)}  # fmt: skip
+            "rank_correlation": float(spearmanr(scores_a, scores_b).statistic),
+            "normal_costs": {path: (float(ca), float(cb)) for path, ca, cb in costs}}  # fmt: skip
+
+
+def costly_normals_lines(costs: dict, count: int) -> list[str]:
+    """The ``count`` normal images that cost A most, a line each, with what they cost B."""
+    worst = sorted(costs.items(), key=lambda item: -item[1][0])[:count]
+    lines = ["normal images that cost A most (fraction of abnormal images scored at or above each; A, B):"]
+    return lines + [f"  {100 * ca:5.1f} %  {100 * cb:5.1f} %  {path}" for path, (ca, cb) in worst]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,6 +95,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--resamples", type=int, default=2000)
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--costly-normals", type=int, default=0, metavar="K",
+                        help="also list the K normal test images that cost A the most AUROC")
     args = parser.parse_args(argv)
 
     r = compare_runs(args.a, args.b, args.resamples, args.confidence, args.seed)
@@ -80,6 +108,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"{r['n_normal']} normal / {r['n_abnormal']} abnormal images); A better in {100 * r['p_a_better']:.1f}%\n"
         f"rank correlation of the two scores (Spearman): {r['rank_correlation']:.2f}"
     )
+    if args.costly_normals:
+        print("\n".join(costly_normals_lines(r["normal_costs"], args.costly_normals)))
     return r
 
 

@@ -4,6 +4,7 @@ import csv
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from experiments import compare
 
@@ -53,3 +54,21 @@ def test_compare_refuses_different_images_or_labels(tmp_path):
         compare.main([str(a), str(c)])
     with pytest.raises(FileNotFoundError, match="no such scores CSV"):
         compare.main([str(a), str(tmp_path / "missing")])
+
+
+def test_normal_costs_average_to_one_minus_auroc_and_find_the_odd_normal(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(12, int), np.ones(30, int)]
+    scores = np.round(labels + rng.normal(0, 0.6, 42), 1)  # rounded: ties between normal and abnormal images
+    odd = 3
+    scores[odd] = 5.0  # a normal image scored above every abnormal one
+    costs = compare.normal_costs(labels, scores)
+    assert costs.mean() == pytest.approx(1 - roc_auc_score(labels, scores))
+    assert costs[odd] == 1.0 and costs.argmax() == odd
+    paths = [f"img{i:02d}.png" for i in range(42)]
+    a = _write(tmp_path / "a.csv", labels, scores, paths)
+    b = _write(tmp_path / "b.csv", labels, labels.astype(float), paths)  # B separates perfectly
+    result = compare.main([str(a), str(b), "--resamples", "50", "--costly-normals", "2"])
+    assert result["normal_costs"][f"img{odd:02d}.png"] == (1.0, 0.0)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2].endswith(f"img{odd:02d}.png") and "100.0 %" in lines[-2] and len(lines) == 7
