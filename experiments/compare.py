@@ -85,7 +85,9 @@ def costly_normals_lines(costs: dict, count: int) -> list[str]:
     """The ``count`` normal images that cost A most, a line each, with what they cost B."""
     worst = sorted(costs.items(), key=lambda item: -item[1][0])[:count]
     lines = ["normal images that cost A most (fraction of abnormal images scored at or above each; A, B):"]
-    return lines + [f"  {100 * ca:5.1f} %  {100 * cb:5.1f} %  {path}" for path, (ca, cb) in worst]
+    lines += [f"  {100 * ca:5.1f} %  {100 * cb:5.1f} %  {path}" for path, (ca, cb) in worst]
+    lost_a, lost_b = (100 * sum(c[i] for _, c in worst) / len(costs) for i in (0, 1))
+    return lines + [f"these {len(worst)} cost A {lost_a:.2f} AUROC points and B {lost_b:.2f}"]
 
 
 def main(argv: list[str] | None = None) -> dict:

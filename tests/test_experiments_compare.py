@@ -71,4 +71,6 @@ def test_normal_costs_average_to_one_minus_auroc_and_find_the_odd_normal(tmp_pat
     result = compare.main([str(a), str(b), "--resamples", "50", "--costly-normals", "2"])
     assert result["normal_costs"][f"img{odd:02d}.png"] == (1.0, 0.0)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-2].endswith(f"img{odd:02d}.png") and "100.0 %" in lines[-2] and len(lines) == 7
+    assert lines[-3].endswith(f"img{odd:02d}.png") and "100.0 %" in lines[-3] and len(lines) == 8
+    top_two = sorted(costs)[-2:]
+    assert lines[-1] == f"these 2 cost A {100 * sum(top_two) / 12:.2f} AUROC points and B 0.00"
