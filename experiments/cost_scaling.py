@@ -93,9 +93,10 @@ def _hdhkd(train, args) -> tuple[dict, object]:
 def _patchcore(train, args) -> tuple[dict, object]:
     from experiments.baselines import BACKBONE
     from hdhkd_monai.baselines import PatchCore
+    from hdhkd_monai.networks import PretrainedTeacher
 
     start = time.time()
-    model = PatchCore(**BACKBONE, out_channels=384).fit(batch["image"] for batch in train)
+    model = PatchCore(PretrainedTeacher(**BACKBONE)).fit(batch["image"] for batch in train)
     fit_s = time.time() - start
     return {"fit_s": fit_s, "bank_rows": len(model.memory_bank), "size_mib": _nbytes([model.memory_bank]) / 2**20,
             "weights_mib": _nbytes(list(model.parameters())) / 2**20}, lambda x: model(x).pred_score  # fmt: skip

@@ -42,6 +42,7 @@ from experiments.baselines import BACKBONE, data_loaders
 from experiments.run import prepare_data
 from hdhkd_monai.baselines import PatchCore
 from hdhkd_monai.distill import channel_pool
+from hdhkd_monai.networks import PretrainedTeacher
 
 NORMALISATION = {"timm": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
                  "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))}  # fmt: skip
@@ -49,7 +50,7 @@ NORMALISATION = {"timm": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 
 def embed(model: PatchCore, x: torch.Tensor, normalisation: str, feature: str) -> torch.Tensor:
     """[B, 3, H, W] in [0, 1] -> patch features [B, C, h, w] under one normalisation and one feature recipe."""
-    target = model.features
+    target = model.teacher.target  # the pretrained CNN and its pooling, under another input normalisation here
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALISATION[normalisation])
     layers = [F.avg_pool2d(f, 3, 1, 1) for f in target.backbone((x - mean) / std)]
     if feature == "pooled":
@@ -111,7 +112,7 @@ def main(argv=None) -> dict:
     set_determinism(seed=args.seed)  # the training loader's order, hence the patches the coreset starts from
     datalist = prepare_data(Namespace(data=args.data, normal=args.normal, val_fraction=0.15), out)
     _, train_loader, _, test_loader = data_loaders(datalist, REPO / "configs" / f"{args.preset}.json", args.image_size, 4)
-    model = PatchCore(**BACKBONE, out_channels=384, seed=args.seed, num_neighbors=9)
+    model = PatchCore(PretrainedTeacher(**BACKBONE), seed=args.seed, num_neighbors=9)
     results = []
     for normalisation, feature in itertools.product(args.normalisations, args.features):
         start = time.time()

@@ -14,6 +14,7 @@ from hdhkd_monai.baselines.rd4ad import RD4AD, OneClassBottleneck, ReverseDecode
 from hdhkd_monai.distill import teacher_output_stats
 from hdhkd_monai.engines import AnomalyEvaluator
 from hdhkd_monai.handlers import CalibrationHandler
+from hdhkd_monai.networks import PretrainedTeacher
 from hdhkd_monai.networks.nets.pdn import PDN
 
 SIZE = 64
@@ -231,11 +232,11 @@ def normal_images():
 
 @pytest.fixture(scope="module")
 def patchcore(normal_images):
-    return PatchCore(**LITE, coreset_ratio=0.25).fit([normal_images[:3], normal_images[3:]])
+    return PatchCore(PretrainedTeacher(**LITE), coreset_ratio=0.25).fit([normal_images[:3], normal_images[3:]])
 
 
 def test_patchcore_coreset_keeps_requested_subset(patchcore, normal_images):
-    every_patch = patchcore.features(normal_images).permute(0, 2, 3, 1).reshape(-1, patchcore.memory_bank.shape[1])
+    every_patch = patchcore.teacher(normal_images).permute(0, 2, 3, 1).reshape(-1, patchcore.memory_bank.shape[1])
     assert len(patchcore.memory_bank) == round(0.25 * len(every_patch)) == round(0.25 * 6 * (SIZE // 8) ** 2)
     # Every bank entry is one of the training patches, and no patch is taken twice.
     matches = torch.cdist(patchcore.memory_bank, every_patch).argmin(dim=1)
@@ -289,7 +290,7 @@ def test_patchcore_reweighting_scales_the_image_score(patchcore):
 
 
 def test_patchcore_memory_bank_travels_with_state_dict(patchcore):
-    fresh = PatchCore(**LITE)
+    fresh = PatchCore(PretrainedTeacher(**LITE))
     fresh.load_state_dict(patchcore.state_dict())
     x = _striped_images(1, seed=6)
     assert torch.equal(fresh.memory_bank, patchcore.memory_bank)
@@ -297,7 +298,7 @@ def test_patchcore_memory_bank_travels_with_state_dict(patchcore):
 
 
 def test_patchcore_errors_are_clear_and_an_unfitted_model_scores_0():
-    model = PatchCore(**LITE, reweight=True)
+    model = PatchCore(PretrainedTeacher(**LITE), reweight=True)
     with pytest.warns(UserWarning, match="call fit"):  # unfitted, as MONAI's network checks build it: maps of 0
         prediction = model.eval()(torch.rand(2, 3, SIZE, SIZE))
     assert prediction.anomaly_map.shape == (2, 1, SIZE, SIZE) and not prediction.anomaly_map.any()

@@ -57,7 +57,7 @@ def _hdhkd_outputs(images: torch.Tensor) -> dict:
 
 def _baseline_outputs(images: torch.Tensor) -> dict:
     torch.manual_seed(0)
-    patchcore = PatchCore(**LITE, coreset_ratio=1.0).fit([images[:4]]).eval()
+    patchcore = PatchCore(PretrainedTeacher(**LITE, out_channels=1024), coreset_ratio=1.0).fit([images[:4]]).eval()
     torch.manual_seed(0)
     rd4ad = RD4AD(**LITE).eval()
     torch.manual_seed(0)

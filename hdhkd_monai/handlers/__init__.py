@@ -17,6 +17,7 @@ from hdhkd_monai.handlers.checkpoint import (
     save_checkpoint,
     settings_group,
     stored_settings,
+    stored_teacher,
 )
 from hdhkd_monai.handlers.fit import FitOnData
 from hdhkd_monai.handlers.memory import FitPatchMemory
@@ -56,4 +57,5 @@ __all__ = [
     "save_checkpoint",
     "settings_group",
     "stored_settings",
+    "stored_teacher",
 ]

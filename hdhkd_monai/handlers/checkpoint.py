@@ -36,7 +36,7 @@ from monai.handlers import CheckpointLoader
 from torch import nn
 
 from hdhkd_monai.errors import BadInputError, CheckpointMismatchError, SettingsMismatchError
-from hdhkd_monai.networks import HDHKD
+from hdhkd_monai.networks import HDHKD, teacher_from_settings
 from hdhkd_monai.pretrained import FromCheckpoint, checkpoint_architecture
 from hdhkd_monai.state_dict import check_settings, load_weights, stored_flat_settings, torch_file
 
@@ -386,6 +386,16 @@ class ResumeFromCheckpoint:
             f"resumed from {self.load_path} at iteration {iteration} of {engine.state.epoch_length * engine.state.max_epochs}"
             " (set resume=false to start over)"
         )
+
+
+def stored_teacher(stored: Mapping[str, Any], path: str | Path) -> nn.Module:
+    """The teacher of the trained model at ``path``, rebuilt untrained from its :func:`stored_settings` ``stored``
+    (:func:`~hdhkd_monai.networks.teacher_from_settings`; its weights load with the model's checkpoint)."""
+    settings = settings_group(stored, "teacher")
+    if settings is None:
+        raise CheckpointMismatchError(f"{path}: records no teacher (a PatchCore fitted before bundle 0.8.0 kept its "
+                                      "backbone itself): fit it again with configs/patchcore.json + fit.json")
+    return teacher_from_settings(settings)
 
 
 def settings_group(stored: Mapping[str, Any], name: str) -> dict | None:

@@ -30,6 +30,7 @@ from .nets import (
     PretrainedTeacher,
     TEACHERS,
     teacher_from_settings,
+    teacher_settings,
 )
 
 __all__ = [
@@ -53,4 +54,5 @@ __all__ = [
     "GLOBAL_DECODERS",
     "TEACHERS",
     "teacher_from_settings",
+    "teacher_settings",
 ]

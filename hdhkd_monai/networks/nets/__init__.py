@@ -7,7 +7,7 @@ from .detector import NORMAL_SCORE_QUANTILES, Detector
 from .hdhkd import HDHKD, AnomalyMapNet, HDHKDStudent
 from .pdn import PDN
 from .pretrained_teacher import PretrainedTeacher
-from .teachers import TEACHERS, teacher_from_settings
+from .teachers import TEACHERS, teacher_from_settings, teacher_settings
 
 __all__ = ["Detector", "NORMAL_SCORE_QUANTILES", "HDHKD", "AnomalyMapNet", "HDHKDStudent", "PDN", "PretrainedTeacher",
-           "TEACHERS", "teacher_from_settings"]
+           "TEACHERS", "teacher_from_settings", "teacher_settings"]

@@ -29,6 +29,7 @@ from ..blocks.student_encoder import ENCODER_STRIDE, StudentEncoder
 from ..layers.simple import plain_tensor
 from .detector import Detector, normal_images
 from .pdn import PDN
+from .teachers import teacher_settings
 
 __all__ = ["HDHKDStudent", "HDHKD", "AnomalyMapNet"]
 
@@ -179,7 +180,7 @@ class HDHKD(Detector):
             "score_top_k": score_top_k,
             "memory": None if memory is None else memory.settings,
             "discrepancy": discrepancy,
-            "teacher": {"type": type(teacher).__name__, **getattr(teacher, "settings", {})},
+            "teacher": teacher_settings(teacher),
         }
         self.border = teacher.border
         self.input_multiple = ENCODER_STRIDE

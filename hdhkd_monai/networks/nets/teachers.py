@@ -14,10 +14,16 @@ from torch import nn
 from .pdn import PDN
 from .pretrained_teacher import PretrainedTeacher
 
-__all__ = ["TEACHERS", "teacher_from_settings"]
+__all__ = ["TEACHERS", "teacher_from_settings", "teacher_settings"]
 
 #: Teacher classes by the name a detector's ``settings["teacher"]["type"]`` records.
 TEACHERS: dict[str, type[nn.Module]] = {"PDN": PDN, "PretrainedTeacher": PretrainedTeacher}
+
+
+def teacher_settings(teacher: nn.Module) -> dict[str, Any]:
+    """What a detector records of its ``teacher`` so that :func:`teacher_from_settings` rebuilds it: ``{"type":
+    class name, **teacher.settings}``."""
+    return {"type": type(teacher).__name__, **getattr(teacher, "settings", {})}
 
 
 def teacher_from_settings(settings: Mapping[str, Any]) -> nn.Module:
