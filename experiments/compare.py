@@ -73,7 +73,7 @@ def compare_runs(a: Path, b: Path, resamples: int = 2000, confidence: float = 0.
     scored_a = read_scores(a)
     labels, scores_a, scores_b = paired(scored_a, read_scores(b), str(a), str(b))
     n_abnormal = int(labels.sum())
-    normals = [path for path in sorted(scored_a) if scored_a[path][0] == 0]
+    normals = [path for path in sorted(scored_a) if scored_a[path][0] == 0]  # paired() orders the images by path
     costs = zip(normals, normal_costs(labels, scores_a), normal_costs(labels, scores_b))
     return {**paired_auroc_bootstrap(labels, scores_a, scores_b, resamples, confidence, seed),
             "n_normal": labels.size - n_abnormal, "n_abnormal": n_abnormal,
