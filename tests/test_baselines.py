@@ -297,6 +297,14 @@ def test_patchcore_memory_bank_travels_with_state_dict(patchcore):
     assert torch.allclose(fresh.anomaly_map(x), patchcore.anomaly_map(x))
 
 
+def test_patchcore_training_mode_leaves_its_teacher_in_eval_mode(patchcore):
+    patchcore.train()
+    try:
+        assert patchcore.training and not any(m.training for m in patchcore.teacher.modules())
+    finally:
+        patchcore.eval()
+
+
 def test_patchcore_errors_are_clear_and_an_unfitted_model_scores_0():
     model = PatchCore(PretrainedTeacher(**LITE), reweight=True)
     with pytest.warns(UserWarning, match="call fit"):  # unfitted, as MONAI's network checks build it: maps of 0

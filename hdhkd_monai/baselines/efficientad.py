@@ -100,6 +100,8 @@ class EfficientAD(Detector):
     Buffers ``quantiles_st`` and ``quantiles_ae`` [2] are NaN until :meth:`fit_map_normalisation`.
     """
 
+    frozen_parts = ("teacher",)
+
     def __init__(
         self,
         teacher: PDN,
@@ -124,12 +126,6 @@ class EfficientAD(Detector):
         self.quantiles = quantiles
         self.register_buffer("quantiles_st", torch.full((2,), math.nan))
         self.register_buffer("quantiles_ae", torch.full((2,), math.nan))
-
-    def train(self, mode: bool = True) -> EfficientAD:
-        """Switch student and autoencoder; the teacher stays in eval mode."""
-        super().train(mode)
-        self.teacher.eval()
-        return self
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         """The EfficientAD paper's optimiser over student and autoencoder: Adam, lr 1e-4, weight decay 1e-5 (its

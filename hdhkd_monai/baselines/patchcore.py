@@ -64,6 +64,8 @@ class PatchCore(Detector):
     The memory bank is the buffer ``memory_bank`` [M, teacher.out_channels]; it travels with ``state_dict``.
     """
 
+    frozen_parts = ("teacher",)
+
     def __init__(
         self,
         teacher: nn.Module,
@@ -93,12 +95,6 @@ class PatchCore(Detector):
         self.register_buffer("memory_bank", torch.empty(0, teacher.out_channels))
         self._patches: list[torch.Tensor] = []  # partial_fit's patch features, until finish_fit
         self.register_load_state_dict_pre_hook(_resize_memory_bank)
-
-    def train(self, mode: bool = True) -> PatchCore:
-        """The teacher stays in eval mode (its batch norm statistics never change)."""
-        super().train(mode)
-        self.teacher.eval()
-        return self
 
     def fit(self, images: torch.Tensor | Iterable) -> PatchCore:
         """Build the memory bank from normal images: :meth:`partial_fit` of each batch, then :meth:`finish_fit`.

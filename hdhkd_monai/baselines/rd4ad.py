@@ -156,6 +156,8 @@ class RD4AD(Detector):
     Input images are [B, 3, H, W] in [0, 1] with H, W multiples of 32; normalisation for the encoder happens inside.
     """
 
+    frozen_parts = ("encoder",)
+
     def __init__(
         self,
         backbone: str = "wide_resnet50_2",
@@ -181,12 +183,6 @@ class RD4AD(Detector):
         self.decoder = ReverseDecoder(channels, decoder_blocks)
         self.stride = 2 * reductions[-1]
         self.sigma = sigma
-
-    def train(self, mode: bool = True) -> RD4AD:
-        """Switch the trainable parts; the frozen encoder (and its BatchNorm statistics) stays in eval mode."""
-        super().train(mode)
-        self.encoder.eval()
-        return self
 
     def configure_optimizer(self) -> torch.optim.Optimizer:
         """The RD4AD paper's optimiser over the trainable parts (bottleneck and decoder): Adam, lr 0.005,

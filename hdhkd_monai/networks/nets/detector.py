@@ -45,6 +45,9 @@ class Detector(nn.Module):
     #: Buffers this detector gained after models of it were saved, with the value those models had
     #: (:func:`~hdhkd_monai.state_dict.later_buffers`).
     later_buffers: dict = {}
+    #: Submodules that stay in eval mode whatever :meth:`train` is asked: frozen pretrained parts, whose batch norm
+    #: statistics must not change.
+    frozen_parts: tuple = ()
 
     def __init__(self) -> None:
         super().__init__()
@@ -54,6 +57,13 @@ class Detector(nn.Module):
         self.register_buffer("map_quantiles", torch.full((2,), float("nan")))
         self.register_buffer("normal_score_quantiles", torch.full((NORMAL_SCORE_QUANTILES,), float("nan")))
         self.register_load_state_dict_pre_hook(_fill_later_buffers)
+
+    def train(self, mode: bool = True) -> Detector:
+        """Switch the trainable parts to ``mode``; the :attr:`frozen_parts` stay in eval mode."""
+        super().train(mode)
+        for name in self.frozen_parts:
+            self.get_submodule(name).eval()
+        return self
 
     def predict(self, x: torch.Tensor) -> AnomalyPrediction:
         """Uncalibrated scores ``[B]`` and maps ``[B, 1, H, W]`` of images ``x [B, 3, H, W]``."""

@@ -165,6 +165,8 @@ class HDHKD(Detector):
     # bundle 0.7.0: models made before the memory's weight added it at weight 1
     later_buffers = {"memory_weight": 1.0}
 
+    frozen_parts = ("teacher",)
+
     def __init__(self, teacher: PDN, score_top_k: Optional[int] = None, memory: Optional[PatchMemory] = None,
                  discrepancy: str = "squared", **student_args):
         super().__init__()
@@ -185,11 +187,6 @@ class HDHKD(Detector):
         self.border = teacher.border
         self.input_multiple = ENCODER_STRIDE
         self.register_buffer("memory_weight", torch.tensor(1.0))
-
-    def train(self, mode: bool = True) -> "HDHKD":
-        super().train(mode)
-        self.teacher.eval()
-        return self
 
     def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised teacher features ``[B, C, h, w]``, computed without grad."""
