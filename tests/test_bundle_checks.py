@@ -97,22 +97,28 @@ def test_onnx_export_gives_a_model_with_a_dynamic_batch_and_the_same_maps(tiny_b
 
 
 #: Each baseline's configs after train.json (the last one is its detector config, which inference.json takes), and
-#: the fit its bundle training runs before calibration, if any.
-BASELINES = {"PatchCore": (("patchcore",), "fit"), "RD4AD": (("rd4ad",), None),
-             "EfficientAD-S": (("paper", "efficientad"), "fit_map_normalisation")}
+#: detector: (its training configs over train.json, its inference configs, the fit its training runs before
+#: calibration, if any). The paper configuration's HDHKD infers with inference.json alone, like HDHKD-S.
+DETECTORS = {
+    "HDHKD (paper)": (("paper",), ("inference",), None),
+    "PatchCore": (("patchcore",), ("inference", "patchcore"), "fit"),
+    "RD4AD": (("rd4ad",), ("inference", "rd4ad"), None),
+    "EfficientAD-S": (("paper", "efficientad"), ("inference", "efficientad"), "fit_map_normalisation"),
+}
 
 
-@pytest.fixture(scope="module", params=sorted(BASELINES))
-def baseline_bundle(request, tmp_path_factory):
-    """(bundle_root, the inference configs, the calibrated network): a baseline built by its training configs at
-    64x64, fitted (PatchCore's memory bank, EfficientAD's map normalisation on a PDN teacher with fitted
-    statistics) but not trained, calibrated, and saved as ``models/model.pt``."""
-    name, (configs, fit) = request.param, BASELINES[request.param]
-    root = tmp_path_factory.mktemp(name)
+@pytest.fixture(scope="module", params=sorted(DETECTORS))
+def detector_bundle(request, tmp_path_factory):
+    """(bundle_root, the inference configs, the calibrated network): a detector built by its training configs at
+    64x64 (HDHKD's and EfficientAD's PDN teacher with fitted statistics), fitted (PatchCore's memory bank,
+    EfficientAD's map normalisation) but not trained, calibrated, and saved as ``models/model.pt``; the teacher's
+    own checkpoint is then removed, so inference has model.pt alone."""
+    training, inference, fit = DETECTORS[request.param]
+    root = tmp_path_factory.mktemp(request.param.replace(" ", "_"))
     torch.manual_seed(0)
     images = torch.rand(4, 3, 64, 64)
     save_checkpoint({"teacher": fit_teacher_stats(PDN(), [images])}, root / "models" / "teacher.pt")
-    net = read_config(["train", *configs], bundle_root=str(root), image_size=64).get_parsed_content("anomaly_net")
+    net = read_config(["train", *training], bundle_root=str(root), **TINY).get_parsed_content("anomaly_net")
     if fit:
         getattr(net.model, fit)(images)
     net.eval()
@@ -120,16 +126,17 @@ def baseline_bundle(request, tmp_path_factory):
         net.model.map_quantiles.copy_(map_quantiles(net(images)))
     net.model.threshold.fill_(0.1)
     save_checkpoint({"model": net}, root / "models" / "model.pt")
-    return root, _configs("inference", configs[-1]), net
+    (root / "models" / "teacher.pt").unlink()
+    return root, _configs(*inference), net
 
 
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::UserWarning", "ignore::DeprecationWarning")
-def test_a_baseline_bundle_exports_to_torchscript_and_onnx_with_the_same_maps(baseline_bundle, tmp_path):
-    """inference.json + the baseline's detector config rebuilds the detector from model.pt alone (EfficientAD's PDN
-    teacher from its stored settings); ``ckpt_export`` scripts it as the Model Zoo's CI does (no trace) and
+def test_a_detector_bundle_exports_to_torchscript_and_onnx_with_the_same_maps(detector_bundle, tmp_path):
+    """inference.json (+ a baseline's detector config) rebuilds the detector from model.pt alone (a PDN teacher from
+    its stored settings); ``ckpt_export`` scripts it as the Model Zoo's CI does (no trace) and
     ``onnx_export`` with ``configs/onnx_export.json`` gives a dynamic batch: both give the eager maps on new images."""
     ort = pytest.importorskip("onnxruntime", reason="ONNX export needs the onnx extra: pip install -e '.[onnx]'")
-    root, configs, net = baseline_bundle
+    root, configs, net = detector_bundle
     common = dict(net_id="network_def", ckpt_file=str(root / "models" / "model.pt"), key_in_ckpt="model",
                   meta_file=str(META), config_file=configs, bundle_root=str(root))  # fmt: skip
     rebuilt = read_config(configs, bundle_root=str(root)).get_parsed_content("network_def")
